@@ -1,0 +1,71 @@
+"""`harness` command line: one small module per subcommand in harness/commands/.
+
+Only argparse is imported here so that `harness --help` and `harness encoders` answer fast;
+each subcommand imports torch-heavy code when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module in harness.commands, one-line help)
+COMMANDS = {
+    "run": ("run", "train a probe on a frozen encoder for one task and write a record"),
+    "encoders": ("listing", "list the encoder registry"),
+    "tasks": ("listing", "list the task registry with their protocol facts"),
+    "leaderboard": ("leaderboard", "encoders x tasks from the records, matched by protocol"),
+    "data": ("data", "make datasets (the synthetic digits videos)"),
+    "pretrain": ("pretrain", "JEPA pretraining in this repo (V-JEPA, pixel and image variants)"),
+    "demo": ("demo", "the whole loop on CPU in minutes, on data it makes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Evaluate frozen video encoders under matched protocols.",
+        epilog="Run `harness COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"harness.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(name, p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    module, _ = COMMANDS[args.command]
+    mod = importlib.import_module(f"harness.commands.{module}")
+    try:
+        return int(mod.main(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; state saved so far is kept (re-run the same command to resume)",
+              file=sys.stderr)
+        return 130
+    except Exception as err:  # user-facing errors get one clear message; --debug for the rest
+        if args.debug or not _is_user_error(err):
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        return 2
+
+
+def _is_user_error(err: Exception) -> bool:
+    # Errors whose message already tells the user what to do; anything else is a bug: traceback.
+    names = {"ConfigError", "UnknownNameError", "CheckpointError", "DataError",
+             "DataProblemError", "FileNotFoundError"}
+    return any(cls.__name__ in names for cls in type(err).__mro__) or isinstance(err, ValueError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

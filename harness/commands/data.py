@@ -1,0 +1,26 @@
+"""`harness data make digits --out DIR`: the synthetic digit-video tasks, as real mp4 files."""
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("digits",)
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    make = sub.add_parser("make", help="write a dataset to disk")
+    make.add_argument("dataset", choices=DATASETS,
+                      help="digits: digits_motion + digits_appearance from scikit-learn's digits")
+    make.add_argument("--out", default="data/digits", help="output folder (default data/digits)")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    make.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args) -> int:
+    from tasks.digits import make_digits
+
+    summary = make_digits(args.out, seed=args.seed, progress=not args.no_progress)
+    from rich.console import Console
+
+    Console().print(f"[bold green]wrote[/] {args.out}: {summary}")
+    return 0

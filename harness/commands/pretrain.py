@@ -1,0 +1,34 @@
+"""`harness pretrain --config vjepa_tiny [key=value ...]`: JEPA pretraining in this repo."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+Configs live in encoders/jepa/configs/ (vjepa_tiny: video latent targets, vjepa_tiny_pixels:
+VideoMAE-style pixel targets, ijepa_tiny: image latent targets, vjepa_vitl: the paper's ViT-L
+recipe). Any key can be overridden as key=value, e.g. optim.total_steps=200 data.batch_size=8.
+Checkpoints (release layout: encoder, predictor, target_encoder, opt, ...) are written atomically
+to <out>/latest.pth.tar; re-running the same command resumes. Evaluate the result with:
+
+  harness run --encoder vjepa_tiny --checkpoint <out>/latest.pth.tar --task digits_motion
+
+Multi-process: torchrun --nproc_per_node N -m harness pretrain --config ...
+"""
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.add_argument("--config", default="vjepa_tiny", help="pretraining config (default vjepa_tiny)")
+    p.add_argument("--out", help="output folder (default runs/pretrain/<config>)")
+    p.add_argument("--no-resume", action="store_true", help="start over, ignoring a checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def main(args) -> int:
+    from harness.pretrain import run_pretrain
+
+    path = run_pretrain(args.config, list(args.overrides), out_dir=args.out,
+                        resume=not args.no_resume, progress=not args.no_progress)
+    print(f"checkpoint: {path}")
+    return 0

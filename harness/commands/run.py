@@ -1,0 +1,89 @@
+"""`harness run`: one frozen-encoder evaluation -> one record."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+Flags are sugar over Hydra overrides: --encoder X is encoder=X, --task Y is task=Y, --probe Z is
+probe=Z, --checkpoint P is checkpoint=P, --out D is out=D. Any other key of the composed config
+can be set as key=value, for example:
+
+  harness run --encoder vjepa_tiny --random-init --task digits_motion task.optim.epochs=3
+  harness run --encoder vjepa_vitl --checkpoint vitl16.pth.tar --task ssv2 task.data.root=/data/ssv2
+  harness run --encoder vjepa_tiny --random-init --task digits_motion --show-config
+
+Where things go: the record is written atomically to <out>/records/; the probe's training state
+is kept in <out>/state/ after every epoch, so re-running an interrupted command resumes it.
+"""
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.add_argument("--encoder", help="encoder name (see `harness encoders`)")
+    p.add_argument("--task", help="task name (see `harness tasks`)")
+    p.add_argument("--probe", choices=None, help="probe kind: attentive (default) or linear")
+    p.add_argument("--checkpoint", help="encoder checkpoint (.pth/.pth.tar/.pt/.safetensors)")
+    p.add_argument("--checkpoint-key", help="top-level key in the checkpoint (default: the "
+                   "encoder's, target_encoder for V-JEPA)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need pickle (runs code from the file: only for "
+                        "files you trust)")
+    p.add_argument("--random-init", action="store_true",
+                   help="use a randomly initialised encoder (recorded as such)")
+    p.add_argument("--out", help="results root (default: runs)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if state exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the composed config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
+
+
+def overrides_from_args(args) -> list[str]:
+    flags = {
+        "encoder": args.encoder, "task": args.task, "probe": args.probe,
+        "checkpoint": args.checkpoint, "checkpoint_key": args.checkpoint_key,
+        "out": args.out, "seed": args.seed, "device": args.device,
+    }
+    out = [f"{k}={_quote(v)}" for k, v in flags.items() if v is not None]
+    if args.trust_checkpoint:
+        out.append("trust_checkpoint=true")
+    if args.random_init:
+        out.append("random_init=true")
+    if args.no_resume:
+        out.append("resume=false")
+    if args.no_progress:
+        out.append("progress=false")
+    return out + list(args.overrides)
+
+
+def _quote(value) -> str:
+    # Paths may contain spaces or characters Hydra's override grammar treats specially.
+    text = str(value)
+    if any(c in text for c in " ,[]{}()=:'\"\\*?$"):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def main(args) -> int:
+    from harness.config import compose_run
+
+    cfg = compose_run(overrides_from_args(args))
+    if args.show_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    from harness.runner import run_evaluation
+
+    outcome = run_evaluation(cfg)
+    from rich.console import Console
+
+    console = Console()
+    metrics = ", ".join(f"{k} {v:.2f}" for k, v in outcome.record["metrics"].items()
+                        if isinstance(v, (int, float)))
+    console.print(f"[bold green]done[/] {outcome.record['encoder']['name']} on "
+                  f"{outcome.record['task']} ({outcome.record['split']}): {metrics}")
+    console.print(f"protocol_id {outcome.record['protocol_id']}; record {outcome.path}")
+    return 0
