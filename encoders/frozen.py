@@ -1,0 +1,125 @@
+"""`FrozenEncoder`: a backbone in eval mode without gradients, plus its spec and provenance."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import load_encoder_state, load_state_strict
+from .registry import default_checkpoint, resolve_target, validate_config
+from .spec import EncoderSpec
+
+DEFAULT_SEED = 0
+
+
+class FrozenEncoder(nn.Module):
+    """Wraps a backbone for frozen evaluation: `(B, 3, T, H, W)` normalised video -> tokens `(B, N, D)`.
+
+    Image encoders see each frame on its own (frames folded into the batch) and return every
+    frame's tokens concatenated along N, frame-major.
+    """
+
+    def __init__(self, backbone: nn.Module, spec: EncoderSpec, checkpoint_info: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.spec = spec
+        self.checkpoint_info = dict(checkpoint_info or {})
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        # Frozen means frozen: a probe trainer calling model.train() must not switch on dropout,
+        # drop-path or anything else in the backbone.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, video: torch.Tensor, out_layers: Sequence[int] | None = None):
+        """Tokens (B, N, D); with `out_layers`, a list of those blocks' normed outputs instead."""
+        if video.ndim != 5 or video.shape[1] != len(self.spec.mean):
+            raise ValueError(
+                f"encoder {self.spec.name!r} expects normalised video (B, {len(self.spec.mean)}, T, H, W), "
+                f"got shape {tuple(video.shape)}"
+            )
+        if self.spec.modality == "video":
+            return self.backbone(video, out_layers=out_layers)
+        b, c, t, h, w = video.shape
+        frames = video.transpose(1, 2).reshape(b * t, c, h, w)  # fold time into the batch
+
+        def unfold(tokens: torch.Tensor) -> torch.Tensor:  # (B*T, n, D) -> (B, T*n, D), frame-major
+            return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])
+
+        out = self.backbone(frames, out_layers=out_layers)
+        return [unfold(o) for o in out] if out_layers is not None else unfold(out)
+
+    def extra_repr(self) -> str:
+        src = "random init" if self.checkpoint_info.get("random_init") else self.checkpoint_info.get("path")
+        return f"name={self.spec.name!r}, modality={self.spec.modality!r}, weights={src}"
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A plain dict from a dict or an OmegaConf config (Hydra composes the latter)."""
+    if type(cfg).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def _build_backbone(builder, cfg: dict, device=None) -> nn.Module:
+    if device is not None and "device" in inspect.signature(builder).parameters:
+        return builder(cfg, device=device)
+    return builder(cfg)
+
+
+def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *, checkpoint_key: str | None = None,
+                trust_checkpoint: bool = False, random_init: bool = False, seed: int | None = None) -> FrozenEncoder:
+    """Build the encoder a composed config describes, with weights from `checkpoint` or a seeded random init.
+
+    `checkpoint_key` defaults to the config's `checkpoint_key`. Fields `checkpoint`,
+    `trust_checkpoint`, `random_init` and `seed` in `cfg` are used when the arguments are not given,
+    so a Hydra-composed encoder group may carry them.
+    """
+    cfg = validate_config(_plain(cfg))
+    checkpoint = checkpoint if checkpoint is not None else cfg.get("checkpoint")
+    trust_checkpoint = bool(trust_checkpoint or cfg.get("trust_checkpoint", False))
+    random_init = bool(random_init or cfg.get("random_init", False))
+    seed = seed if seed is not None else cfg.get("seed")
+    if checkpoint is None and not random_init:
+        checkpoint = default_checkpoint(cfg)  # weights shipped in an installed package, if any
+    if checkpoint is not None and random_init:
+        raise ValueError(f"encoder {cfg['name']!r}: pass either a checkpoint or --random-init, not both")
+    if checkpoint is None and not random_init:
+        raise ValueError(
+            f"encoder {cfg['name']!r} needs weights: pass --checkpoint PATH (checkpoint=...) to load a trained "
+            "encoder, or --random-init (random_init=True) to evaluate a randomly initialised one"
+        )
+    spec = EncoderSpec.from_config(cfg)
+    builder = resolve_target(cfg["builder"])
+
+    if random_init:
+        seed = DEFAULT_SEED if seed is None else int(seed)
+        # Seeded on a forked RNG: the same seed gives the same weights, and the caller's RNG
+        # stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = _build_backbone(builder, cfg)
+        info = {"path": None, "sha256": None, "key": None, "random_init": True, "seed": seed}
+        return FrozenEncoder(backbone, spec, info)
+
+    key = checkpoint_key if checkpoint_key is not None else cfg.get("checkpoint_key")
+    state, info = load_encoder_state(checkpoint, key=key, trust=trust_checkpoint)
+    # Build on the meta device when the builder allows: every tensor comes from the checkpoint,
+    # so a ViT-H is not randomly initialised only to be overwritten.
+    if cfg.get("checkpoint_filter"):
+        # timm-style: a family's converter maps its release layout onto our module, in one place.
+        state = resolve_target(cfg["checkpoint_filter"])(state)
+    backbone = _build_backbone(builder, cfg, device="meta")
+    load_state_strict(backbone, state, info)
+    if any(t.is_meta for t in backbone.state_dict().values()):  # a builder that ignored device=
+        raise RuntimeError(f"encoder {cfg['name']!r}: builder left tensors on the meta device after loading")
+    info["random_init"] = False
+    return FrozenEncoder(backbone, spec, info)

@@ -1,0 +1,180 @@
+"""The encoder registry: one YAML file per encoder in `configs/encoder/` (torch-free).
+
+The config directory *is* the registry (it doubles as the Hydra group `encoder`), so listing
+encoders or reading a config never imports torch; the model code named by `builder`
+("module:function") is imported only when an encoder is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .errors import UnknownNameError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "encoder"
+
+REQUIRED_KEYS = ("name", "modality", "builder", "arch", "mean", "std")
+TOP_LEVEL_KEYS = frozenset(REQUIRED_KEYS + ("family", "description", "checkpoint_key", "checkpoint_filter",
+                                            "default_checkpoint"))
+REQUIRED_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "resolution")
+# Keys the ViT builders understand; a flat override such as `num_frames=4` goes into `arch`.
+ARCH_KEYS = frozenset(REQUIRED_ARCH_KEYS + (
+    "mlp_ratio", "tubelet_size", "num_frames", "uniform_power", "qkv_bias", "in_chans",
+    "drop_path_rate", "init_std",
+))
+
+
+def names() -> list[str]:
+    """Registered encoder names (the YAML stems), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _unknown(name: str, choices: list[str], what: str = "encoder") -> UnknownNameError:
+    close = tuple(difflib.get_close_matches(name, choices, n=5, cutoff=0.5))
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownNameError(
+        f"unknown {what} {name!r}.{hint} Known {what}s: {', '.join(choices) or '(none)'}.",
+        name=name, close=close,
+    )
+
+
+def config(name: str) -> dict[str, Any]:
+    """The registered config of `name` as a plain dict (a fresh copy each call)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not name or "/" in name or not path.is_file():
+        raise _unknown(name, names())
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if cfg.get("name", name) != name:
+        raise ValueError(f"{path}: 'name: {cfg['name']}' does not match the file name {name!r}")
+    cfg.setdefault("name", name)
+    return cfg
+
+
+def _deep_merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(cfg: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Deep-merge `overrides` into a copy of `cfg`.
+
+    Architecture keys may be given flat (`num_frames=4`) or nested (`arch={"num_frames": 4}`);
+    anything else must be a known top-level key (a typo is an error naming close keys, not a
+    silently ignored setting).
+    """
+    out = copy.deepcopy(dict(cfg))
+    out.setdefault("arch", {})
+    for key, value in overrides.items():
+        if key == "arch":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"override arch= must be a mapping, got {type(value).__name__}")
+            out["arch"] = _deep_merge(dict(out["arch"]), value)
+        elif key in out["arch"] or key in ARCH_KEYS:
+            out["arch"] = _deep_merge(dict(out["arch"]), {key: value})
+        elif key in out or key in TOP_LEVEL_KEYS:
+            out = _deep_merge(out, {key: value})
+        else:
+            choices = sorted(set(out) | set(out["arch"]) | TOP_LEVEL_KEYS | ARCH_KEYS)
+            close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown encoder setting {key!r}.{hint} Known settings: {', '.join(choices)}.")
+    return out
+
+
+def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a composed encoder config up front, with messages that say what is wrong."""
+    cfg = dict(cfg)
+    label = cfg.get("name", "<unnamed>")
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"encoder config {label!r} lacks required keys: {', '.join(missing)}")
+    arch = cfg["arch"]
+    if not isinstance(arch, Mapping):
+        raise ValueError(f"encoder config {label!r}: 'arch' must be a mapping")
+    missing = [k for k in REQUIRED_ARCH_KEYS if k not in arch]
+    if missing:
+        raise ValueError(f"encoder config {label!r}: arch lacks {', '.join(missing)}")
+    if cfg["modality"] not in ("video", "image"):
+        raise ValueError(f"encoder config {label!r}: modality must be 'video' or 'image', got {cfg['modality']!r}")
+    d, h, p, r = (int(arch[k]) for k in ("embed_dim", "num_heads", "patch_size", "resolution"))
+    t, f = int(arch.get("tubelet_size", 1)), int(arch.get("num_frames", 1))
+    problems = []
+    if d % h:
+        problems.append(f"embed_dim {d} is not divisible by num_heads {h}")
+    if r % p:
+        problems.append(f"resolution {r} is not a multiple of patch_size {p}")
+    if cfg["modality"] == "video" and f % t:
+        problems.append(f"num_frames {f} is not a multiple of tubelet_size {t}")
+    if cfg["modality"] == "image" and (t != 1 or f != 1):
+        problems.append(f"an image encoder needs tubelet_size 1 and num_frames 1 (got {t} and {f}); "
+                        "it runs frame by frame on video")
+    for k in ("mean", "std"):
+        if len(cfg[k]) != int(arch.get("in_chans", 3)):
+            problems.append(f"{k} has {len(cfg[k])} values for {arch.get('in_chans', 3)} channels")
+    if ":" not in str(cfg["builder"]):
+        problems.append(f"builder {cfg['builder']!r} must be 'module:function'")
+    if problems:
+        raise ValueError(f"encoder config {label!r}: " + "; ".join(problems))
+    return cfg
+
+
+def resolve_target(target: str) -> Callable[..., Any]:
+    """Import the lazy target "package.module:function"."""
+    module_name, _, attr = str(target).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name!r} for target {target!r}: {e}") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"{module_name!r} has no attribute {attr!r} (target {target!r})") from None
+
+
+def compose(name: str, **overrides: Any) -> dict[str, Any]:
+    """The registered config of `name` with `overrides` merged and validated."""
+    return validate_config(apply_overrides(config(name), **overrides))
+
+
+def build(name: str, checkpoint=None, *, checkpoint_key: str | None = None, trust_checkpoint: bool = False,
+          random_init: bool = False, seed: int | None = None, **overrides: Any):
+    """Build the registered encoder `name` as a `FrozenEncoder` (see `frozen.from_config`)."""
+    cfg = compose(name, **overrides)
+    from .frozen import from_config  # torch is imported only here
+
+    return from_config(cfg, checkpoint=checkpoint, checkpoint_key=checkpoint_key,
+                       trust_checkpoint=trust_checkpoint, random_init=random_init, seed=seed)
+
+
+def default_checkpoint(name_or_cfg) -> Path | None:
+    """Weights that ship inside an installed package, named by `default_checkpoint` in the config.
+
+    `{package: NAME, path: relative/file}` is looked up with importlib's finder, which locates the
+    package without importing (running) it; None when the config names none or it is not installed.
+    """
+    import importlib.util
+
+    cfg = config(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg
+    entry = cfg.get("default_checkpoint")
+    if not entry:
+        return None
+    try:
+        spec = importlib.util.find_spec(entry["package"])
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / entry["path"]
+    return path if path.is_file() else None
