@@ -1,0 +1,34 @@
+"""Probes on frozen encoders: attentive and linear probes, and the probe trainer.
+
+`names()`, `config()` and `UnknownNameError` are torch-free; everything else is imported on first
+use (module `__getattr__`) so listing probe kinds stays fast.
+"""
+from __future__ import annotations
+
+from probes.registry import UnknownNameError, build, config, from_config, names
+
+_LAZY = {
+    "AttentiveProbe": "probes.attentive",
+    "LinearProbe": "probes.linear",
+    "OptimConfig": "probes.trainer",
+    "ProbeResult": "probes.trainer",
+    "train_probe": "probes.trainer",
+    "evaluate": "probes.trainer",
+    "CosineSchedule": "probes.optim",
+    "cosine_value": "probes.optim",
+    "param_groups": "probes.optim",
+    "DataProblems": "probes.problems",
+    "DataProblemError": "probes.problems",
+}
+
+__all__ = ["UnknownNameError", "build", "config", "from_config", "names", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'probes' has no attribute {name!r}")

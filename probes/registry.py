@@ -1,0 +1,66 @@
+"""Probe kinds = the YAML files in probes/configs/probe (listed without importing torch)."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs" / "probe"
+
+
+class UnknownNameError(KeyError):
+    """An unknown probe kind; the message lists the known ones and close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _unknown(kind: str) -> UnknownNameError:
+    known = names()
+    close = difflib.get_close_matches(kind, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return UnknownNameError(f"unknown probe kind {kind!r}; known kinds: {', '.join(known)}.{hint}")
+
+
+def config(kind: str) -> dict[str, Any]:
+    import yaml
+
+    path = CONFIG_DIR / f"{kind}.yaml"
+    if not path.exists():
+        raise _unknown(kind)
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def build(kind: str, embed_dim: int, num_classes: int, **kw):
+    """Build a probe: `attentive` needs `num_heads` (the encoder's); other keys are the class's."""
+    if kind == "attentive":
+        from probes.attentive import AttentiveProbe
+
+        if kw.get("num_heads") is None:
+            raise ValueError("the attentive probe needs num_heads: pass the encoder's "
+                             "(encoder.spec.num_heads), as the V-JEPA protocol does")
+        return AttentiveProbe(embed_dim, num_classes, **kw)
+    if kind == "linear":
+        from probes.linear import LinearProbe
+
+        return LinearProbe(embed_dim, num_classes, **kw)
+    raise _unknown(kind)
+
+
+def from_config(cfg: dict[str, Any], *, embed_dim: int, num_classes: int,
+                num_heads: int | None = None):
+    """Build from a probe config dict (a probes/configs/probe YAML, possibly overridden).
+
+    `num_heads: null` in the config means the encoder's heads, given here as `num_heads`.
+    """
+    kw = dict(cfg)
+    kind = kw.pop("kind", None)
+    if kind is None:
+        raise ValueError(f"probe config has no 'kind' (one of {', '.join(names())})")
+    if kind == "attentive" and kw.get("num_heads") is None:
+        kw["num_heads"] = num_heads
+    return build(kind, embed_dim, num_classes, **kw)

@@ -1,0 +1,18 @@
+"""Result records, the result store, leaderboards and the paper's reference tables.
+
+Never imports torch or model code; pandas and yaml are imported inside the functions that need
+them, so `import results` stays light.
+"""
+from __future__ import annotations
+
+# Imported eagerly on purpose: importing the submodule `results.leaderboard` sets the package
+# attribute `leaderboard` to the module; binding the function afterwards here keeps
+# `results.leaderboard(...)` the function however the submodule is imported later.
+from results.leaderboard import Leaderboard, leaderboard, protocol_diff, render
+from results.record import make_record, protocol_id, read_record, write_record
+from results.reference import load_reference_tables
+from results.store import ResultStore, checkpoint_label, records_frame
+
+__all__ = ["Leaderboard", "ResultStore", "checkpoint_label", "leaderboard",
+           "load_reference_tables", "make_record", "protocol_diff", "protocol_id", "read_record",
+           "records_frame", "render", "write_record"]

@@ -1,0 +1,163 @@
+"""Result records: one JSON file per evaluation, written atomically.
+
+A record holds everything needed to trust and reproduce one number: encoder and checkpoint
+(path + sha256), task and split, the resolved `protocol` and its short hash `protocol_id`,
+metrics, data problems, timings, versions, git commit, host, device, world size and seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_VERSIONED = ("torch", "torchvision", "timm", "harness")
+
+
+def protocol_id(protocol: dict) -> str:
+    """First 12 hex chars of sha256 over canonical JSON: independent of key order."""
+    canonical = json.dumps(protocol, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def package_versions() -> dict[str, str | None]:
+    # importlib.metadata reads installed metadata without importing the packages (no torch here).
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(repo: Path = _REPO_ROOT) -> str | None:
+    """HEAD of the repository holding this code, or None (not a checkout, no git, no commit)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=3)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def make_record(*, encoder: dict, checkpoint: dict, task: str, split: str, protocol: dict,
+                metrics: dict, data_problems: dict, timings: dict, seed: int, device: str,
+                world_size: int = 1, extra: dict | None = None) -> dict[str, Any]:
+    """Assemble a record; `encoder` needs a `name`, `checkpoint` is e.g. {path, sha256, step,
+    random_init} (use {} / random_init=True for a randomly initialised encoder)."""
+    if not isinstance(encoder, dict) or not encoder.get("name"):
+        raise ValueError("make_record: encoder must be a dict with at least a 'name'")
+    if not task:
+        raise ValueError("make_record: task must be a non-empty name")
+    record = {
+        "record_version": RECORD_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+        "encoder": dict(encoder),
+        "checkpoint": dict(checkpoint or {}),
+        "task": task,
+        "split": split,
+        "protocol": protocol,
+        "protocol_id": protocol_id(protocol),
+        "metrics": dict(metrics),
+        "data_problems": dict(data_problems or {}),
+        "timings": dict(timings or {}),
+        "seed": seed,
+        "device": str(device),
+        "world_size": int(world_size),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "host": socket.gethostname(),
+    }
+    if extra:
+        record["extra"] = dict(extra)
+    return record
+
+
+def _json_default(value):
+    # Common non-JSON values that have one obvious text/number form; anything else is an error
+    # (a silently stringified tensor in a record would be worse than a failed write).
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"record value {value!r} of type {type(value).__name__} is not JSON; "
+                    f"convert it to a number, string, list or dict before writing")
+
+
+def _safe(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")[:limit] or "x"
+
+
+def record_filename(record: dict) -> str:
+    created = _dt.datetime.fromisoformat(record["created"])
+    stamp = created.astimezone(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
+    # The random suffix keeps two records written in the same microsecond apart.
+    return (f"{_safe(record['encoder']['name'])}__{_safe(record['task'])}__"
+            f"{record['protocol_id']}__{stamp}-{uuid.uuid4().hex[:6]}.json")
+
+
+def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
+    """Write `record` into `out_dir` atomically and return its path.
+
+    The text goes to a hidden `.part` file in the same directory (same file system), is fsync-ed,
+    then renamed over the final name with os.replace: readers see no file or a whole file, never a
+    partial one, even with many jobs writing into the same folder.
+    """
+    for key in ("encoder", "task", "protocol_id", "created"):
+        if key not in record:
+            raise ValueError(f"not a result record (no {key!r}); build it with make_record()")
+    text = json.dumps(record, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / record_filename(record)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".json.part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where supported
+        dir_fd = os.open(out_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one record; ValueError if the file is not valid JSON or not a record."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "record_version" not in data:
+        raise ValueError(f"{path} is not a result record (no record_version)")
+    if data["record_version"] > RECORD_VERSION:
+        raise ValueError(f"{path} has record_version {data['record_version']}, newer than this "
+                         f"code understands ({RECORD_VERSION}); update harness")
+    return data

@@ -1,0 +1,262 @@
+"""Probe trainer: segments/views, learning, data problems, resume."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import probes
+from probes import DataProblemError, OptimConfig, evaluate, train_probe
+from probes.trainer import encode_views, merge_views, probe_views
+
+C, T, H = 4, 2, 4          # classes, frames, height = width
+D = 16                     # token width
+
+
+class PatchEncoder(nn.Module):
+    """A fixed random linear 'encoder': one token per frame, (B, 3, T, H, W) -> (B, T, D)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.proj = nn.Linear(3 * H * H, D)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(D, 3 * H * H, generator=g) / 4)
+            self.proj.bias.zero_()
+        self.requires_grad_(False)
+        self.calls = 0
+
+    def forward(self, video):
+        self.calls += 1
+        b, c, t, h, w = video.shape
+        return self.proj(video.permute(0, 2, 1, 3, 4).reshape(b, t, c * h * w))
+
+
+class ToyClips(Dataset):
+    """Class k = a fixed random pattern k plus noise; `broken` indices fail to 'decode'."""
+
+    def __init__(self, n, *, segments=1, views=1, seed=0, broken=()):
+        g = torch.Generator().manual_seed(seed)
+        patterns = torch.randn(C, 3, 1, H, H, generator=torch.Generator().manual_seed(99))
+        self.labels = torch.arange(n) % C
+        noise = torch.randn(n, segments, views, 3, T, H, H, generator=g)
+        self.videos = patterns[self.labels][:, None, None] + 0.8 * noise
+        self.broken = set(broken)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if i in self.broken:
+            return {"video": None, "label": int(self.labels[i]), "path": f"/data/v{i}.mp4",
+                    "error": "moov atom not found"}
+        return {"video": self.videos[i], "label": int(self.labels[i]), "path": f"/data/v{i}.mp4",
+                "error": None}
+
+
+def collate(items):
+    # Same contract as tasks.collate_clips: failed items are dropped and listed.
+    ok = [it for it in items if it["video"] is not None]
+    return {"video": torch.stack([it["video"] for it in ok]) if ok else None,
+            "label": torch.tensor([it["label"] for it in ok], dtype=torch.long),
+            "failures": [(it["path"], it["error"]) for it in items if it["video"] is None]}
+
+
+def loader(ds, batch_size=8, shuffle=False):
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
+
+
+def optim(**kw):
+    return OptimConfig(**{"epochs": 3, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.01,
+                          **kw})
+
+
+class RecordingProbe(nn.Module):
+    """Logits = a fixed linear map of the mean token; remembers the token shapes it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(D, C)
+        self.seen = []
+
+    def forward(self, tokens):
+        self.seen.append(tuple(tokens.shape))
+        return self.head(tokens.mean(1))
+
+
+def test_segments_concatenated_and_views_kept_apart():
+    enc = PatchEncoder()
+    video = torch.randn(2, 3, 2, 3, T, H, H)  # B=2, S=3, V=2
+    tokens = encode_views(enc, video, chunk=5)
+    assert tokens.shape == (2, 2, 3 * T, D)
+    assert enc.calls == 3  # 12 clips in chunks of 5
+    for b in range(2):
+        for v in range(2):
+            expect = torch.cat([enc(video[b:b + 1, s, v]) for s in range(3)], dim=1)[0]
+            assert torch.allclose(tokens[b, v], expect, atol=1e-6)
+
+
+def test_view_merge_is_mean_of_softmaxes():
+    torch.manual_seed(0)
+    enc, probe = PatchEncoder(), RecordingProbe()
+    video = torch.randn(3, 2, 4, 3, T, H, H)  # B=3, S=2, V=4
+    probs = merge_views(probe_views(probe, encode_views(enc, video)))
+    assert probe.seen == [(3 * 4, 2 * T, D)]  # one probe pass, S*N tokens per view
+    manual = torch.stack([
+        torch.stack([probe(torch.cat([enc(video[b:b + 1, s, v]) for s in range(2)], 1))[0]
+                     .softmax(-1) for v in range(4)]).mean(0) for b in range(3)])
+    assert torch.allclose(probs, manual, atol=1e-6)
+
+
+def test_evaluate_accuracy_equals_manual_view_averaged_prediction():
+    torch.manual_seed(0)
+    ds = ToyClips(12, segments=2, views=3, seed=1)
+    enc, probe = PatchEncoder(), RecordingProbe()
+    metrics, problems = evaluate(enc, probe, loader(ds, batch_size=5), topk=(1, 2))
+    probs = merge_views(probe_views(probe, encode_views(enc, ds.videos)))
+    top1 = (probs.argmax(-1) == ds.labels).float().mean().item() * 100
+    top2 = (probs.topk(2).indices == ds.labels[:, None]).any(-1).float().mean().item() * 100
+    assert metrics["top1"] == pytest.approx(top1)
+    assert metrics["top2"] == pytest.approx(top2)
+    assert 0 <= metrics["mean_class_acc"] <= 100
+    assert problems.seen == {"eval": 12} and problems.failed == {"eval": 0}
+    assert all(shape[1] == 2 * T for shape in probe.seen)
+
+
+def test_topk_is_capped_at_class_count():
+    metrics, _ = evaluate(PatchEncoder(), RecordingProbe(), loader(ToyClips(8)), topk=(1, 5))
+    assert set(metrics) == {"top1", "top4", "mean_class_acc"}
+    assert metrics["top4"] == 100.0
+
+
+@pytest.mark.parametrize("kind", ["attentive", "linear"])
+def test_trainer_learns_a_separable_problem(kind):
+    torch.manual_seed(0)
+    probe = probes.build(kind, D, C, **({"num_heads": 2} if kind == "attentive" else {}))
+    result = train_probe(PatchEncoder(), probe, loader(ToyClips(64), shuffle=True),
+                         loader(ToyClips(32, views=2, seed=5)), optim(epochs=6),
+                         progress=False)
+    assert result.metrics["top1"] > 80.0  # chance is 25%
+    assert result.probe is probe
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.history[-1]["lr"] < result.history[0]["lr"]
+    assert result.timings["train_s"] > 0 and result.timings["train_samples_per_s"] > 0
+    assert set(result.timings) >= {"total_s", "train_s", "eval_s", "eval_samples_per_s"}
+
+
+def test_training_with_progress_bars_and_warmup_runs():
+    torch.manual_seed(0)
+    lines = []
+    result = train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ToyClips(16)),
+                         loader(ToyClips(8)), optim(epochs=2, warmup_epochs=1),
+                         progress=True, log=lines.append)
+    assert result.history[0]["lr"] == pytest.approx(1e-2 * 1 / 2)  # last warmup step (1 of 2)
+    assert any("epoch 2/2" in line for line in lines)
+
+
+def test_failures_above_threshold_stop_with_a_clear_message():
+    ds = ToyClips(20, broken={3})  # 5% per epoch is not above 5%...
+    train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ds), loader(ToyClips(8)),
+                optim(epochs=1), progress=False)
+    ds = ToyClips(20, broken={3, 11})  # ...10% is
+    with pytest.raises(DataProblemError) as err:
+        train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ds),
+                    loader(ToyClips(8)), optim(epochs=1), progress=False)
+    msg = str(err.value)
+    assert "2 of 20 samples (10.0%) in training epoch 1" in msg
+    assert "/data/v3.mp4: moov atom not found" in msg and "max_failure_fraction=0.05" in msg
+    assert err.value.problems.failed == {"train": 2}
+
+
+def test_failures_below_threshold_are_counted_not_replaced():
+    train_ds, eval_ds = ToyClips(20, broken={0, 1}), ToyClips(10, broken={9})
+    result = train_probe(PatchEncoder(), probes.build("linear", D, C), loader(train_ds),
+                         loader(eval_ds), optim(epochs=2), progress=False,
+                         max_failure_fraction=0.2)
+    p = result.data_problems
+    assert p.seen == {"train": 40, "eval": 10}
+    assert p.failed == {"train": 4, "eval": 1}
+    assert p.failures == [("/data/v0.mp4", "moov atom not found"),
+                          ("/data/v1.mp4", "moov atom not found"),
+                          ("/data/v9.mp4", "moov atom not found")]
+    assert result.history[0]["samples"] == 18
+    assert p.to_dict()["failures"][2] == {"path": "/data/v9.mp4", "error": "moov atom not found"}
+
+
+def test_evaluation_failures_checked_and_all_failed_stops_early():
+    with pytest.raises(DataProblemError, match="in evaluation"):
+        evaluate(PatchEncoder(), RecordingProbe(), loader(ToyClips(10, broken={0, 5})))
+    seen = []
+
+    class CountingLoader:
+        def __init__(self, inner):
+            self.inner, self.dataset = inner, inner.dataset
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __iter__(self):
+            for batch in self.inner:
+                seen.append(batch)
+                yield batch
+
+    dead = ToyClips(64, broken=set(range(64)))  # e.g. a wrong data root
+    with pytest.raises(DataProblemError, match="of 64 samples"):
+        evaluate(PatchEncoder(), RecordingProbe(), CountingLoader(loader(dead)))
+    assert len(seen) == 1  # 8 failures > 5% of 64: stopped after the first batch
+
+
+def test_optim_config_from_dict():
+    cfg = OptimConfig.from_dict({"epochs": 2, "batch_size": 4, "lr": 1e-3, "bf16": False})
+    assert cfg.weight_decay == 0.01 and cfg.bf16 is False
+    with pytest.raises(ValueError, match="unknown optimisation keys \\['lr_scale'\\]"):
+        OptimConfig.from_dict({"epochs": 2, "batch_size": 4, "lr": 1e-3, "lr_scale": 2})
+    with pytest.raises(ValueError, match="required keys \\['lr'\\]"):
+        OptimConfig.from_dict({"epochs": 2, "batch_size": 4})
+
+
+class Preempted(Exception):
+    pass
+
+
+def test_resume_after_interruption_reaches_the_same_weights(tmp_path):
+    def run(state, on_epoch_end=None, seed=0):
+        torch.manual_seed(seed)
+        probe = probes.build("attentive", D, C, num_heads=2)
+        return train_probe(PatchEncoder(), probe, loader(ToyClips(24), shuffle=True),
+                           loader(ToyClips(8)), optim(epochs=3), progress=False,
+                           state_path=state, on_epoch_end=on_epoch_end)
+
+    full = run(tmp_path / "a" / "state.pt")
+
+    def stop_after_first(epoch, stats):
+        if epoch == 0:
+            raise Preempted
+
+    state = tmp_path / "b" / "state.pt"
+    with pytest.raises(Preempted):
+        run(state, stop_after_first)
+    assert torch.load(state, weights_only=True)["epoch"] == 1
+    assert [p.name for p in state.parent.iterdir()] == ["state.pt"]  # no temp files left
+    # Different seed in the new process: the probe weights, optimiser state and the RNG that
+    # drives the shuffling loader all come from the saved state.
+    resumed = run(state, seed=123)
+    assert resumed.timings["resumed_from_epoch"] == 1
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for (name, a), b in zip(full.probe.state_dict().items(), resumed.probe.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.metrics == full.metrics
+    # A finished state only re-runs the evaluation (e.g. a job killed while writing its record).
+    again = run(state, seed=7)
+    assert again.timings["resumed_from_epoch"] == 3 and again.timings["train_s"] == 0
+    assert again.metrics == full.metrics
+
+
+def test_resume_refuses_state_of_a_different_run(tmp_path):
+    state = tmp_path / "state.pt"
+    train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ToyClips(8)),
+                loader(ToyClips(8)), optim(epochs=1), progress=False, state_path=state)
+    with pytest.raises(ValueError, match="different run.*optim.*delete it"):
+        train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ToyClips(8)),
+                    loader(ToyClips(8)), optim(epochs=1, lr=0.5), progress=False,
+                    state_path=state)

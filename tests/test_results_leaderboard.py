@@ -1,0 +1,144 @@
+"""Leaderboards: protocol matching, duplicates, rendering."""
+import copy
+import csv
+import io
+import time
+
+import pytest
+
+from results import (ResultStore, leaderboard, make_record, protocol_diff, records_frame, render,
+                     write_record)
+
+ATTENTIVE = {"probe": {"kind": "attentive", "depth": 1}, "optim": {"lr": 1e-3, "epochs": 20},
+             "task": {"segments": 8, "views": 3}}
+
+
+def add(root, encoder, task, top1, protocol=ATTENTIVE, checkpoint=None, top5=None):
+    rec = make_record(encoder={"name": encoder},
+                      checkpoint=checkpoint or {"path": f"/ckpt/{encoder}.pth", "sha256": "a" * 64},
+                      task=task, split="val", protocol=protocol,
+                      metrics={"top1": top1, **({"top5": top5} if top5 is not None else {})},
+                      data_problems={}, timings={}, seed=0, device="cpu")
+    return write_record(rec, root)
+
+
+def board(root, **kw):
+    return leaderboard(ResultStore(root).frame(), **kw)
+
+
+def test_same_protocol_one_column_per_task(tmp_path):
+    add(tmp_path, "vjepa_vitl", "k400", 80.8)
+    add(tmp_path, "vjepa_vitl", "ssv2", 69.5)
+    add(tmp_path, "videomae_vitl", "k400", 77.8)
+    add(tmp_path, "videomae_vitl", "ssv2", 65.5)
+    lb = board(tmp_path)
+    assert list(lb.table.columns) == ["k400", "ssv2"]
+    assert lb.notes == []
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "ssv2"] == 69.5
+    assert lb.table.loc[("videomae_vitl", "videomae_vitl.pth"), "k400"] == 77.8
+    assert list(lb.table.index.get_level_values("encoder")) == ["vjepa_vitl", "videomae_vitl"]
+
+
+def test_different_protocol_gets_its_own_column_and_a_note(tmp_path):
+    linear = copy.deepcopy(ATTENTIVE)
+    linear["probe"] = {"kind": "linear"}
+    add(tmp_path, "vjepa_vitl", "k400", 80.8)
+    add(tmp_path, "videomae_vitl", "k400", 77.8)
+    add(tmp_path, "vjepa_vitl", "ssv2", 69.5)
+    add(tmp_path, "vjepa_vitl", "k400", 71.0, protocol=linear)
+    frame = ResultStore(tmp_path).frame()
+    pid_att = frame[frame["probe"] == "attentive"]["protocol_id"].iloc[0]
+    pid_lin = frame[frame["probe"] == "linear"]["protocol_id"].iloc[0]
+    lb = leaderboard(frame)
+    assert list(lb.table.columns) == [f"k400 [{pid_att}]", f"k400 [{pid_lin}]", "ssv2"]
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), f"k400 [{pid_lin}]"] == 71.0
+    assert lb.table[f"k400 [{pid_lin}]"].isna().sum() == 1  # videomae has no linear record
+    (note,) = lb.notes
+    assert "k400" in note and "not comparable" in note
+    assert "probe.kind: attentive vs linear" in note
+    assert "probe.depth: 1 vs <absent>" in note
+    assert "optim" not in note  # only differing fields are named
+
+
+def test_protocol_diff_dotted_keys():
+    a = {"probe": {"kind": "attentive"}, "task": {"views": 3, "size": 224}}
+    b = {"probe": {"kind": "linear"}, "task": {"views": 3}, "seed": 1}
+    assert protocol_diff(a, b) == ["probe.kind: attentive vs linear", "seed: <absent> vs 1",
+                                   "task.size: 224 vs <absent>"]
+
+
+def test_latest_duplicate_wins_with_a_note(tmp_path):
+    add(tmp_path, "vjepa_vitl", "k400", 70.0)
+    time.sleep(0.002)
+    add(tmp_path, "vjepa_vitl", "k400", 80.8)
+    lb = board(tmp_path)
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "k400"] == 80.8
+    assert any("2 records, the latest is shown" in n for n in lb.notes)
+
+
+def test_same_file_name_different_checkpoints_stay_apart(tmp_path):
+    add(tmp_path, "vjepa_tiny", "k400", 40.0, checkpoint={"path": "/a/latest.pth",
+                                                          "sha256": "1" * 64})
+    add(tmp_path, "vjepa_tiny", "k400", 50.0, checkpoint={"path": "/b/latest.pth",
+                                                          "sha256": "2" * 64})
+    add(tmp_path, "vjepa_tiny", "k400", 10.0, checkpoint={"random_init": True})
+    lb = board(tmp_path)
+    assert set(lb.table.index.get_level_values("checkpoint")) == {
+        "latest.pth@11111111", "latest.pth@22222222", "random-init"}
+    assert list(lb.table["k400"]) == [50.0, 40.0, 10.0]  # best first
+
+
+def test_task_filter_metric_choice_and_missing(tmp_path):
+    add(tmp_path, "vjepa_vitl", "k400", 80.8, top5=94.0)
+    add(tmp_path, "vjepa_vitl", "ssv2", 69.5)
+    lb = board(tmp_path, tasks="ssv2,in1k")
+    assert list(lb.table.columns) == ["ssv2"]
+    assert "in1k: no records" in lb.notes
+    lb5 = board(tmp_path, metric="top5")
+    assert list(lb5.table.columns) == ["k400"] and lb5.table.iloc[0, 0] == 94.0
+    assert any("without top5" in n for n in lb5.notes)
+    assert "no record has metric 'map'" in board(tmp_path, metric="map").notes[0]
+    assert board(tmp_path / "empty").notes == ["no result records found"]
+
+
+def test_render_markdown_csv_rich(tmp_path):
+    linear = {**ATTENTIVE, "probe": {"kind": "linear"}}
+    add(tmp_path, "vjepa_vitl", "k400", 80.84)
+    add(tmp_path, "videomae_vitl", "k400", 77.8)
+    add(tmp_path, "vjepa_vitl", "ssv2", 69.5)
+    lb = board(tmp_path, tasks=["k400", "ssv2"])
+    md = render(lb, "markdown")
+    lines = md.splitlines()
+    assert lines[0] == "| encoder | checkpoint | k400 | ssv2 |"
+    assert lines[1] == "|---|---|---:|---:|"
+    assert lines[2] == "| vjepa_vitl | vjepa_vitl.pth | 80.8 | 69.5 |"
+    assert lines[3] == "| videomae_vitl | videomae_vitl.pth | 77.8 | - |"
+
+    rows = list(csv.DictReader(io.StringIO(render(lb, "csv"))))
+    assert rows[0] == {"encoder": "vjepa_vitl", "checkpoint": "vjepa_vitl.pth", "k400": "80.84",
+                       "ssv2": "69.5"}
+    assert rows[1]["ssv2"] == ""
+
+    add(tmp_path, "videomae_vitl", "ssv2", 60.0, protocol=linear)
+    lb = board(tmp_path)
+    text = render(lb, "rich")
+    assert "vjepa_vitl" in text and "80.8" in text and "77.8" in text
+    for column in lb.table.columns:  # '[pid]' must not be swallowed as rich markup
+        assert column in text
+    assert "note: ssv2: records under 2 different protocols" in text
+    assert "probe.kind" in render(lb, "markdown").splitlines()[-1]
+    with pytest.raises(ValueError, match="markdown"):
+        render(lb, "html")
+
+
+def test_records_in_memory_give_the_same_frame(tmp_path):
+    paths = [add(tmp_path, "vjepa_vitl", "k400", 80.8), add(tmp_path, "vjepa_vitl", "ssv2", 69.5)]
+    from results import read_record
+
+    in_memory = records_frame([read_record(p) for p in paths])
+    stored = ResultStore(tmp_path).frame()
+    assert in_memory["path"].isna().all()
+    cols = ["encoder", "checkpoint", "task", "protocol_id", "top1"]
+    assert in_memory[cols].equals(stored[cols])
+    with pytest.raises(ValueError, match="lacks expected fields"):
+        records_frame([{"task": "k400"}])
