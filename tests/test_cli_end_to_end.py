@@ -1,0 +1,107 @@
+"""The CLI end to end on CPU: real mp4 files -> frozen tiny encoder -> probe -> record -> leaderboard."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory) -> Path:
+    from tasks.digits import make_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    make_digits(root, seed=0, per_class_train=4, per_class_val=1, per_class_test=2,
+                num_frames=20, size=32, progress=False)
+    return root
+
+
+def _run(args: list[str]) -> int:
+    return main(args)
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "harness", "--help"], capture_output=True,
+                         text=True, cwd=REPO, check=True).stdout
+    for command in ("run", "encoders", "tasks", "leaderboard", "data", "pretrain", "demo"):
+        assert command in out
+
+
+def test_listing_does_not_import_torch():
+    code = ("import sys; from harness.cli import main; main(['encoders', '--format', 'csv']); "
+            "main(['tasks', '--format', 'csv']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    assert "vjepa_vitl" in out and "digits_motion" in out and "ssv2" in out
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_unknown_encoder_names_close_matches(capsys):
+    assert _run(["run", "--encoder", "vjepa_vitll", "--task", "digits_motion"]) == 2
+    err = capsys.readouterr().err
+    assert "vjepa_vitl" in err and "unknown encoder" in err
+
+
+def test_unknown_override_key_is_a_clear_error(capsys):
+    assert _run(["run", "--encoder", "vjepa_tiny", "--random-init", "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_show_config_composes_groups(capsys):
+    assert _run(["run", "--encoder", "vjepa_tiny", "--task", "ssv2", "--probe", "linear",
+                 "--show-config", "task.optim.lr=0.0003"]) == 0
+    out = capsys.readouterr().out
+    assert "num_classes: 174" in out and "kind: linear" in out and "lr: 0.0003" in out
+
+
+def test_run_records_and_leaderboard(digits_root, tmp_path, capsys):
+    out = tmp_path / "runs"
+    common = ["--encoder", "vjepa_tiny", "--random-init", "--out", str(out), "--no-progress",
+              f"task.data.root={digits_root}", "task.optim.epochs=2", "task.optim.batch_size=8"]
+    assert _run(["run", "--task", "digits_motion", *common]) == 0
+    assert _run(["run", "--task", "digits_appearance", *common]) == 0
+    assert _run(["run", "--task", "digits_motion", "--probe", "linear", *common]) == 0
+
+    records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+    assert len(records) == 3
+    by_key = {(r["task"], r["protocol"]["probe"]["kind"]): r for r in records}
+    attentive = by_key[("digits_motion", "attentive")]
+    linear = by_key[("digits_motion", "linear")]
+    assert attentive["protocol_id"] != linear["protocol_id"]
+    assert attentive["checkpoint"]["random_init"] is True
+    assert attentive["split"] == "test"
+    assert 0.0 <= attentive["metrics"]["top1"] <= 100.0
+    assert attentive["protocol"]["task"]["sampling"]["eval_segments"] == 2
+    for field in ("protocol_id", "versions", "timings", "data_problems", "seed", "device"):
+        assert field in attentive
+    # The test split has 2 videos per class for 8 motions.
+    assert attentive["data_problems"]["seen"]["eval"] == 16
+    assert attentive["data_problems"]["failed"].get("eval", 0) == 0
+
+    capsys.readouterr()
+    assert _run(["leaderboard", "--results", str(out), "--format", "markdown"]) == 0
+    board = capsys.readouterr().out
+    assert "digits_appearance" in board and "digits_motion" in board
+    assert linear["protocol_id"] in board and attentive["protocol_id"] in board
+    assert "probe.kind" in board  # the note says what differs between the two protocols
+
+
+def test_rerun_resumes_from_saved_state(digits_root, tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "digits_motion",
+            "--out", str(out), "--no-progress", f"task.data.root={digits_root}",
+            "task.optim.epochs=1", "task.optim.batch_size=8"]
+    assert _run(args) == 0
+    first = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert list((out / "state").glob("*.pt"))
+    assert _run(args) == 0  # finds the finished state: no retraining, same metrics
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert len(records) == 2
+    assert {r["metrics"]["top1"] for r in records} == {first["metrics"]["top1"]}
