@@ -22,5 +22,12 @@ def main(args) -> int:
     summary = make_digits(args.out, seed=args.seed, progress=not args.no_progress)
     from rich.console import Console
 
-    Console().print(f"[bold green]wrote[/] {args.out}: {summary}")
+    console = Console()
+    for task, info in summary["tasks"].items():
+        counts = ", ".join(f"{split} {s['videos']}" for split, s in info["splits"].items())
+        console.print(f"[bold green]wrote[/] {task}: {len(info['classes'])} classes; {counts} "
+                      f"videos ({summary['codec']}, {summary['num_frames']} frames, "
+                      f"{summary['size']}px)")
+    console.print(f"in {summary['root']} ({summary['seconds']:.0f} s); manifests are the release "
+                  "CSV format: `path label`")
     return 0

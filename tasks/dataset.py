@@ -1,0 +1,248 @@
+"""`Task` (a resolved spec with its data on disk) and `VideoDataset` (manifest -> clips)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decode import read_frames
+from .errors import DataError
+from .manifest import label_map_sha256, manifest_sha256, read_label_map, read_manifest
+from .sampling import ClipSampler
+from .spec import TaskSpec
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Items: `dict(video=(S, V, 3, T, H, W) float32 | None, label=int, path=str, error=str|None)`.
+
+    A video that cannot be read gives `video=None` and the reason in `error`. It is never
+    replaced by another sample (the release does that silently, in evaluation too); the consumer
+    counts failures (see `collate_clips`) and decides whether the run may go on.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[tuple[str, int]],
+        *,
+        sampler: ClipSampler,
+        transform,
+        split: str = "",
+        backend: str = "auto",
+        class_names: Sequence[str] | None = None,
+    ):
+        self.entries = list(entries)
+        self.sampler = sampler
+        self.transform = transform
+        self.split = split
+        self.backend = backend
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        path, label = self.entries[index]
+        try:
+            video = self._load(path)
+            error = None
+        except Exception as e:  # any failure is this sample's problem, reported, not hidden
+            video, error = None, f"{type(e).__name__}: {e}"
+            log.debug("skipping unreadable video %s: %s", path, error)
+        return {"video": video, "label": int(label), "path": path, "error": error}
+
+    def _load(self, path: str) -> torch.Tensor:
+        rng = None
+        if self.sampler.random:
+            # Drawn from torch's generator so torch.manual_seed (and DataLoader's per-worker
+            # seeding) makes training clips reproducible.
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        segments: list[list[int]] = []
+
+        def indices_fn(num_frames: int) -> list[int]:
+            segments[:] = self.sampler.indices(num_frames, rng)
+            return [i for seg in segments for i in seg]
+
+        frames, _ = read_frames(path, indices_fn, backend=self.backend)
+        T = self.sampler.frames_per_clip
+        clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
+        # Each segment gets its own random augmentation, as in the release.
+        views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
+        return torch.stack(views)  # (S, V, 3, T, H, W)
+
+
+def collate_clips(items: Sequence[dict]) -> dict:
+    """Stack the readable items; report the others.
+
+    Returns `dict(video=(B, S, V, 3, T, H, W) or None when no item was readable, label=(B,),
+    path=[...], failures=[(path, error), ...])`.
+    """
+    good = [it for it in items if it["video"] is not None]
+    failures = [(it["path"], it["error"]) for it in items if it["video"] is None]
+    return {
+        "video": torch.stack([it["video"] for it in good]) if good else None,
+        "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "path": [it["path"] for it in good],
+        "failures": failures,
+    }
+
+
+class Task:
+    """A task spec bound to its files. Paths in `spec.data` are resolved when the Task is made."""
+
+    def __init__(self, spec: TaskSpec, *, backend: str = "auto"):
+        self.spec = spec
+        self.backend = backend
+        data = dict(spec.data)
+        # Relative roots resolve against the current directory at build time (documented).
+        self.root = Path(os.path.abspath(os.path.expanduser(data.get("root") or ".")))
+        self.paths: dict[str, Path | None] = {}
+        for key in ("train", "val", "test", "labels"):
+            value = data.get(key)
+            self.paths[key] = None if value is None else self.root / os.path.expanduser(str(value))
+        self._entry_cache: dict[str, list[tuple[str, int]]] = {}
+
+    def __repr__(self) -> str:
+        return f"Task({self.spec.name!r}, root={str(self.root)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def eval_split(self) -> str:
+        return self.spec.eval_split
+
+    @property
+    def splits(self) -> list[str]:
+        return self.spec.splits
+
+    def _missing(self, what: str, path: Path | None) -> DataError:
+        if self.spec.name.startswith("digits"):
+            hint = "make it with `harness data make digits --out data/digits` (or point data.root at where you made it)"
+        else:
+            hint = (
+                f"point data.root at the folder holding the {self.spec.name} files "
+                "(`tasks.build(name, root=...)` or the override `task.data.root=...`)"
+            )
+        return DataError(f"task {self.spec.name!r}: {what} not found: {path}; {hint}")
+
+    def manifest_path(self, split: str) -> Path:
+        if split not in ("train", "val", "test"):
+            raise DataError(f"task {self.spec.name!r}: unknown split {split!r}; splits: {', '.join(self.splits)}")
+        path = self.paths.get(split)
+        if path is None:
+            raise DataError(f"task {self.spec.name!r} defines no {split!r} split; splits: {', '.join(self.splits)}")
+        if not path.is_file():
+            raise self._missing(f"{split} manifest", path)
+        return path
+
+    def entries(self, split: str) -> list[tuple[str, int]]:
+        """`(video path, label)` of a split's manifest (read once, validated against num_classes)."""
+        if split not in self._entry_cache:
+            self._entry_cache[split] = read_manifest(self.manifest_path(split), self.num_classes)
+        return self._entry_cache[split]
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        path = self.paths.get("labels")
+        if path is None:
+            raise DataError(f"task {self.spec.name!r} has no label map (data.labels); add one, one class per line")
+        if not path.is_file():
+            raise self._missing("label map", path)
+        names = read_label_map(path)
+        if len(names) != self.num_classes:
+            raise DataError(
+                f"task {self.spec.name!r}: label map {path} has {len(names)} classes but num_classes is "
+                f"{self.num_classes}"
+            )
+        return names
+
+    def resolve_resolution(self, resolution: int | None) -> int:
+        """The task's own resolution if it fixes one, else the caller's (the encoder's)."""
+        res = self.spec.resolution if self.spec.resolution is not None else resolution
+        if res is None:
+            raise DataError(
+                f"task {self.spec.name!r} has resolution: null (use the encoder's); pass resolution=..."
+            )
+        return int(res)
+
+    def sampler(self, *, train: bool) -> ClipSampler:
+        s = self.spec.sampling
+        return ClipSampler(
+            s.frames_per_clip, s.frame_step, s.train_segments if train else s.eval_segments, random=train
+        )
+
+    def transform(self, *, train: bool, resolution: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        res = self.resolve_resolution(resolution)
+        if train:
+            return TrainTransform(res, mean, std, **self.spec.train_aug)
+        return EvalTransform(res, mean, std, views=self.spec.sampling.eval_views, **self.spec.eval_transform)
+
+    def dataset(
+        self,
+        split: str,
+        *,
+        train: bool | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        resolution: int | None = None,
+    ) -> VideoDataset:
+        """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation."""
+        train = (split == "train") if train is None else bool(train)
+        return VideoDataset(
+            self.entries(split),
+            sampler=self.sampler(train=train),
+            transform=self.transform(train=train, resolution=resolution, mean=mean, std=std),
+            split=split,
+            backend=self.backend,
+            class_names=self.class_names if self.paths.get("labels") else None,
+        )
+
+    def protocol(self, split: str | None = None, *, resolution: int | None = None) -> dict:
+        """Everything that makes two numbers on this task comparable, as a JSON-able dict.
+
+        Includes the manifests' and label map's sha256, so a different video set or class order
+        (the K400 class-index bug users hit) gives a different protocol id.
+        """
+        split = split or self.eval_split
+        res = self.spec.resolution if self.spec.resolution is not None else resolution
+        train_entries = self.entries("train")
+        eval_entries = self.entries(split)
+        labels = self.class_names
+        return {
+            "task": self.spec.name,
+            "kind": self.spec.kind,
+            "num_classes": self.num_classes,
+            "metric": self.spec.metric,
+            "sampling": self.spec.sampling.to_dict(),
+            "resolution": res,
+            "train_aug": _jsonable(self.spec.train_aug),
+            "eval_transform": _jsonable(self.spec.eval_transform),
+            "splits": {"train": "train", "eval": split},
+            "manifests": {
+                "train": {"videos": len(train_entries), "sha256": manifest_sha256(train_entries, self.root)},
+                "eval": {"videos": len(eval_entries), "sha256": manifest_sha256(eval_entries, self.root)},
+            },
+            "label_map_sha256": label_map_sha256(labels),
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

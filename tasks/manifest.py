@@ -1,0 +1,100 @@
+"""The release's video manifest: space-separated, no header, one `path label` per line.
+
+Real paths contain spaces (Kinetics class folders such as `passing American football (in game)`),
+so the label is whatever follows the LAST space on the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .errors import DataError
+
+
+def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
+    """Read a manifest into `[(video_path, label), ...]` in file order.
+
+    Relative video paths resolve against the manifest's own folder, so a data tree can be moved
+    as a whole. Blank lines are ignored; anything else that is not `path label` is a DataError
+    naming `file:line` and what is wrong, because a silently skipped line changes the benchmark.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    base = path.parent
+    entries: list[tuple[str, int]] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            video, sep, label_text = line.rstrip().rpartition(" ")
+            if not sep or not video.strip():
+                raise DataError(f"{where}: expected 'path label' separated by a space, got {line!r}")
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise DataError(
+                    f"{where}: label {label_text!r} is not an integer (the label is the text after the "
+                    f"last space on the line): {line!r}"
+                ) from None
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+                raise DataError(f"{where}: label {label} out of range {bound}: {line!r}")
+            video = video.rstrip()  # tolerate several spaces before the label
+            if not os.path.isabs(video):
+                video = str(base / video)
+            entries.append((video, label))
+    return entries
+
+
+def write_manifest(path: str | os.PathLike, entries: list[tuple[str, int]]) -> None:
+    """Write `path label` lines (paths as given: relative paths are relative to the manifest)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for video, label in entries:
+            if "\n" in video:
+                raise DataError(f"video path contains a newline and cannot go in a manifest: {video!r}")
+            f.write(f"{video} {int(label)}\n")
+
+
+def manifest_sha256(entries: list[tuple[str, int]], base: str | os.PathLike | None = None) -> str:
+    """Hash the set of (video, label) pairs, independent of line order and of where the tree lives.
+
+    Paths are taken relative to `base` (the task's data root) when they all lie under it, else
+    relative to the entries' common folder; so the same data mounted at `/datasets/k400` or
+    `~/k400` gives the same hash, while a changed label or video set does not.
+    """
+    if not entries:
+        return hashlib.sha256(b"").hexdigest()
+    paths = [os.path.abspath(p) for p, _ in entries]
+    anchor = os.path.abspath(base) if base is not None else None
+    if anchor is None or any(os.path.commonpath([anchor, p]) != anchor for p in paths):
+        anchor = os.path.commonpath([os.path.dirname(p) for p in paths])
+    lines = sorted(
+        f"{Path(os.path.relpath(p, anchor)).as_posix()}\t{label}" for p, (_, label) in zip(paths, entries)
+    )
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def read_label_map(path: str | os.PathLike) -> list[str]:
+    """One class name per line; the class index is the line number (0-based). No blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label map not found: {path}")
+    names = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1].strip():  # a trailing newline or two is harmless
+        names.pop()
+    for i, n in enumerate(names, start=1):
+        if not n.strip():
+            raise DataError(f"{path}:{i}: blank class name (the index is the line number, so blanks shift it)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{path}: duplicate class names {dupes}")
+    return names
+
+
+def label_map_sha256(names: list[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()

@@ -1,0 +1,144 @@
+"""Declarative task specs, built from `tasks/configs/task/<name>.yaml` (no torch here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DataError
+
+KINDS = ("video",)
+METRICS = ("top1", "top5")
+
+
+def _check_keys(where: str, given: Mapping, allowed: set[str], required: set[str] = frozenset()) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise DataError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed keys are {', '.join(sorted(allowed))}"
+        )
+    missing = sorted(required - set(given))
+    if missing:
+        raise DataError(f"{where}: missing required key(s) {', '.join(missing)}")
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples -> plain dicts/lists, so specs stay JSON-able."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How clips are cut from a video: S segments of `frames_per_clip` frames `frame_step` apart."""
+
+    frames_per_clip: int
+    frame_step: int
+    train_segments: int = 1
+    eval_segments: int = 1
+    eval_views: int = 1
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise DataError(f"sampling.{f.name} must be a positive integer, got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str = "sampling") -> "SamplingSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        _check_keys(where, d, names, {"frames_per_clip", "frame_step"})
+        return cls(**dict(d))
+
+    @property
+    def span(self) -> int:
+        """Frames covered by one clip in the source video."""
+        return self.frames_per_clip * self.frame_step
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str
+    num_classes: int
+    metric: str
+    data: dict
+    sampling: SamplingSpec
+    resolution: int | None = None
+    train_aug: dict = field(default_factory=dict)
+    eval_transform: dict = field(default_factory=dict)
+    max_failure_fraction: float = 0.05
+    optim: dict = field(default_factory=dict)
+    description: str = ""
+
+    DATA_KEYS = ("root", "train", "val", "test", "labels", "eval_split")
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping) -> "TaskSpec":
+        cfg = _plain(cfg)
+        name = cfg.get("name", "<unnamed>")
+        where = f"task {name!r}"
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        _check_keys(where, cfg, allowed, {"name", "num_classes", "data", "sampling"})
+
+        kind = cfg.get("kind", "video")
+        if kind not in KINDS:
+            raise DataError(f"{where}: kind {kind!r} is not supported here; supported: {', '.join(KINDS)}")
+        num_classes = cfg["num_classes"]
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise DataError(f"{where}: num_classes must be a positive integer, got {num_classes!r}")
+        metric = cfg.get("metric", "top1")
+        if metric not in METRICS:
+            raise DataError(f"{where}: metric {metric!r} unknown; choose one of {', '.join(METRICS)}")
+
+        data = cfg["data"]
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: data must be a mapping, got {type(data).__name__}")
+        _check_keys(f"{where} data", data, set(cls.DATA_KEYS), {"train", "eval_split"})
+        if data["eval_split"] not in data or data[data["eval_split"]] is None:
+            raise DataError(
+                f"{where}: data.eval_split is {data['eval_split']!r} but data has no manifest for that split"
+            )
+
+        resolution = cfg.get("resolution")
+        if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
+            raise DataError(f"{where}: resolution must be a positive integer or null, got {resolution!r}")
+        mff = float(cfg.get("max_failure_fraction", 0.05))
+        if not 0.0 <= mff <= 1.0:
+            raise DataError(f"{where}: max_failure_fraction must be within [0, 1], got {mff}")
+
+        return cls(
+            name=name,
+            kind=kind,
+            num_classes=num_classes,
+            metric=metric,
+            data=data,
+            sampling=SamplingSpec.from_dict(cfg["sampling"] or {}, f"{where} sampling"),
+            resolution=resolution,
+            train_aug=dict(cfg.get("train_aug") or {}),
+            eval_transform=dict(cfg.get("eval_transform") or {}),
+            max_failure_fraction=mff,
+            optim=dict(cfg.get("optim") or {}),
+            description=str(cfg.get("description", "")),
+        )
+
+    @property
+    def eval_split(self) -> str:
+        return self.data["eval_split"]
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in ("train", "val", "test") if self.data.get(s)]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sampling"] = self.sampling.to_dict()
+        return d
