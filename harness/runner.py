@@ -32,7 +32,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def build_protocol(cfg: dict, task, split: str) -> dict:
+def build_protocol(cfg: dict, task, split: str, cache_features: bool = False) -> dict:
     """The resolved evaluation protocol: task sampling + probe + optimisation + split + data.
 
     The encoder's own input size (resolution, frames of its tubelets) is a property of the
@@ -40,6 +40,10 @@ def build_protocol(cfg: dict, task, split: str) -> dict:
     """
     task_protocol = dict(task.protocol(split))
     task_protocol.pop("resolution", None)
+    if cache_features:
+        # Cached features mean fixed centred training clips with no augmentation: a different
+        # protocol from online augmentation, so it must change the protocol id.
+        task_protocol["train_aug"] = "none: fixed centred clips, cached frozen features"
     probe = {k: v for k, v in cfg["probe"].items()}
     optim = dict(cfg["task"]["optim"])
     optim.pop("num_workers", None)  # throughput knob, not protocol
@@ -81,7 +85,8 @@ def run_evaluation(cfg) -> RunOutcome:
     split = task.spec.data["eval_split"]
     resolution = task.spec.resolution or spec.resolution
     common = dict(mean=spec.mean, std=spec.std, resolution=resolution)
-    train_set = task.dataset("train", train=True, **common)
+    cache = bool(c["cache_features"])
+    train_set = task.dataset("train", train=True, fixed=cache, **common)
     eval_set = task.dataset(split, train=False, **common)
 
     optim = probes.OptimConfig.from_dict(c["task"]["optim"])
@@ -99,7 +104,7 @@ def run_evaluation(cfg) -> RunOutcome:
     probe = probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
                          num_classes=task.num_classes, **_supported(c["probe"]["kind"], probe_cfg))
 
-    protocol = build_protocol(c, task, split)
+    protocol = build_protocol(c, task, split, cache_features=cache)
     pid = results.protocol_id(protocol)
     checkpoint_info = dict(encoder.checkpoint_info)
     identity = run_identity({"encoder": encoder_cfg, "checkpoint": checkpoint_info.get("sha256"),
@@ -119,6 +124,7 @@ def run_evaluation(cfg) -> RunOutcome:
         max_failure_fraction=task.spec.max_failure_fraction,
         state_path=state_path,
         progress=bool(c["progress"]),
+        cache_features=cache,
     )
     timings = dict(result.timings)
     timings["wall_seconds"] = time.time() - started

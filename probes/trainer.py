@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probes.feature_cache import TokenBatches, encode_loader
 from probes.optim import CosineSchedule, build_adamw
 from probes.problems import DataProblemError, DataProblems
 
@@ -157,8 +158,9 @@ class _PassCounter:
 
 
 def _unpack(batch: dict, device: torch.device):
+    """(video or cached tokens, label, failures) of a batch; None when nothing in it loaded."""
     failures = list(batch.get("failures") or [])
-    video = batch.get("video")
+    video = batch["tokens"] if "tokens" in batch else batch.get("video")
     if video is None or video.shape[0] == 0:
         return None, None, failures
     label = torch.as_tensor(batch["label"]).long()
@@ -349,7 +351,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 optim: OptimConfig, *, device="cpu", max_failure_fraction: float = 0.05,
                 topk: Iterable[int] = (1, 5), state_path: str | os.PathLike | None = None,
                 progress: bool = True, log: Callable[[str], None] | None = None,
-                encoder_chunk: int | None = None,
+                encoder_chunk: int | None = None, cache_features: bool = False,
                 on_epoch_end: Callable[[int, dict], None] | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
 
@@ -359,6 +361,9 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
       the next epoch. Same seed + same per-epoch data order => same final weights as one run.
     - `encoder_chunk`: clips per encoder call (S*V clips per sample are flattened into the
       batch); default: the loader's batch size.
+    - `cache_features`: encode the training split once and train every epoch on those tokens
+      (`probes.feature_cache`); only sound when `train_loader` draws fixed clips without random
+      augmentation, which the caller arranges (and records in the protocol).
     - `on_epoch_end(epoch, stats)` is called after the state is saved (hooks, tests).
     The test split is evaluated once, after the last epoch: no selection on it.
     """
@@ -368,6 +373,23 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
     device = torch.device(device)
     encoder.to(device).eval()
     probe.to(device)
+    autocast = _autocast(device, optim.bf16)
+    problems, cache_stats = DataProblems(), None
+    if cache_features:
+        # Before any saved RNG state is restored: caching draws nothing from the RNG that the
+        # epochs use, so resumed and uninterrupted runs shuffle the cached tokens alike.
+        counter = _PassCounter(problems, "train", "feature caching", train_loader,
+                               max_failure_fraction)
+        cache = encode_loader(
+            encoder, train_loader, device=device, on_batch=counter.add,
+            encode=lambda enc, v: encode_views(enc, v[:, :, :1], chunk=encoder_chunk,
+                                               autocast=autocast))
+        counter.finish()
+        cache_stats = {"samples": len(cache), "seconds": round(cache.seconds, 3),
+                       "megabytes": round(cache.nbytes / 2**20, 1)}
+        log(f"cached training features: {len(cache)} clips in {cache.seconds:.1f} s "
+            f"({cache_stats['megabytes']} MB)")
+        train_loader = TokenBatches(cache, optim.batch_size, shuffle=True)
     steps_per_epoch = _len_or_none(train_loader)
     if not steps_per_epoch:
         raise ValueError("train_loader must have a length >= 1 (a map-style dataset loader) so "
@@ -376,8 +398,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
     schedule = CosineSchedule(optim.lr, optim.final_lr, total_steps,
                               warmup_steps=round(optim.warmup_epochs * steps_per_epoch))
     opt = build_adamw(probe, optim.lr, optim.weight_decay)
-    autocast = _autocast(device, optim.bf16)
-    problems, history, start_epoch = DataProblems(), [], 0
+    history, start_epoch = [], 0
     fingerprint = _fingerprint(probe, optim, steps_per_epoch)
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.exists():
@@ -423,6 +444,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
         "eval_samples_per_s": round(eval_samples / eval_seconds, 2) if eval_seconds else 0.0,
         "resumed_from_epoch": start_epoch,
     }
+    if cache_stats is not None:
+        timings["feature_cache"] = cache_stats
     log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return ProbeResult(metrics=metrics, probe=probe, data_problems=problems, timings=timings,
                        history=history)
@@ -445,8 +468,11 @@ def _train_epoch(encoder, probe, opt, schedule, loader, *, epoch, epochs, steps_
             # The schedule follows the loader's step index, so a batch lost entirely to
             # failures skips its update without shifting the rest of the schedule.
             lr = schedule.apply(opt, epoch * steps_per_epoch + i)
-            tokens = encode_views(encoder, video[:, :, :1], chunk=encoder_chunk,
-                                  autocast=autocast)
+            if "tokens" in batch:  # cached features: (B, V, L, D), already encoded
+                tokens = video[:, :1]
+            else:
+                tokens = encode_views(encoder, video[:, :, :1], chunk=encoder_chunk,
+                                      autocast=autocast)
             logits = probe_views(probe, tokens, autocast)[:, 0]
             loss = F.cross_entropy(logits, label)
             if not torch.isfinite(loss):

@@ -199,13 +199,27 @@ class Task:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         resolution: int | None = None,
+        fixed: bool = False,
     ) -> VideoDataset:
-        """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation."""
+        """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation.
+
+        `fixed=True` (with train) keeps the training sampling's segment count but takes centred
+        clips and one centred view, with no random augmentation: the same clip every epoch, which
+        is what makes caching a frozen encoder's features sound.
+        """
         train = (split == "train") if train is None else bool(train)
+        if fixed and train:
+            s = self.spec.sampling
+            sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, random=False)
+            transform = EvalTransform(self.resolve_resolution(resolution), mean, std, views=1,
+                                      **self.spec.eval_transform)
+        else:
+            sampler = self.sampler(train=train)
+            transform = self.transform(train=train, resolution=resolution, mean=mean, std=std)
         return VideoDataset(
             self.entries(split),
-            sampler=self.sampler(train=train),
-            transform=self.transform(train=train, resolution=resolution, mean=mean, std=std),
+            sampler=sampler,
+            transform=transform,
             split=split,
             backend=self.backend,
             class_names=self.class_names if self.paths.get("labels") else None,

@@ -1,0 +1,139 @@
+"""Pretraining configs: one YAML per recipe in `encoders/jepa/configs/` (torch-free).
+
+`names()` lists them, `load(name_or_path)` reads one, `resolve(cfg)` fills defaults and checks
+it up front, so a typo or an impossible combination fails before any model is built.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+TARGETS = ("latent", "pixels")
+MODALITIES = ("video", "image")
+
+# Every key a config may hold, with its default (None = required or derived).
+DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "encoder": None,                 # registry name (encoders/configs/encoder/<name>.yaml)
+    "encoder_overrides": {},         # arch overrides, e.g. {depth: 2}
+    "modality": "video",             # video (V-JEPA) | image (I-JEPA: one frame per clip)
+    "target": "latent",              # latent (EMA target encoder) | pixels (VideoMAE-style)
+    "predictor": {"width": 384, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0,
+                  "zero_init_mask_tokens": True},
+    "masks": None,                   # list of mask configs (see encoders/jepa/masks.py)
+    "loss": {"loss_exp": 1.0},
+    "optim": {
+        "epochs": 1,
+        "steps_per_epoch": None,     # null -> dataset size // global batch (the release's ipe)
+        "total_steps": None,         # null -> epochs * steps_per_epoch
+        "warmup_epochs": 0.0,        # or warmup_steps
+        "warmup_steps": None,
+        "start_lr": 2.0e-4,
+        "lr": 6.25e-4,
+        "final_lr": 1.0e-6,
+        "weight_decay": 0.04,
+        "final_weight_decay": 0.4,
+        "ema": [0.998, 1.0],
+        "clip_grad": 10.0,
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+        "dtype": "bfloat16",         # autocast dtype on CUDA; CPU runs in float32
+    },
+    "data": {
+        "root": ".",                 # manifests' relative paths resolve against it
+        "manifests": [],
+        "batch_size": 8,             # per process (the release keeps it under data too)
+        "num_frames": None,          # null -> the encoder's
+        "frame_step": 4,
+        "resolution": None,          # null -> the encoder's
+        "num_workers": 0,
+        "max_failure_fraction": 0.1,
+        "backend": "auto",
+    },
+    "augmentation": {
+        "random_resized_crop": {"scale": [0.3, 1.0], "ratio": [0.75, 1.35]},
+        "horizontal_flip": True,
+    },
+    "device": "auto",                # auto -> cuda when available, else cpu
+    "checkpoint_every": 100,         # steps
+    "log_every": 1,                  # steps between CSV rows
+    "seed": 0,
+}
+
+
+class PretrainConfigError(ValueError):
+    """A pretraining config that cannot run; the message says what to change."""
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A registered name (`vjepa_tiny`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    close = difflib.get_close_matches(str(name_or_path), names(), n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise PretrainConfigError(
+        f"unknown pretraining config {str(name_or_path)!r}.{hint} Known: {', '.join(names())} "
+        "(or pass a path to a .yaml file)")
+
+
+def load(name_or_path: str | Path) -> dict[str, Any]:
+    with open(config_path(name_or_path)) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _merge(defaults: Mapping, given: Mapping, where: str) -> dict:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, list(defaults), n=1) for k in unknown}
+        hints = ", ".join(f"{k} (did you mean {c[0]}?)" if c else k for k, c in close.items())
+        raise PretrainConfigError(f"{where}: unknown key(s) {hints}; known: {', '.join(defaults)}")
+    out = copy.deepcopy(dict(defaults))
+    for key, value in given.items():
+        if isinstance(defaults.get(key), Mapping) and key != "encoder_overrides" and value is not None:
+            if not isinstance(value, Mapping):
+                raise PretrainConfigError(f"{where}.{key} must be a mapping, got {value!r}")
+            out[key] = _merge(defaults[key], value, f"{where}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults filled in and the combination checked; returns a plain dict."""
+    out = _merge(DEFAULTS, dict(cfg), "pretrain config")
+    label = out.get("name") or "<unnamed>"
+    problems = []
+    if not out["encoder"]:
+        problems.append("`encoder` (a registry name such as vjepa_tiny) is required")
+    if out["target"] not in TARGETS:
+        problems.append(f"target must be one of {TARGETS}, got {out['target']!r}")
+    if out["modality"] not in MODALITIES:
+        problems.append(f"modality must be one of {MODALITIES}, got {out['modality']!r}")
+    masks = out["masks"]
+    if not masks or not isinstance(masks, list):
+        problems.append("`masks` must be a non-empty list of mask configs")
+    opt = out["optim"]
+    if int(out["data"]["batch_size"]) < 1:
+        problems.append(f"data.batch_size must be >= 1, got {out['data']['batch_size']}")
+    if len(opt["ema"]) != 2:
+        problems.append(f"optim.ema must be [start, end], got {opt['ema']}")
+    if int(out["checkpoint_every"]) < 1:
+        problems.append("checkpoint_every must be >= 1 (steps)")
+    if problems:
+        raise PretrainConfigError(f"pretraining config {label!r}: " + "; ".join(problems))
+    return out

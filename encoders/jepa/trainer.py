@@ -1,0 +1,536 @@
+"""One JEPA pretraining loop, configured: V-JEPA (latent targets), pixel targets, image (I-JEPA).
+
+The trainer knows nothing about datasets (encoders/ never imports tasks/): it is handed a batch
+factory `make_batches(epoch, start_batch) -> iterator of (B, 3, T, H, W) float tensors (or None
+for a batch with no readable clip)`, and the number of batches per epoch.
+
+Per step (latent target, as in the release's `app/vjepa/train.py`):
+    h = layer_norm(target_encoder(clip))                      # no grad, no affine
+    for each mask config i:  z = predictor(encoder(clip, context_i), context_i, targets_i, i)
+    loss = mean over (config, target set) of mean(|z - h[targets]| ** p) / p
+    AdamW step (lr, wd from schedules), grad clip, then EMA: target <- m target + (1 - m) encoder
+`target: pixels` regresses per-tubelet normalised pixels of the target tubelets instead and has
+no EMA (its `target_encoder` checkpoint entry is the encoder itself); `modality: image` takes one
+random frame of each clip and uses 2D masks.
+
+State that makes a resumed run continue exactly (tested bit-for-bit on CPU): model, EMA,
+optimiser, step (schedules are functions of it), every rank's mask generator state, and the data
+position (epoch, next batch). Checkpoints hold only tensors and plain Python, so
+`torch.load(weights_only=True)` reads them.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import compose, resolve_target
+from .config import PretrainConfigError, resolve
+from .distributed import DistInfo, all_mean, all_true, gather_objects, init_distributed
+from .masks import MaskBatch, MaskCollator
+from .predictor import Predictor, gather_tokens
+from .schedules import Schedules, ema_update
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "latest.pth.tar"
+METRICS_NAME = "metrics.csv"
+METRICS_FIELDS = ("step", "epoch", "batch", "loss", "lr", "wd", "momentum", "clips_per_s", "elapsed_s")
+
+BatchFactory = Callable[[int, int], Iterable[torch.Tensor | None]]
+
+
+def build_encoder_config(cfg: dict) -> dict:
+    """The composed registry config of the encoder a pretraining config names."""
+    return compose(cfg["encoder"], **dict(cfg.get("encoder_overrides") or {}))
+
+
+def build_backbone(encoder_cfg: dict) -> nn.Module:
+    """The registry's own builder, so pretrained weights load back into `encoders.build`."""
+    return resolve_target(encoder_cfg["builder"])(encoder_cfg)
+
+
+def patchify(clips: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, N, tubelet * patch * patch, C) in the ViT's (t, h, w) token order."""
+    b, c, t, h, w = clips.shape
+    x = clips.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # B, T', H', W', tubelet, p, p, C
+    return x.reshape(b, -1, tubelet * patch * patch, c)
+
+
+def pixel_targets(clips: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+    """VideoMAE's normalised-pixel targets: each tubelet's pixels standardised per channel.
+
+    (B, N, tubelet * patch * patch * C). Standardising per tubelet also removes any per-channel
+    affine input normalisation, so normalised and raw clips give the same targets.
+    """
+    x = patchify(clips.float(), patch, tubelet)
+    mean = x.mean(dim=-2, keepdim=True)
+    std = x.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+    x = (x - mean) / (std + 1e-6)
+    return x.flatten(2)
+
+
+class OnlineModel(nn.Module):
+    """Context encoder + predictor in one module, so DDP sees one forward and one backward per step."""
+
+    def __init__(self, encoder: nn.Module, predictor: Predictor):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+
+    def forward(self, clips: torch.Tensor, contexts: list[torch.Tensor],
+                targets: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        out = []
+        for i, (context, target_sets) in enumerate(zip(contexts, targets)):
+            z = self.encoder(clips, masks=context)
+            out.append(self.predictor(z, context, list(target_sets), mask_index=i))
+        return out
+
+
+def _param_groups(*modules: nn.Module) -> list[dict]:
+    """AdamW groups as in the release: no weight decay on biases and 1-D parameters (norms)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "wd_exclude": False},
+            {"params": no_decay, "wd_exclude": True, "weight_decay": 0.0}]
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class JepaTrainer:
+    """Builds the models, optimiser, schedules and masks of one run; `fit` trains it.
+
+    cfg: a pretraining config (dict; see `encoders/jepa/config.py` for keys and defaults).
+    steps_per_epoch: batches each process draws per epoch (the release's `ipe`).
+    out_dir: run folder for `latest.pth.tar`, `metrics.csv`, `loss.png`.
+    """
+
+    def __init__(self, cfg: dict, steps_per_epoch: int, out_dir: str | os.PathLike, *,
+                 device: str | torch.device | None = None, progress: bool = True,
+                 dist_info: DistInfo | None = None):
+        self.cfg = resolve(cfg)
+        self.out_dir = Path(out_dir)
+        self.dist = dist_info or init_distributed(device or self.cfg["device"])
+        self.device = self.dist.device
+        self.progress = progress and self.dist.is_main
+        opt = self.cfg["optim"]
+        if steps_per_epoch < 1:
+            raise PretrainConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.steps_per_epoch = int(opt["steps_per_epoch"] or steps_per_epoch)
+        self.schedules = self._make_schedules(opt)
+        self.batch_size = int(self.cfg["data"]["batch_size"])
+        self.loss_exp = float(self.cfg["loss"]["loss_exp"])
+        self.clip_grad = opt["clip_grad"]
+        self.latent = self.cfg["target"] == "latent"
+        self.image = self.cfg["modality"] == "image"
+
+        self.encoder_cfg = build_encoder_config(self.cfg)
+        if (self.encoder_cfg["modality"] == "image") != self.image:
+            raise PretrainConfigError(
+                f"pretraining config {self.cfg['name']!r} has modality {self.cfg['modality']!r} but "
+                f"encoder {self.encoder_cfg['name']!r} is a {self.encoder_cfg['modality']} encoder; "
+                "pair image pretraining with an image encoder (e.g. ijepa_tiny) and video with video")
+        arch = self.encoder_cfg["arch"]
+        self.patch_size = int(arch["patch_size"])
+        self.tubelet_size = int(arch.get("tubelet_size", 1)) if not self.image else 1
+        seed = int(self.cfg["seed"])
+
+        self._build_models(seed)
+        self.masks = MaskCollator(self.cfg["masks"], self.grid, seed=self._mask_seed(seed, self.dist.rank))
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.online.encoder, self.online.predictor),
+            lr=self.schedules.learning_rate(0), betas=tuple(opt["betas"]), eps=float(opt["eps"]))
+        cuda = self.device.type == "cuda"
+        dtype = str(opt["dtype"]).lower()
+        self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        self.use_autocast = cuda and self.autocast_dtype is not None  # bf16 autocast only on CUDA
+        self.scaler = (torch.amp.GradScaler("cuda")
+                       if self.use_autocast and self.autocast_dtype == torch.float16 else None)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._epoch_losses: list[float] = []
+        self._saved_step: int | None = None
+
+    def _make_schedules(self, opt: dict) -> Schedules:
+        total = opt["total_steps"] or int(round(float(opt["epochs"]) * self.steps_per_epoch))
+        warmup = opt["warmup_steps"]
+        if warmup is None:
+            warmup = int(float(opt["warmup_epochs"]) * self.steps_per_epoch)
+        if warmup >= total:
+            # A run shortened by `optim.total_steps` would otherwise never leave warmup.
+            if self.dist.is_main:
+                log.warning("warmup of %d steps >= total_steps %d; using %d warmup steps",
+                            warmup, total, total // 10)
+            warmup = total // 10
+        return Schedules(
+            total_steps=int(total), warmup_steps=int(warmup), start_lr=float(opt["start_lr"]),
+            lr=float(opt["lr"]), final_lr=float(opt["final_lr"]),
+            weight_decay=float(opt["weight_decay"]), final_weight_decay=float(opt["final_weight_decay"]),
+            ema_start=float(opt["ema"][0]), ema_end=float(opt["ema"][1]))
+
+    def _build_models(self, seed: int) -> None:
+        arch = self.encoder_cfg["arch"]
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = build_backbone(self.encoder_cfg)
+            # Image encoders report (h, w); masks and predictor work on (1, h, w).
+            self.grid = grid = tuple(encoder.grid) if len(encoder.grid) == 3 else (1, *encoder.grid)
+            pcfg = self.cfg["predictor"]
+            out_dim = (self.tubelet_size * self.patch_size ** 2 * int(arch.get("in_chans", 3))
+                       if not self.latent else encoder.embed_dim)
+            predictor = Predictor(
+                grid, encoder.embed_dim, width=int(pcfg["width"]), depth=int(pcfg["depth"]),
+                num_heads=int(pcfg["num_heads"]), mlp_ratio=float(pcfg["mlp_ratio"]),
+                num_mask_tokens=len(self.cfg["masks"]), out_dim=out_dim,
+                uniform_power=bool(arch.get("uniform_power", False)), video=not self.image,
+                zero_init_mask_tokens=bool(pcfg["zero_init_mask_tokens"]))
+        self.online = OnlineModel(encoder, predictor).to(self.device)
+        self.target_encoder = None
+        if self.latent:
+            self.target_encoder = copy.deepcopy(self.online.encoder)
+            self.target_encoder.requires_grad_(False)
+        self.model = self.online
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.online, device_ids=ids)
+            if self.target_encoder is not None:  # start the EMA from the broadcast weights
+                self.target_encoder.load_state_dict(self.online.encoder.state_dict())
+
+    @staticmethod
+    def _mask_seed(seed: int, rank: int) -> int:
+        # Each rank draws its own masks; a fixed offset keeps them apart and reproducible.
+        return int(seed) * 1_000_003 + int(rank) + 1
+
+    # ----- one step ---------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.schedules.total_steps
+
+    def _prepare(self, clips: torch.Tensor) -> torch.Tensor:
+        clips = clips.to(self.device, non_blocking=True).float()
+        if clips.ndim != 5:
+            raise ValueError(f"pretraining batches must be (B, 3, T, H, W), got {tuple(clips.shape)}")
+        if self.image:
+            # I-JEPA-style: one random frame of each clip (drawn from the mask generator, so it
+            # is part of the saved RNG state and a resumed run picks the same frames).
+            b, _, t = clips.shape[:3]
+            idx = torch.randint(0, t, (b,), generator=self.masks.rng).to(clips.device)
+            clips = clips[torch.arange(b, device=clips.device), :, idx].unsqueeze(2)
+        grid = self.online.encoder.grid_for(clips.shape[2], clips.shape[3], clips.shape[4])
+        grid = tuple(grid) if len(grid) == 3 else (1, *grid)
+        if grid != self.grid:
+            raise ValueError(
+                f"clips of shape {tuple(clips.shape[1:])} give a token grid {grid}, but the predictor "
+                f"and masks are built for {self.grid}; set data.num_frames / data.resolution to the "
+                "encoder's (or override the encoder's num_frames / resolution)")
+        return clips
+
+    def compute_loss(self, clips: torch.Tensor, masks: list[MaskBatch]) -> torch.Tensor:
+        contexts = [m.context for m in masks]
+        targets = [m.targets for m in masks]
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.use_autocast):
+            with torch.no_grad():
+                if self.latent:
+                    h = self.target_encoder(clips)
+                    h = F.layer_norm(h.float(), (h.size(-1),))
+                else:
+                    h = pixel_targets(clips, self.patch_size, self.tubelet_size)
+            preds = self.model(clips, contexts, targets)
+        losses = []
+        for pred_sets, target_sets in zip(preds, targets):
+            for z, index in zip(pred_sets, target_sets):
+                diff = z.float() - gather_tokens(h, index)
+                losses.append(diff.abs().pow(self.loss_exp).mean() / self.loss_exp)
+        return torch.stack(losses).mean()
+
+    def train_step(self, clips: torch.Tensor) -> dict:
+        """One optimisation step on a batch; returns loss (mean over ranks), lr, wd, momentum."""
+        step = self.step
+        lr, wd = self.schedules.learning_rate(step), self.schedules.wd(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if not group.get("wd_exclude"):
+                group["weight_decay"] = wd
+        self.online.train()
+        clips = self._prepare(clips)
+        masks = [m.to(self.device) for m in self.masks(clips.shape[0])]
+        loss = self.compute_loss(clips, masks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"pretraining loss is {loss.item()} at step {step}; lower optim.lr or check "
+                "the input clips (normalised floats)")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.clip_grad is not None:
+            # Encoder and predictor clipped separately, as the release does.
+            nn.utils.clip_grad_norm_(self.online.encoder.parameters(), float(self.clip_grad))
+            nn.utils.clip_grad_norm_(self.online.predictor.parameters(), float(self.clip_grad))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        momentum = self.schedules.momentum(step)
+        if self.target_encoder is not None:
+            ema_update(self.target_encoder, self.online.encoder, momentum)
+        self.step += 1
+        value = all_mean(loss.item(), self.device)
+        return {"loss": value, "lr": lr, "wd": wd, "momentum": momentum}
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def state_dict(self) -> dict:
+        """The release's checkpoint layout plus what exact resume needs; tensors and plain Python."""
+        # Every rank's mask generator state (all ranks must call this: it is a collective).
+        mask_states = gather_objects(self.masks.state_dict()["rng"].cpu())
+        encoder = {k: v.detach().cpu() for k, v in self.online.encoder.state_dict().items()}
+        target = encoder if self.target_encoder is None else {
+            k: v.detach().cpu() for k, v in self.target_encoder.state_dict().items()}
+        epoch_loss = sum(self._epoch_losses) / len(self._epoch_losses) if self._epoch_losses else None
+        return {
+            "encoder": encoder,
+            "predictor": {k: v.detach().cpu() for k, v in self.online.predictor.state_dict().items()},
+            "target_encoder": target,
+            "opt": self.optimizer.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "loss": epoch_loss,
+            "batch_size": self.batch_size,
+            "world_size": self.dist.world_size,
+            "lr": self.schedules.lr,
+            "step": self.step,
+            "mask_rng": mask_states,
+            "data_position": {"epoch": self.epoch, "batch": self.batch_in_epoch},
+            "epoch_losses": list(self._epoch_losses),
+            "config": json.loads(json.dumps(self.cfg)),
+            "arch": json.loads(json.dumps(self.encoder_cfg["arch"])),
+            "encoder_name": self.encoder_cfg["name"],
+        }
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the checkpoint atomically (rank 0 writes; every rank must call)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        state = self.state_dict()
+        if self.dist.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(state, path)
+        self._saved_step = self.step
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by `save` (weights_only: no code runs on load)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in ("encoder", "predictor", "opt", "step", "mask_rng", "data_position")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"{path} is not a resumable pretraining checkpoint (lacks {', '.join(missing)}); "
+                             "start a fresh run folder or pass resume=False")
+        self.online.encoder.load_state_dict(state["encoder"])
+        self.online.predictor.load_state_dict(state["predictor"])
+        if self.target_encoder is not None:
+            self.target_encoder.load_state_dict(state["target_encoder"])
+        self.optimizer.load_state_dict(state["opt"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self._saved_step = self.step
+        self.epoch = int(state["data_position"]["epoch"])
+        self.batch_in_epoch = int(state["data_position"]["batch"])
+        self._epoch_losses = list(state.get("epoch_losses") or [])
+        rng_states = state["mask_rng"]
+        if len(rng_states) == self.dist.world_size:
+            self.masks.load_state_dict({"rng": rng_states[self.dist.rank]})
+        else:
+            # A different world size cannot continue each rank's stream; restart them from a
+            # seed that depends on the step, so the run stays reproducible.
+            log.warning("checkpoint was written by %d processes, resuming with %d: mask streams are "
+                        "re-seeded", len(rng_states), self.dist.world_size)
+            self.masks.rng.manual_seed(self._mask_seed(int(self.cfg["seed"]) + self.step, self.dist.rank))
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def fit(self, make_batches: BatchFactory, *, resume: bool = True) -> Path:
+        """Train to `total_steps`, checkpointing every `checkpoint_every` steps and at the end."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.is_file():
+            self.load(self.checkpoint_path)
+            log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+        metrics = _MetricsLog(self.out_dir / METRICS_NAME, self.step, enabled=self.dist.is_main)
+        every = int(self.cfg["checkpoint_every"])
+        log_every = max(1, int(self.cfg["log_every"]))
+        start_time, last = time.perf_counter(), time.perf_counter()
+        rate = None
+        with _Progress(self.progress, self.total_steps, self.step) as bar:
+            while self.step < self.total_steps:
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self._next_epoch()
+                batches = iter(make_batches(self.epoch, self.batch_in_epoch))
+                consumed = self.batch_in_epoch
+                for clips in _bounded(batches, self.steps_per_epoch - self.batch_in_epoch):
+                    have = clips is not None and len(clips) > 0
+                    if not all_true(have, self.device):
+                        self.batch_in_epoch += 1  # every rank skips together (DDP needs that)
+                        continue
+                    global_batch = all_mean(float(len(clips)), self.device) * self.dist.world_size
+                    out = self.train_step(clips)
+                    self.batch_in_epoch += 1
+                    self._epoch_losses.append(out["loss"])
+                    now = time.perf_counter()
+                    step_rate = global_batch / max(now - last, 1e-9)
+                    rate = step_rate if rate is None else 0.9 * rate + 0.1 * step_rate
+                    last = now
+                    if self.step % log_every == 0 or self.step == self.total_steps:
+                        metrics.write(step=self.step, epoch=self.epoch, batch=self.batch_in_epoch,
+                                      loss=out["loss"], lr=out["lr"], wd=out["wd"],
+                                      momentum=out["momentum"], clips_per_s=step_rate,
+                                      elapsed_s=now - start_time)
+                    bar.update(self.step, out["loss"], out["lr"], rate)
+                    if self.step % every == 0 or self.step >= self.total_steps:
+                        self.save()
+                    if self.step >= self.total_steps:
+                        break
+                else:
+                    # The epoch's batches are used up (or the factory ran dry): next epoch.
+                    if self.batch_in_epoch == consumed:
+                        raise RuntimeError(
+                            f"the batch factory gave no batch for epoch {self.epoch} from batch "
+                            f"{consumed}; check the pretraining manifests (data.manifests)")
+                    self._next_epoch()
+        if self.dist.is_main:
+            metrics.plot(self.out_dir / "loss.png", title=self.cfg.get("name") or "pretraining")
+        if self._saved_step != self.step:  # decided from state every rank shares (save is collective)
+            self.save()
+        return self.checkpoint_path
+
+    def _next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._epoch_losses = []
+
+
+def _bounded(it: Iterator, n: int) -> Iterator:
+    for i, item in enumerate(it):
+        if i >= n:
+            return
+        yield item
+
+
+class _MetricsLog:
+    """Per-step CSV in the run folder; on resume, rows past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        rows = []
+        if path.is_file() and resume_step > 0:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, **row) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRICS_FIELDS).writerow(row)
+
+    def plot(self, out: Path, title: str) -> Path | None:
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [int(r["step"]) for r in rows]
+        losses = [float(r["loss"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+        k = max(1, len(losses) // 20)
+        if k > 1:
+            smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+                      for i in range(len(losses))]
+            ax.plot(steps, smooth, lw=1.5, label=f"mean of {k}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+class _Progress:
+    """rich progress bar (loss, lr, clips/s); a no-op when off or not rank 0."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total, self.start = enabled, total, start
+        self.bar = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("pretrain", total=self.total, completed=self.start, info="")
+        return self
+
+    def update(self, step: int, loss: float, lr: float, rate: float | None) -> None:
+        if self.bar is not None:
+            info = f"loss {loss:.4f} lr {lr:.2e}" + (f" {rate:.1f} clips/s" if rate else "")
+            self.bar.update(self.task, completed=step, info=info)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+def pretrain(cfg: dict, make_batches: BatchFactory, steps_per_epoch: int, out_dir, *,
+             resume: bool = True, progress: bool = True, device=None) -> Path:
+    """Build a `JepaTrainer` for `cfg` and train it; returns the final checkpoint's path."""
+    trainer = JepaTrainer(cfg, steps_per_epoch, out_dir, device=device, progress=progress)
+    return trainer.fit(make_batches, resume=resume)
+
+
+__all__ = ["JepaTrainer", "OnlineModel", "pixel_targets", "patchify", "pretrain", "build_backbone",
+           "build_encoder_config", "CHECKPOINT_NAME", "METRICS_NAME"]

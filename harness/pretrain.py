@@ -1,0 +1,231 @@
+"""Glue for `harness pretrain`: a pretraining config + video manifests -> the JEPA trainer.
+
+encoders/ (the trainer) and tasks/ (decoding, sampling, augmentation) never import each other;
+this module joins them: it reads the manifests with the tasks package (labels ignored), builds a
+training `VideoDataset` with the pretraining transform, shards it over the processes, and hands
+the trainer a batch factory `make_batches(epoch, start_batch)`.
+
+Data order and augmentation are functions of (seed, epoch, sample index) only, so a resumed run
+sees exactly the clips the uninterrupted run would have seen, whatever `num_workers` is.
+Unreadable videos are skipped, counted, logged and written to `<out>/data_problems.json`; past
+`data.max_failure_fraction` the run stops with an error that names examples.
+
+    from harness.pretrain import run_pretrain
+    run_pretrain("vjepa_tiny", ["optim.total_steps=200", "data.root=data/digits"])
+    # multi-process: torchrun --nproc_per_node 2 -m harness pretrain --config vjepa_tiny
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MIN_SEEN_FOR_FAILURE_CHECK = 20  # don't stop a run on the first bad file of a tiny dataset
+
+
+def compose_pretrain_config(config: str, overrides: Sequence[str] = ()) -> dict:
+    """The named (or path) YAML with dotted `key=value` overrides merged, defaults filled, checked."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from encoders.jepa import load_config, resolve
+
+    base = OmegaConf.create(load_config(config))
+    items = [o[1:] if o.startswith("+") else o for o in overrides]
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must be key=value, got {bad}")
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"cannot apply overrides {list(overrides)} to pretraining config {config!r}: {err}") from err
+    return resolve(OmegaConf.to_container(merged, resolve=True))
+
+
+def read_pretrain_entries(cfg: dict) -> list[tuple[str, int]]:
+    """All videos of `data.manifests` (relative to `data.root`), in manifest order."""
+    from tasks.errors import DataError
+    from tasks.manifest import read_manifest
+
+    data = cfg["data"]
+    root = Path(os.path.expanduser(str(data.get("root") or ".")))
+    entries: list[tuple[str, int]] = []
+    manifests = list(data.get("manifests") or [])
+    if not manifests:
+        raise DataError(f"pretraining config {cfg.get('name')!r} lists no data.manifests")
+    for m in manifests:
+        path = Path(os.path.expanduser(str(m)))
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            hint = (" Make the digits videos with `harness data make digits --out data/digits` "
+                    "(or set data.root=...)." if "digits" in str(path) else " Set data.root=... or data.manifests=[...].")
+            raise DataError(f"pretraining manifest not found: {path}.{hint}")
+        entries += read_manifest(path)
+    return entries
+
+
+class SeededClips:
+    """A dataset view whose item i of epoch e is drawn with torch seeded by (seed, e, i).
+
+    The tasks' VideoDataset draws clip positions and augmentation from torch's generator; seeding
+    per item makes them independent of worker count and of where a resumed run restarts.
+    """
+
+    def __init__(self, dataset, seed: int, epoch: int, indices: Sequence[int]):
+        self.dataset, self.seed, self.epoch, self.indices = dataset, int(seed), int(epoch), list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        index = self.indices[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
+class PretrainData:
+    """Epoch-seeded shuffling, rank sharding and batching of the pretraining videos.
+
+    Per epoch: one permutation of all videos (seeded by seed and epoch, the same on every rank),
+    cut to `steps_per_epoch * batch * world` (the release's drop_last), dealt round-robin to the
+    ranks like DistributedSampler; each rank then batches its share in order.
+    """
+
+    def __init__(self, dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
+                 num_workers: int = 0, max_failure_fraction: float = 0.1):
+        self.dataset = dataset
+        self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world_size)
+        self.seed, self.num_workers = int(seed), int(num_workers)
+        self.max_failure_fraction = float(max_failure_fraction)
+        self.steps_per_epoch = len(dataset) // (self.batch_size * self.world)
+        if self.steps_per_epoch < 1:
+            from tasks.errors import DataError
+
+            raise DataError(
+                f"{len(dataset)} pretraining videos are fewer than one global batch "
+                f"({self.batch_size} x {self.world} processes); lower data.batch_size")
+        self.seen = 0
+        self.failures: list[tuple[str, str]] = []
+
+    def rank_indices(self, epoch: int) -> list[int]:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        perm = perm[: self.steps_per_epoch * self.batch_size * self.world]
+        return perm[self.rank:: self.world]
+
+    def __call__(self, epoch: int, start_batch: int) -> Iterator:
+        """Batches (B, 3, T, H, W) of this rank from `start_batch` on; None for an all-unreadable batch."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from tasks import collate_clips
+
+        indices = self.rank_indices(epoch)[start_batch * self.batch_size:]
+        loader = DataLoader(SeededClips(self.dataset, self.seed, epoch, indices),
+                            batch_size=self.batch_size, shuffle=False, drop_last=False,
+                            num_workers=self.num_workers, collate_fn=collate_clips,
+                            pin_memory=torch.cuda.is_available())
+        for batch in loader:
+            self._account(batch)
+            video = batch["video"]
+            # (B, S, V, 3, T, H, W) with one segment and one view in training.
+            yield None if video is None else video[:, 0, 0]
+
+    def _account(self, batch: dict) -> None:
+        n_bad = len(batch["failures"])
+        self.seen += n_bad + (0 if batch["video"] is None else len(batch["video"]))
+        for path, error in batch["failures"]:
+            log.warning("skipping unreadable video %s: %s", path, error)
+        self.failures += batch["failures"]
+        if self.seen >= MIN_SEEN_FOR_FAILURE_CHECK and len(self.failures) > self.max_failure_fraction * self.seen:
+            from tasks.errors import DataError
+
+            examples = "; ".join(f"{p} ({e})" for p, e in self.failures[:3])
+            raise DataError(
+                f"{len(self.failures)} of {self.seen} pretraining videos were unreadable, more than "
+                f"data.max_failure_fraction={self.max_failure_fraction}; e.g. {examples}. Fix or drop "
+                "them from the manifests, or raise data.max_failure_fraction")
+
+    def problems(self) -> dict:
+        return {"seen": self.seen, "unreadable": len(self.failures),
+                "examples": [{"path": p, "error": e} for p, e in self.failures[:50]]}
+
+
+def build_pretrain_dataset(cfg: dict, encoder_cfg: dict):
+    """The tasks package's training VideoDataset over the manifests, with the pretraining transform."""
+    from tasks.dataset import VideoDataset
+    from tasks.sampling import ClipSampler
+    from tasks.transforms import TrainTransform
+
+    data, aug, arch = cfg["data"], cfg["augmentation"], encoder_cfg["arch"]
+    frames = int(data["num_frames"] or arch.get("num_frames", 1))
+    resolution = int(data["resolution"] or arch["resolution"])
+    sampler = ClipSampler(frames, int(data["frame_step"]), 1, random=True)
+    transform = TrainTransform(resolution, tuple(encoder_cfg["mean"]), tuple(encoder_cfg["std"]),
+                               **_train_aug(aug))
+    return VideoDataset(read_pretrain_entries(cfg), sampler=sampler, transform=transform,
+                        split="pretrain", backend=str(data.get("backend") or "auto"))
+
+
+def _train_aug(aug: dict) -> dict:
+    out = {"horizontal_flip": bool(aug.get("horizontal_flip", False))}
+    rrc = aug.get("random_resized_crop")
+    if rrc:
+        out["random_resized_crop"] = {"scale": list(rrc["scale"]), "ratio": list(rrc["ratio"])}
+    return out
+
+
+def run_pretrain(config: str, overrides: Sequence[str] = (), out_dir: str | os.PathLike | None = None,
+                 resume: bool = True, progress: bool = True) -> Path:
+    """Pretrain with a config from encoders/jepa/configs (or a YAML path); returns the final checkpoint.
+
+    Re-running with the same `out_dir` resumes from `<out_dir>/latest.pth.tar` (unless
+    `resume=False`). Under torchrun each process trains its shard (DDP); rank 0 writes.
+    """
+    import torch.distributed as dist
+
+    from encoders.jepa.distributed import init_distributed
+
+    cfg = compose_pretrain_config(config, overrides)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / "pretrain" / str(cfg["name"])
+    joined_here = not dist.is_initialized()
+    info = init_distributed(cfg["device"])
+    try:
+        return _train(cfg, out, info, resume=resume, progress=progress)
+    finally:
+        if joined_here and dist.is_initialized():  # leave the process as we found it
+            dist.destroy_process_group()
+
+
+def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool) -> Path:
+    from encoders.jepa.distributed import gather_objects
+    from encoders.jepa.trainer import JepaTrainer, build_encoder_config
+
+    encoder_cfg = build_encoder_config(cfg)
+    data = PretrainData(
+        build_pretrain_dataset(cfg, encoder_cfg), batch_size=int(cfg["data"]["batch_size"]),
+        rank=info.rank, world_size=info.world_size, seed=int(cfg["seed"]),
+        num_workers=int(cfg["data"]["num_workers"]),
+        max_failure_fraction=float(cfg["data"]["max_failure_fraction"]))
+    trainer = JepaTrainer(cfg, data.steps_per_epoch, out, progress=progress, dist_info=info)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(trainer.cfg, indent=2))
+    path = trainer.fit(data, resume=resume)
+    per_rank = gather_objects(data.problems())  # collective: every rank reports its shard
+    if info.is_main:
+        problems = {"seen": sum(p["seen"] for p in per_rank),
+                    "unreadable": sum(p["unreadable"] for p in per_rank),
+                    "examples": [e for p in per_rank for e in p["examples"]][:50],
+                    "world_size": info.world_size}
+        (out / "data_problems.json").write_text(json.dumps(problems, indent=2))
+    return path
