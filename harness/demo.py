@@ -48,7 +48,7 @@ def budget_settings(budget: float) -> dict:
     """Steps and epochs scale with --budget; 1.0 fits in about 10 minutes on 2 CPU cores."""
     return {
         "pretrain_steps": max(10, int(round(300 * budget))),
-        "probe_epochs": max(1, int(round(8 * budget))),
+        "probe_epochs": max(1, int(round(20 * budget))),
     }
 
 
@@ -102,6 +102,8 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
                          f"out={out_dir}", f"seed={seed}", f"label='{entry.label}'",
                          f"task.data.root={data_dir}",
                          f"task.optim.epochs={settings['probe_epochs']}",
+                         # frozen encoders + fixed clips: encode once, train on cached tokens
+                         "cache_features=true",
                          f"progress={'true' if progress else 'false'}"]
             if entry.random_init:
                 overrides.append("random_init=true")

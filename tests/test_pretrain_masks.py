@@ -143,3 +143,18 @@ def test_unknown_mask_type_is_clear():
         build_mask_generator({"type": "blocks"}, (4, 4, 4))
     with pytest.raises(ValueError, match="bad options"):
         build_mask_generator({"type": "tube", "num_blocks": 3}, (4, 4, 4))
+
+
+def test_2d_targets_never_swallow_the_whole_small_grid():
+    # 4 blocks of 2x2 on a 4x4 grid can tile it exactly; positions are redrawn so that a
+    # context always remains (this once stopped the demo's image pretraining at step 18).
+    from encoders.jepa.masks import MultiBlockMask2D
+
+    gen = MultiBlockMask2D((1, 4, 4), pred_scale=(0.25, 0.25), aspect_ratio=(1.0, 1.0),
+                           num_targets=4, min_keep=4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        batch = gen(8, g)
+        assert batch.context.shape[1] >= 1
+        for ctx, *tgts in zip(batch.context, *batch.targets):
+            assert not set(ctx.tolist()) & set(torch.cat(tgts).tolist())

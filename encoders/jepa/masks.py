@@ -219,10 +219,14 @@ class MultiBlockMask2D:
         enc_size = self._size(generator, self.enc_scale, (1.0, 1.0))
         contexts, targets = [], [[] for _ in range(self.num_targets)]
         for _ in range(batch_size):
-            covered = torch.zeros(self.grid[1:], dtype=torch.bool)
-            for j in range(self.num_targets):
-                block = self._block(pred_size, generator)
-                covered |= block
+            # On small grids the target blocks can, by chance, tile the whole image and leave no
+            # context: redraw their positions (same sizes) until some context is left.
+            for _attempt in range(self.max_redraws):
+                blocks = [self._block(pred_size, generator) for _ in range(self.num_targets)]
+                covered = torch.stack(blocks).any(dim=0)
+                if int((~covered).sum()) >= min(self.min_keep, covered.numel() - 1):
+                    break
+            for j, block in enumerate(blocks):
                 targets[j].append(torch.nonzero(block.flatten()).flatten())
             context = None
             for _attempt in range(self.max_redraws):
