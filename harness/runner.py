@@ -85,7 +85,7 @@ def run_evaluation(cfg) -> RunOutcome:
     split = task.spec.data["eval_split"]
     resolution = task.spec.resolution or spec.resolution
     common = dict(mean=spec.mean, std=spec.std, resolution=resolution)
-    cache = bool(c["cache_features"])
+    cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
     train_set = task.dataset("train", train=True, fixed=cache, **common)
     eval_set = task.dataset(split, train=False, **common)
 

@@ -78,6 +78,9 @@ class TaskSpec:
     max_failure_fraction: float = 0.05
     optim: dict = field(default_factory=dict)
     description: str = ""
+    # Train the probe on cached frozen features (fixed centred clips, no augmentation) unless the
+    # run says otherwise: right for small splits, where decoding every epoch dominates the cost.
+    cache_features: bool = False
 
     DATA_KEYS = ("root", "train", "val", "test", "labels", "eval_split")
 
@@ -128,6 +131,7 @@ class TaskSpec:
             max_failure_fraction=mff,
             optim=dict(cfg.get("optim") or {}),
             description=str(cfg.get("description", "")),
+            cache_features=bool(cfg.get("cache_features", False)),
         )
 
     @property

@@ -66,7 +66,8 @@ def test_run_records_and_leaderboard(digits_root, tmp_path, capsys):
     common = ["--encoder", "vjepa_tiny", "--random-init", "--out", str(out), "--no-progress",
               f"task.data.root={digits_root}", "task.optim.epochs=2", "task.optim.batch_size=8"]
     assert _run(["run", "--task", "digits_motion", *common]) == 0
-    assert _run(["run", "--task", "digits_appearance", *common]) == 0
+    # digits tasks cache frozen features by default; this run trains with online augmentation
+    assert _run(["run", "--task", "digits_appearance", *common, "cache_features=false"]) == 0
     assert _run(["run", "--task", "digits_motion", "--probe", "linear", *common]) == 0
 
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
@@ -77,6 +78,11 @@ def test_run_records_and_leaderboard(digits_root, tmp_path, capsys):
     assert attentive["protocol_id"] != linear["protocol_id"]
     assert attentive["checkpoint"]["random_init"] is True
     assert attentive["split"] == "test"
+    assert attentive["timings"]["feature_cache"]["samples"] == 32  # 4 train videos x 8 classes
+    appearance = by_key[("digits_appearance", "attentive")]
+    assert "feature_cache" not in appearance["timings"]
+    assert appearance["protocol"]["task"]["train_aug"]["random_resized_crop"]["scale"] == [0.5, 1.0]
+    assert attentive["protocol"]["task"]["train_aug"].startswith("none")
     assert 0.0 <= attentive["metrics"]["top1"] <= 100.0
     assert attentive["protocol"]["task"]["sampling"]["eval_segments"] == 2
     for field in ("protocol_id", "versions", "timings", "data_problems", "seed", "device"):

@@ -19,7 +19,7 @@ def root(tmp_path_factory):
 
 
 def test_item_shapes_train_and_eval(root):
-    t = tasks.build("digits_motion", root=root)
+    t = tasks.build("digits_motion", root=root, sampling={"eval_views": 3})  # the release default
     assert t.class_names[0] == "move left" and t.num_classes == 8
     ev = t.dataset("test", resolution=32)
     item = ev[3]
@@ -48,7 +48,7 @@ def test_bad_files_are_reported_never_replaced(root, tmp_path):
     manifest = tmp_path / "test.csv"
     manifest.write_text(f"{good[1][0]} 1\n{tmp_path / 'missing file.mp4'} 2\nmove left/truncated.mp4 0\n"
                         f"garbage.mp4 5\n{good[4][0]} 4\n")
-    t = tasks.build("digits_motion", root=root, data={"test": str(manifest)})
+    t = tasks.build("digits_motion", root=root, data={"test": str(manifest)}, sampling={"eval_views": 3})
     ds = t.dataset("test", resolution=32)
     items = [ds[i] for i in range(len(ds))]
     assert [it["video"] is None for it in items] == [False, True, True, True, False]
@@ -74,7 +74,7 @@ def test_dataloader_with_collate(root):
 
 
 def test_protocol_is_jsonable_and_tracks_data(root, tmp_path):
-    t = tasks.build("digits_motion", root=root)
+    t = tasks.build("digits_motion", root=root, sampling={"eval_views": 3})
     p = t.protocol(resolution=32)
     json.dumps(p)
     assert p["task"] == "digits_motion" and p["splits"] == {"train": "train", "eval": "test"}
@@ -84,7 +84,7 @@ def test_protocol_is_jsonable_and_tracks_data(root, tmp_path):
     # the same data somewhere else: same protocol
     moved = tmp_path / "moved"
     shutil.copytree(root, moved)
-    assert tasks.build("digits_motion", root=moved).protocol(resolution=32) == p
+    assert tasks.build("digits_motion", root=moved, sampling={"eval_views": 3}).protocol(resolution=32) == p
     # a different class order (the K400 bug): different protocol
     labels = moved / "digits_motion" / "classes.txt"
     names = labels.read_text().splitlines()

@@ -75,15 +75,15 @@ def test_paper_protocol_configs():
 
 
 def test_build_deep_merges_overrides(tmp_path):
-    t = tasks.build("digits_motion", root=tmp_path, sampling={"eval_views": 1}, resolution=48,
+    t = tasks.build("digits_motion", root=tmp_path, sampling={"eval_views": 3}, resolution=48,
                     **{"optim.epochs": 2})
-    assert t.spec.sampling == SamplingSpec(8, 2, 1, 2, 1)  # other sampling keys kept
+    assert t.spec.sampling == SamplingSpec(8, 2, 1, 2, 3)  # other sampling keys kept
     assert t.spec.resolution == 48
     assert t.spec.optim["epochs"] == 2 and t.spec.optim["batch_size"] == 32
     assert t.root == tmp_path
     assert t.paths["train"] == tmp_path / "digits_motion" / "train.csv"
     # the registry copy is untouched
-    assert tasks.config("digits_motion")["sampling"]["eval_views"] == 3
+    assert tasks.config("digits_motion")["sampling"]["eval_views"] == 1
 
 
 def test_unknown_keys_are_errors_naming_them():
