@@ -15,9 +15,12 @@ import torch.nn as nn
 class CNNTokens(nn.Module):
     """`features` of a torchvision CNN; (B, 3, H, W) -> (B, h*w, C) tokens of the last stage."""
 
-    def __init__(self, features: nn.Module):
+    def __init__(self, features: nn.Module, stages: int | None = None):
         super().__init__()
         self.features = features
+        # All stages stay in the module (the checkpoint loads strictly); tokens come from the
+        # first `stages` of them.
+        self.stages = len(features) if stages is None else int(stages)
 
     def forward(self, x: torch.Tensor, masks=None, out_layers: Sequence[int] | None = None):
         if masks is not None:
@@ -25,8 +28,8 @@ class CNNTokens(nn.Module):
         if x.ndim == 5:  # (B, 3, 1, H, W)
             x = x.squeeze(2)
         outs = []
-        wanted = None if out_layers is None else {i % len(self.features) for i in out_layers}
-        for i, stage in enumerate(self.features):
+        wanted = None if out_layers is None else {i % self.stages for i in out_layers}
+        for i, stage in enumerate(self.features[:self.stages]):
             x = stage(x)
             if wanted is not None and i in wanted:
                 outs.append(x.flatten(2).transpose(1, 2))
@@ -36,7 +39,7 @@ class CNNTokens(nn.Module):
 def build_mobilenet_v2(cfg: Mapping[str, Any]) -> CNNTokens:
     from torchvision.models import mobilenet_v2
 
-    return CNNTokens(mobilenet_v2(weights=None).features)
+    return CNNTokens(mobilenet_v2(weights=None).features, stages=cfg["arch"].get("depth"))
 
 
 def drop_classifier(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -368,6 +368,23 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
     The test split is evaluated once, after the last epoch: no selection on it.
     """
     log = log or _log.info
+    # A probe that fits its training set drives gradients into the subnormal range, where CPU
+    # float maths gets 10-100x slower (epochs slowed from 0.3 s to over 3 s here); flushing them
+    # to zero changes nothing measurable and keeps epochs at a steady cost.
+    torch.set_flush_denormal(True)
+    try:
+        return _train_probe(encoder, probe, train_loader, eval_loader, optim, device=device,
+                            max_failure_fraction=max_failure_fraction, topk=topk,
+                            state_path=state_path, progress=progress, log=log,
+                            encoder_chunk=encoder_chunk, cache_features=cache_features,
+                            on_epoch_end=on_epoch_end)
+    finally:
+        torch.set_flush_denormal(False)  # back to the process default
+
+
+def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, max_failure_fraction,
+                 topk, state_path, progress, log, encoder_chunk, cache_features, on_epoch_end
+                 ) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
     device = torch.device(device)

@@ -18,9 +18,9 @@ def test_mobilenet_checkpoint_with_classifier_loads_and_tokens_are_framewise(tmp
     enc = encoders.build("mobilenet_v2_imagenet", checkpoint=path)
     video = torch.randn(2, 3, 4, 64, 64)
     tokens = enc(video)
-    assert tokens.shape == (2, 4 * 2 * 2, 1280)
+    assert tokens.shape == (2, 4 * 2 * 2, 320)
     with torch.no_grad():
-        frame2 = reference.features(video[:, :, 2])  # (B, 1280, 2, 2)
+        frame2 = reference.features[:18](video[:, :, 2])  # (B, 320, 2, 2): last stage's output
     torch.testing.assert_close(tokens[:, 8:12], frame2.flatten(2).transpose(1, 2))
 
 
@@ -42,7 +42,7 @@ def test_packaged_imagenet_weights_are_found_without_a_checkpoint_flag():
     enc = encoders.build("mobilenet_v2_imagenet")
     assert enc.checkpoint_info["sha256"].startswith("b0353104")  # torchvision's published hash prefix
     # Real ImageNet features respond to image structure: a constant frame and a checkerboard differ.
-    flat = torch.zeros(1, 3, 1, 96, 96)
-    board = (torch.arange(96)[:, None] // 8 + torch.arange(96)[None] // 8) % 2
-    checker = ((board.float() - 0.5) * 4).expand(1, 3, 1, 96, 96)
+    flat = torch.zeros(1, 3, 1, 64, 64)
+    board = (torch.arange(64)[:, None] // 8 + torch.arange(64)[None] // 8) % 2
+    checker = ((board.float() - 0.5) * 4).expand(1, 3, 1, 64, 64)
     assert (enc(flat) - enc(checker)).abs().mean() > 0.05
