@@ -66,7 +66,10 @@ def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> No
 
         table = Table(title=title)
         for h in header:
-            table.add_column(h, overflow="fold")
+            # Long descriptions would fold the table into a tower: one line each, the full
+            # text is in --format markdown/csv and the YAML.
+            table.add_column(h, no_wrap=True, overflow="ellipsis",
+                             max_width=60 if h == "description" else None)
         for r in rows:
             table.add_row(*r)
         Console().print(table)
