@@ -31,16 +31,18 @@ class DemoEntry:
 
 def demo_entries() -> list[DemoEntry]:
     entries = [
-        DemoEntry("vjepa_tiny (video, latent)", "vjepa_tiny", pretrain_config="vjepa_tiny"),
-        DemoEntry("vjepa_tiny (video, pixels)", "vjepa_tiny", pretrain_config="vjepa_tiny_pixels"),
-        DemoEntry("ijepa_tiny (image, latent)", "ijepa_tiny", pretrain_config="ijepa_tiny"),
-        DemoEntry("vjepa_tiny (random init)", "vjepa_tiny", random_init=True),
+        DemoEntry("video, latent targets (V-JEPA)", "vjepa_tiny", pretrain_config="vjepa_tiny"),
+        DemoEntry("video, pixel targets (VideoMAE-style)", "vjepa_tiny",
+                  pretrain_config="vjepa_tiny_pixels"),
+        DemoEntry("image, latent targets (I-JEPA-style)", "ijepa_tiny",
+                  pretrain_config="ijepa_tiny"),
+        DemoEntry("random init (floor)", "vjepa_tiny", random_init=True),
     ]
     import encoders
 
     if "mobilenet_v2_imagenet" in encoders.names() and encoders.default_checkpoint(
             "mobilenet_v2_imagenet"):
-        entries.append(DemoEntry("mobilenet_v2 (ImageNet, frame-wise)", "mobilenet_v2_imagenet"))
+        entries.append(DemoEntry("ImageNet supervised, frame-wise", "mobilenet_v2_imagenet"))
     return entries
 
 
@@ -134,7 +136,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
     protocol_ids = sorted({r["protocol_id"] for r in records})
 
     table = pd.DataFrame(
-        [{"encoder": r.get("label") or r["encoder"]["name"], "task": r["task"],
+        [{"encoder": f"{r['encoder']['name']} {r['extra']['label']}", "task": r["task"],
           "top1": r["metrics"].get("top1")} for r in records]
     ).pivot_table(index="encoder", columns="task", values="top1", aggfunc="last")
     table = table.reindex(columns=list(TASKS))

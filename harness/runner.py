@@ -142,18 +142,11 @@ def run_evaluation(cfg) -> RunOutcome:
         seed=seed,
         device=device,
         world_size=1,
-        extra={"label": c.get("label") or _default_label(spec.name, checkpoint_info),
+        extra={"label": c.get("label"),
                "run_id": identity, "command": _reproduce_command(c), "history": result.history},
     )
     path = results.write_record(record, out / "records")
     return RunOutcome(record=record, path=path)
-
-
-def _default_label(name: str, info: dict) -> str:
-    if info.get("random_init"):
-        return f"{name} (random init)"
-    path = info.get("path")
-    return f"{name} @ {Path(path).name}" if path else name
 
 
 def _supported(kind: str, cfg: dict) -> dict:

@@ -32,6 +32,7 @@ from probes.problems import DataProblemError, DataProblems
 _log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+SAVE_EVERY_S = 30.0  # resumable state is written at most this often (and after the last epoch)
 
 
 @dataclass
@@ -429,6 +430,7 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
 
     t_start = time.perf_counter()
     train_seconds, train_samples = 0.0, 0
+    last_save = time.perf_counter()
     with _Progress(progress) as bar:
         for epoch in range(start_epoch, optim.epochs):
             stats = _train_epoch(encoder, probe, opt, schedule, train_loader, epoch=epoch,
@@ -441,7 +443,12 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             history.append(stats)
             log(f"epoch {epoch + 1}/{optim.epochs}: loss {stats['loss']:.4f}, train top1 "
                 f"{stats['train_top1']:.1f}%, {stats['samples_per_s']:.1f} samples/s")
-            if state_path is not None:
+            # Saving (with fsync) after every one of 100 sub-second cached-feature epochs would
+            # cost more than the training: save when SAVE_EVERY_S has passed, and at the end.
+            due = (time.perf_counter() - last_save >= SAVE_EVERY_S or epoch + 1 == optim.epochs
+                   or on_epoch_end is not None)
+            if state_path is not None and due:
+                last_save = time.perf_counter()
                 _save_state(state_path, {
                     "version": STATE_VERSION, "fingerprint": fingerprint,
                     "probe": probe.state_dict(), "optimizer": opt.state_dict(),

@@ -74,6 +74,10 @@ def _checkpoint_labels(frame: pd.DataFrame) -> pd.Series:
     sha = frame["checkpoint_sha256"] if "checkpoint_sha256" in frame else pd.Series(
         [None] * len(frame), index=frame.index)
     out = labels.copy()
+    if "label" in frame:  # a run's own display name (`label=...`) names its row
+        named = frame["label"].notna() & (frame["label"].astype(str) != "")
+        labels = labels.where(~named, frame["label"])
+        out = labels.copy()
     for (enc, label), idx in frame.groupby([frame["encoder"], labels]).groups.items():
         shas = {s for s in sha.loc[idx] if isinstance(s, str) and s}
         if len(shas) > 1:

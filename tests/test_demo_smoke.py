@@ -1,0 +1,32 @@
+"""`harness demo` wiring end to end at a tiny budget: pretraining x3, probes, leaderboard, report."""
+from __future__ import annotations
+
+import json
+
+from harness.cli import main
+
+
+def test_demo_writes_leaderboard_report_and_chart(tmp_path, capsys):
+    from tasks.digits import make_digits
+
+    data = tmp_path / "digits"
+    make_digits(data, seed=0, per_class_train=3, per_class_val=1, per_class_test=1,
+                num_frames=20, size=32, progress=False)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--data", str(data), "--budget", "0.02",
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "demo_summary.json").read_text())
+    # one protocol per task, shared by every encoder
+    assert len(summary["protocol_ids"]) == 2
+    rows = summary["top1"]["digits_motion"]
+    assert {"vjepa_tiny video, latent targets (V-JEPA)",
+            "vjepa_tiny video, pixel targets (VideoMAE-style)",
+            "ijepa_tiny image, latent targets (I-JEPA-style)",
+            "vjepa_tiny random init (floor)"} <= set(rows)
+    assert all(0.0 <= v <= 100.0 for v in rows.values())
+    report = (out / "report.md").read_text()
+    assert "digits_motion" in report and "demo.png" in report
+    assert (out / "demo.png").stat().st_size > 1000
+    for variant in ("vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"):
+        assert (out / "pretrain" / variant / "latest.pth.tar").exists()
+    assert "leaderboard" in capsys.readouterr().out.lower()
