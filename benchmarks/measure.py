@@ -1,0 +1,130 @@
+"""Wall time, peak memory and throughput of the main jobs, measured side by side in one run.
+
+    python benchmarks/measure.py run        # one probe run: online augmentation vs cached features
+    python benchmarks/measure.py pretrain   # JEPA pretraining clips/s: end to end vs model only
+    python benchmarks/measure.py demo       # `harness demo` from scratch (fresh output folder)
+    python benchmarks/measure.py tests      # the test suite (`pytest`)
+    python benchmarks/measure.py all
+
+Each job runs in a child process; peak memory is that child's max RSS (getrusage). Needs the
+digits data (`harness data make digits --out data/digits`) except for `demo` and `tests`.
+Speed is claimed here, never in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def measure(cmd: list[str], label: str) -> dict:
+    """Run `cmd`, return wall seconds and the peak RSS (MiB) of the process tree it started."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"{label} failed with exit code {proc.returncode}")
+    # ru_maxrss of RUSAGE_CHILDREN is the largest child so far; a smaller later child leaves it
+    # unchanged, so each job is reported as "at most" when it did not raise the maximum.
+    note = "" if peak > before else " (<= earlier job's peak)"
+    result = {"label": label, "wall_s": wall, "peak_rss_mib": peak / 1024, "note": note,
+              "stdout": proc.stdout}
+    print(f"{label:<42} wall {wall:7.1f} s   peak RSS {peak / 1024:7.0f} MiB{note}")
+    return result
+
+
+def harness(*args: str) -> list[str]:
+    return [str(BIN / "harness"), *args]
+
+
+def bench_run(data: str) -> None:
+    print("== one attentive-probe run: vjepa_tiny (random init) on digits_motion ==")
+    with tempfile.TemporaryDirectory() as out:
+        common = ["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "digits_motion",
+                  "--no-progress", f"task.data.root={data}"]
+        online = measure(harness(*common, "--out", f"{out}/a"), "online augmentation (10 epochs)")
+        cached = measure(harness(*common, "--out", f"{out}/b", "cache_features=true"),
+                         "cached features (10 epochs)")
+    print(f"cached / online wall-time ratio: {cached['wall_s'] / online['wall_s']:.3f} "
+          f"({online['wall_s'] / cached['wall_s']:.1f}x faster)")
+
+
+def bench_pretrain(data: str, steps: int = 60) -> None:
+    print(f"== JEPA pretraining throughput, vjepa_tiny, {steps} steps, batch 16 ==")
+    with tempfile.TemporaryDirectory() as out:
+        measure(harness("pretrain", "--config", "vjepa_tiny", "--out", out, "--no-progress",
+                        f"optim.total_steps={steps}", f"data.root={data}"),
+                "end to end (decoding mp4s)")
+        rows = list(csv.DictReader(open(Path(out) / "metrics.csv")))
+    e2e = statistics.median(float(r["clips_per_s"]) for r in rows[5:])
+    code = (
+        "import time, torch\n"
+        "from encoders.jepa import load_config, resolve\n"
+        "from encoders.jepa.trainer import JepaTrainer\n"
+        "import tempfile\n"
+        "cfg = resolve(load_config('vjepa_tiny'))\n"
+        f"t = JepaTrainer(cfg, steps_per_epoch={steps}, out_dir=tempfile.mkdtemp(), progress=False)\n"
+        "clips = torch.randn(16, 3, 8, 32, 32)\n"
+        "for _ in range(5): t.train_step(clips)\n"
+        "start = time.perf_counter()\n"
+        f"for _ in range({steps}): t.train_step(clips)\n"
+        f"print(16 * {steps} / (time.perf_counter() - start))\n"
+    )
+    model_only = float(measure([sys.executable, "-c", code], "model only (one in-memory batch)")
+                       ["stdout"].strip().splitlines()[-1])
+    print(f"clips/s: end to end {e2e:.1f} (median per step), model only {model_only:.1f}; "
+          f"ratio {e2e / model_only:.2f}")
+
+
+def bench_demo(budget: float) -> None:
+    print(f"== harness demo --budget {budget} (fresh output; data made if missing) ==")
+    with tempfile.TemporaryDirectory() as out:
+        r = measure(harness("demo", "--out", out, "--budget", str(budget), "--no-progress"),
+                    "harness demo")
+        print(r["stdout"][-4000:])
+        rates = {}
+        for cfg in sorted((Path(out) / "pretrain").iterdir()):
+            rows = list(csv.DictReader(open(cfg / "metrics.csv")))
+            rates[cfg.name] = statistics.median(float(x["clips_per_s"]) for x in rows[5:])
+        for name, rate in rates.items():
+            print(f"pretraining {name:<22} {rate:6.1f} clips/s (median per step)")
+
+
+def bench_tests() -> None:
+    print("== test suite ==")
+    r = measure([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], "pytest")
+    print(r["stdout"].strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", choices=["run", "pretrain", "demo", "tests", "all"])
+    p.add_argument("--data", default="data/digits")
+    p.add_argument("--budget", type=float, default=1.0)
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    if args.job in ("run", "all"):
+        bench_run(args.data)
+    if args.job in ("pretrain", "all"):
+        bench_pretrain(args.data)
+    if args.job in ("demo", "all"):
+        bench_demo(args.budget)
+    if args.job in ("tests", "all"):
+        bench_tests()
+
+
+if __name__ == "__main__":
+    main()
