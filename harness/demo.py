@@ -52,7 +52,7 @@ def budget_settings(budget: float) -> dict:
     The probes always use the tasks' own protocol (cached features make them cheap), so demo
     records are comparable with any `harness run` on the same task.
     """
-    return {"pretrain_steps": max(10, int(round(300 * budget)))}
+    return {"pretrain_steps": max(10, int(round(450 * budget)))}
 
 
 def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 1.0,
