@@ -55,10 +55,12 @@ def test_unknown_override_key_is_a_clear_error(capsys):
 
 
 def test_show_config_composes_groups(capsys):
-    assert _run(["run", "--encoder", "vjepa_tiny", "--task", "ssv2", "--probe", "linear",
-                 "--show-config", "task.optim.lr=0.0003"]) == 0
+    # overrides may stand between flags
+    assert _run(["run", "--encoder", "vjepa_tiny", "task.optim.epochs=7", "--task", "ssv2",
+                 "--probe", "linear", "--show-config", "task.optim.lr=0.0003"]) == 0
     out = capsys.readouterr().out
     assert "num_classes: 174" in out and "kind: linear" in out and "lr: 0.0003" in out
+    assert "epochs: 7" in out
 
 
 def test_run_records_and_leaderboard(digits_root, tmp_path, capsys):
