@@ -148,7 +148,8 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         f"Pretraining: {settings['pretrain_steps']} steps per variant; attentive probe under "
         f"each task's protocol. Protocol ids: {', '.join(protocol_ids)}.",
         "", "Top-1 (%) on each task's test split:", "", results.render(lb, "markdown"), "",
-        "Notes:", *[f"- {n}" for n in lb.notes], "",
+        "Leaderboard notes:", *([f"- {n}" for n in lb.notes] or ["- none: every encoder ran "
+                                                                  "under the same protocol"]), "",
         f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
         f"![results]({chart.name})", "",
     ]
@@ -165,7 +166,7 @@ def _plot(table, path: Path, protocol_ids: list[str]) -> None:
     ax = table.plot.barh(figsize=(8, 0.9 * len(table) + 1.5))
     ax.set_xlabel("top-1 accuracy (%) - attentive probe, frozen encoder")
     ax.set_ylabel("")
-    ax.set_title(f"harness demo (protocol ids {', '.join(protocol_ids)})", fontsize=9)
+    ax.set_title(f"harness demo\nprotocol ids {', '.join(protocol_ids)}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     plt.tight_layout()
