@@ -216,7 +216,7 @@ def test_optim_config_from_dict():
 
 
 class Preempted(Exception):
-    pass
+    """Stands for a job killed by its scheduler between two epochs."""
 
 
 def test_resume_after_interruption_reaches_the_same_weights(tmp_path):
