@@ -56,7 +56,7 @@ def budget_settings(budget: float) -> dict:
 
 
 def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 1.0,
-             seed: int = 0, progress: bool = True, fresh: bool = False) -> dict:
+             seed: int = 0, progress: bool = True, fresh: bool = False, seeds: int = 1) -> dict:
     from rich.console import Console
 
     from harness.config import compose_run
@@ -99,23 +99,25 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
     console.rule("[bold]3/4 attentive probes on frozen features, the tasks' own protocol")
     t2 = time.time()
     records = []
-    for entry in entries:
-        for task in TASKS:
-            overrides = [f"encoder={entry.encoder}", f"task={task}", "probe=attentive",
-                         f"out={out_dir}", f"seed={seed}", f"label='{entry.label}'",
-                         f"task.data.root={data_dir}",
-                         f"progress={'true' if progress else 'false'}"]
-            if entry.random_init:
-                overrides.append("random_init=true")
-            if entry.checkpoint:
-                overrides.append(f"checkpoint='{entry.checkpoint}'")
-            console.print(f"[bold]{entry.label}[/] on {task}")
-            outcome = run_evaluation(compose_run(overrides))
-            records.append(outcome.record)
+    settings["seeds"] = list(range(seed, seed + int(seeds)))
+    for entry, task, run_seed in ((e, t, s) for e in entries for t in TASKS
+                                  for s in settings["seeds"]):
+        overrides = [f"encoder={entry.encoder}", f"task={task}", "probe=attentive",
+                     f"out={out_dir}", f"seed={run_seed}", f"label='{entry.label}'",
+                     f"task.data.root={data_dir}",
+                     f"progress={'true' if progress else 'false'}"]
+        if entry.random_init:
+            overrides.append("random_init=true")
+        if entry.checkpoint:
+            overrides.append(f"checkpoint='{entry.checkpoint}'")
+        console.print(f"[bold]{entry.label}[/] on {task}, seed {run_seed}")
+        outcome = run_evaluation(compose_run(overrides))
+        records.append(outcome.record)
     timings["probe_s"] = time.time() - t2
 
     console.rule("[bold]4/4 leaderboard")
-    summary = write_outputs(records, out_dir, settings, timings, console)
+    pretraining = pretraining_summary(entries, out_dir)
+    summary = write_outputs(records, out_dir, settings, timings, console, pretraining)
     timings["total_s"] = time.time() - t0
     summary["timings"] = timings
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -124,8 +126,36 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
     return summary
 
 
+def pretraining_summary(entries: list[DemoEntry], out_dir: Path) -> list[dict]:
+    """Per pretrained variant, from its metrics.csv: final loss (mean of the last 10% of steps),
+    the latent targets' effective rank at the first and last logged step (a fall means the
+    features collapsed onto a few directions, which the loss alone does not show) and clips/s."""
+    import pandas as pd
+
+    rows = []
+    for entry in entries:
+        if not entry.pretrain_config:
+            continue
+        path = out_dir / "pretrain" / entry.pretrain_config / "metrics.csv"
+        if not path.is_file():
+            continue
+        m = pd.read_csv(path)
+        if m.empty:
+            continue
+        tail = m.tail(max(1, len(m) // 10))
+        rank = m["target_rank"].dropna() if "target_rank" in m else pd.Series(dtype=float)
+        rows.append({
+            "variant": entry.label, "config": entry.pretrain_config, "steps": int(m["step"].iloc[-1]),
+            "final_loss": round(float(tail["loss"].mean()), 4),
+            "target_rank_start": round(float(rank.iloc[0]), 1) if len(rank) else None,
+            "target_rank_end": round(float(rank.iloc[-1]), 1) if len(rank) else None,
+            "clips_per_s": round(float(m["clips_per_s"].median()), 1),
+        })
+    return rows
+
+
 def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: dict,
-                  console) -> dict:
+                  console, pretraining: list[dict] | None = None) -> dict:
     import pandas as pd
 
     import results
@@ -135,35 +165,68 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
     console.print(results.render(lb, "rich") or "")
     protocol_ids = sorted({r["protocol_id"] for r in records})
 
-    table = pd.DataFrame(
+    runs = pd.DataFrame(
         [{"encoder": f"{r['encoder']['name']} {r['extra']['label']}", "task": r["task"],
-          "top1": r["metrics"].get("top1")} for r in records]
-    ).pivot_table(index="encoder", columns="task", values="top1", aggfunc="last")
+          "seed": r["seed"], "top1": r["metrics"].get("top1")} for r in records])
+    # One number per (encoder, task, seed): a re-run demo's newer record replaces the older.
+    runs = runs.drop_duplicates(["encoder", "task", "seed"], keep="last")
+    table = runs.pivot_table(index="encoder", columns="task", values="top1", aggfunc="mean")
     table = table.reindex(columns=list(TASKS))
+    spread = runs.pivot_table(index="encoder", columns="task", values="top1", aggfunc="std")
+    spread = spread.reindex(index=table.index, columns=list(TASKS))
+    n_seeds = len(settings.get("seeds") or [0])
     chart = out_dir / "demo.png"
-    _plot(table, chart, protocol_ids)
+    _plot(table, chart, protocol_ids, spread if n_seeds > 1 else None)
 
     lines = [
         "# harness demo report", "",
         f"Pretraining: {settings['pretrain_steps']} steps per variant; attentive probe under "
         f"each task's protocol. Protocol ids: {', '.join(protocol_ids)}.",
         "", "Top-1 (%) on each task's test split:", "", results.render(lb, "markdown"), "",
+        *(_seed_lines(table, spread, settings["seeds"]) if n_seeds > 1 else []),
         "Leaderboard notes:", *([f"- {n}" for n in lb.notes] or ["- none: every encoder ran "
                                                                   "under the same protocol"]), "",
+        *_pretraining_lines(pretraining or []),
         f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
         f"![results]({chart.name})", "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
-    return {"top1": table.round(2).to_dict(), "protocol_ids": protocol_ids}
+    return {"top1": table.round(2).to_dict(), "protocol_ids": protocol_ids,
+            "top1_sd": spread.round(2).to_dict() if n_seeds > 1 else None,
+            "seeds": settings.get("seeds"),
+            "pretraining": pretraining or []}
 
 
-def _plot(table, path: Path, protocol_ids: list[str]) -> None:
+def _pretraining_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    dash = lambda v: "-" if v is None else v  # noqa: E731 (pixel targets have no target encoder)
+    lines = ["Pretraining (effective rank of the latent targets, first -> last step; the random-init "
+             "encoder starts near the first value, and a fall to a few means partial collapse):", "",
+             "| variant | steps | final loss | target rank | clips/s |", "|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['steps']} | {r['final_loss']} | "
+              f"{dash(r['target_rank_start'])} -> {dash(r['target_rank_end'])} | {r['clips_per_s']} |"
+              for r in rows]
+    return lines + [""]
+
+
+def _seed_lines(table, spread, seeds: list[int]) -> list[str]:
+    lines = [f"Mean +- sd of top-1 over probe seeds {', '.join(map(str, seeds))} (the leaderboard "
+             "above shows one seed's records):", "",
+             "| encoder | " + " | ".join(table.columns) + " |", "|---" * (1 + len(table.columns)) + "|"]
+    for enc in table.index:
+        cells = [f"{table.loc[enc, t]:.1f} +- {spread.loc[enc, t]:.1f}" for t in table.columns]
+        lines.append(f"| {enc} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _plot(table, path: Path, protocol_ids: list[str], spread=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ax = table.plot.barh(figsize=(8, 0.9 * len(table) + 1.5))
+    ax = table.plot.barh(figsize=(8, 0.9 * len(table) + 1.5), xerr=spread, capsize=3)
     ax.set_xlabel("top-1 accuracy (%) - attentive probe, frozen encoder")
     ax.set_ylabel("")
     ax.set_title(f"harness demo\nprotocol ids {', '.join(protocol_ids)}", fontsize=9)

@@ -163,6 +163,7 @@ class PretrainData:
 def build_pretrain_dataset(cfg: dict, encoder_cfg: dict):
     """The tasks package's training VideoDataset over the manifests, with the pretraining transform."""
     from tasks.dataset import VideoDataset
+    from tasks.decode import FrameCache
     from tasks.sampling import ClipSampler
     from tasks.transforms import TrainTransform
 
@@ -172,8 +173,11 @@ def build_pretrain_dataset(cfg: dict, encoder_cfg: dict):
     sampler = ClipSampler(frames, int(data["frame_step"]), 1, random=True)
     transform = TrainTransform(resolution, tuple(encoder_cfg["mean"]), tuple(encoder_cfg["std"]),
                                **_train_aug(aug))
+    cache_mb = float(data.get("cache_decoded_mb") or 0)
+    cache = FrameCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
     return VideoDataset(read_pretrain_entries(cfg), sampler=sampler, transform=transform,
-                        split="pretrain", backend=str(data.get("backend") or "auto"))
+                        split="pretrain", backend=str(data.get("backend") or "auto"),
+                        frame_cache=cache)
 
 
 def _train_aug(aug: dict) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decode import read_frames
+from .decode import FrameCache, read_frames
 from .errors import DataError
 from .manifest import label_map_sha256, manifest_sha256, read_label_map, read_manifest
 from .sampling import ClipSampler
@@ -38,8 +38,10 @@ class VideoDataset(torch.utils.data.Dataset):
         split: str = "",
         backend: str = "auto",
         class_names: Sequence[str] | None = None,
+        frame_cache: FrameCache | None = None,
     ):
         self.entries = list(entries)
+        self.frame_cache = frame_cache
         self.sampler = sampler
         self.transform = transform
         self.split = split
@@ -71,7 +73,8 @@ class VideoDataset(torch.utils.data.Dataset):
             segments[:] = self.sampler.indices(num_frames, rng)
             return [i for seg in segments for i in seg]
 
-        frames, _ = read_frames(path, indices_fn, backend=self.backend)
+        read = self.frame_cache.read if self.frame_cache is not None else read_frames
+        frames, _ = read(path, indices_fn, backend=self.backend)
         T = self.sampler.frames_per_clip
         clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
         # Each segment gets its own random augmentation, as in the release.

@@ -8,7 +8,7 @@ from torch import nn
 import encoders
 from encoders.jepa import PretrainConfigError, load_config
 from encoders.jepa.predictor import Predictor
-from encoders.jepa.schedules import Schedules, ema_update
+from encoders.jepa.schedules import Schedules, effective_rank, ema_update
 from encoders.jepa.trainer import JepaTrainer, pixel_targets
 
 
@@ -70,6 +70,31 @@ def test_ema_update_formula():
     ema_update(target, online, 1.0)  # momentum 1 leaves the target unchanged
     ema_update(target, online, 0.0)  # momentum 0 copies the online weights
     assert all(torch.equal(a, b) for a, b in zip(target.parameters(), online.parameters()))
+
+
+def test_effective_rank_tells_spread_from_collapsed_features():
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(8, 500, 32, generator=g)
+    assert effective_rank(spread) > 28  # close to the width
+    three = torch.randn(8, 500, 3, generator=g) @ torch.randn(3, 32, generator=g)
+    assert 2.0 < effective_rank(three) <= 3.0 + 1e-4
+    collapsed = torch.randn(32, generator=g) * (1 + 0.01 * torch.randn(8, 500, 1, generator=g))
+    assert effective_rank(collapsed) < 1.01
+    assert effective_rank(torch.zeros(4, 10, 8)) == 0.0
+    # more tokens than the cap: a strided subsample, and no random state is touched
+    before = torch.random.get_rng_state()
+    assert effective_rank(torch.randn(64, 200, 16, generator=g), max_tokens=1000) > 14
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_metrics_log_the_target_rank(tmp_path):
+    import csv
+
+    trainer = JepaTrainer(tiny_cfg(log_every=1), steps_per_epoch=3, out_dir=tmp_path, progress=False)
+    trainer.fit(batches())
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and all(0 < float(r["target_rank"]) <= 96 for r in rows)
 
 
 def test_schedules_match_release_shapes():

@@ -150,3 +150,30 @@ def test_indices_outside_the_video_are_a_bug_not_a_clamp(tmp_path):
     _faststart_mp4(path, num_frames=6)
     with pytest.raises(DecodeError, match="outside"):
         read_frames(path, lambda n: [n], backend="pyav")
+
+
+def test_frame_cache_gives_the_frames_a_direct_read_gives(tmp_path, monkeypatch):
+    import tasks.decode as decode
+    from tasks.decode import FrameCache
+
+    paths = [tmp_path / f"v{i}.mp4" for i in range(3)]
+    for p in paths:
+        _faststart_mp4(p, num_frames=12)
+    per_video = 12 * 64 * 64 * 3
+    cache = FrameCache(max_bytes=2 * per_video)  # room for two of the three videos
+    calls = []
+    real = decode.read_frames
+    monkeypatch.setattr(decode, "read_frames", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    for _ in range(2):  # a second "epoch" reads the cached two from memory
+        for p in paths:
+            for pick in ([0, 5, 11], [3, 4]):
+                got, n = cache.read(p, lambda n, pick=pick: pick, backend="pyav")
+                ref, n_ref = real(p, lambda n, pick=pick: pick, backend="pyav")
+                assert n == n_ref == 12 and torch.equal(got, ref)
+    assert len(cache) == 2 and cache.full and cache.used == 2 * per_video
+    # One full decode per cached video; the third is decoded per read once the budget is spent.
+    assert calls.count(str(paths[0])) == 1 and calls.count(str(paths[1])) == 1
+    assert calls.count(str(paths[2])) == 4
+    with pytest.raises(DecodeError, match="not found"):  # errors pass through, nothing cached
+        cache.read(tmp_path / "missing.mp4", lambda n: [0])
+    assert len(cache) == 2

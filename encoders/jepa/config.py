@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "max_failure_fraction": 0.1,
         "backend": "auto",
+        "cache_decoded_mb": 0,       # >0: keep whole decoded videos in RAM (per process/worker)
     },
     "augmentation": {
         "random_resized_crop": {"scale": [0.3, 1.0], "ratio": [0.75, 1.35]},

@@ -38,13 +38,14 @@ from .config import PretrainConfigError, resolve
 from .distributed import DistInfo, all_mean, all_true, gather_objects, init_distributed
 from .masks import MaskBatch, MaskCollator
 from .predictor import Predictor, gather_tokens
-from .schedules import Schedules, ema_update
+from .schedules import Schedules, effective_rank, ema_update
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "latest.pth.tar"
 METRICS_NAME = "metrics.csv"
-METRICS_FIELDS = ("step", "epoch", "batch", "loss", "lr", "wd", "momentum", "clips_per_s", "elapsed_s")
+METRICS_FIELDS = ("step", "epoch", "batch", "loss", "lr", "wd", "momentum", "target_rank",
+                  "clips_per_s", "elapsed_s")
 
 BatchFactory = Callable[[int, int], Iterable[torch.Tensor | None]]
 
@@ -169,6 +170,8 @@ class JepaTrainer:
         self.batch_in_epoch = 0
         self._epoch_losses: list[float] = []
         self._saved_step: int | None = None
+        self._last_targets: torch.Tensor | None = None  # latent targets of the last step
+        self._first_rank: float | None = None
 
     def _make_schedules(self, opt: dict) -> Schedules:
         total = opt["total_steps"] or int(round(float(opt["epochs"]) * self.steps_per_epoch))
@@ -256,6 +259,7 @@ class JepaTrainer:
                 if self.latent:
                     h = self.target_encoder(clips)
                     h = F.layer_norm(h.float(), (h.size(-1),))
+                    self._last_targets = h
                 else:
                     h = pixel_targets(clips, self.patch_size, self.tubelet_size)
             preds = self.model(clips, contexts, targets)
@@ -411,8 +415,8 @@ class JepaTrainer:
                     if self.step % log_every == 0 or self.step == self.total_steps:
                         metrics.write(step=self.step, epoch=self.epoch, batch=self.batch_in_epoch,
                                       loss=out["loss"], lr=out["lr"], wd=out["wd"],
-                                      momentum=out["momentum"], clips_per_s=step_rate,
-                                      elapsed_s=now - start_time)
+                                      momentum=out["momentum"], target_rank=self._watch_rank(),
+                                      clips_per_s=step_rate, elapsed_s=now - start_time)
                     bar.update(self.step, out["loss"], out["lr"], rate)
                     if self.step % every == 0 or self.step >= self.total_steps:
                         self.save()
@@ -430,6 +434,22 @@ class JepaTrainer:
         if self._saved_step != self.step:  # decided from state every rank shares (save is collective)
             self.save()
         return self.checkpoint_path
+
+    def _watch_rank(self) -> float | str:
+        """Effective rank of this step's latent targets; warns once if it falls to a quarter of
+        the first logged value (partial collapse: the loss can fall while features degrade)."""
+        if self._last_targets is None or not self.dist.is_main:
+            return ""
+        rank = effective_rank(self._last_targets)
+        if self._first_rank is None:
+            self._first_rank = rank
+        elif rank < 0.25 * self._first_rank and not getattr(self, "_warned_rank", False):
+            self._warned_rank = True
+            log.warning(
+                "target features are collapsing: effective rank %.1f at step %d, %.1f at the "
+                "start (metrics.csv, target_rank); lower optim.lr or raise optim.ema",
+                rank, self.step, self._first_rank)
+        return round(rank, 3)
 
     def _next_epoch(self) -> None:
         self.epoch += 1
