@@ -34,3 +34,27 @@ def test_demo_writes_leaderboard_report_and_chart(tmp_path, capsys):
     for variant in ("vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"):
         assert (out / "pretrain" / variant / "latest.pth.tar").exists()
     assert "leaderboard" in capsys.readouterr().out.lower()
+
+
+def test_demo_report_averages_seeds_and_keeps_one_seed_in_the_leaderboard(tmp_path):
+    from rich.console import Console
+
+    from harness.demo import DemoEntry, write_outputs
+
+    def record(label, task, seed, top1):
+        return {"encoder": {"name": "vjepa_tiny"}, "checkpoint": {"path": label}, "task": task,
+                "split": "test", "protocol_id": f"pid-{task}", "protocol": {}, "seed": seed,
+                "metrics": {"top1": top1}, "extra": {"label": label},
+                "created": f"2026-11-23T09:0{seed}:00+00:00"}
+
+    records = [record(label, task, seed, base + seed)
+               for label, base in (("a", 50.0), ("b", 70.0))
+               for task in ("digits_motion", "digits_appearance") for seed in (0, 1, 2)]
+    summary = write_outputs(records, tmp_path, {"pretrain_steps": 10, "seeds": [0, 1, 2]},
+                            {"total_s": 1.0}, Console(file=open(tmp_path / "log", "w")), [])
+    assert summary["top1"]["digits_motion"] == {"vjepa_tiny b": 71.0, "vjepa_tiny a": 51.0}
+    assert summary["top1_sd"]["digits_motion"]["vjepa_tiny a"] == 1.0
+    report = (tmp_path / "report.md").read_text()
+    assert "| vjepa_tiny b | 71.0 +- 1.0 | 71.0 +- 1.0 |" in report
+    assert "records, the latest is shown" not in report  # the leaderboard holds seed 0 only
+    assert "| 70.0 |" in report and (tmp_path / "demo.png").stat().st_size > 1000

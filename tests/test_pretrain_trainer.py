@@ -97,6 +97,19 @@ def test_metrics_log_the_target_rank(tmp_path):
     assert len(rows) == 6 and all(0 < float(r["target_rank"]) <= 96 for r in rows)
 
 
+def test_collapsing_targets_warn_once(tmp_path, caplog):
+    trainer = JepaTrainer(tiny_cfg(), steps_per_epoch=3, out_dir=tmp_path, progress=False)
+    g = torch.Generator().manual_seed(0)
+    trainer._last_targets = torch.randn(4, 64, 96, generator=g)
+    start = trainer._watch_rank()
+    one_direction = torch.randn(96, generator=g) * torch.randn(4, 64, 1, generator=g)
+    with caplog.at_level("WARNING", logger="encoders.jepa.trainer"):
+        for _ in range(2):
+            trainer._last_targets = one_direction
+            assert trainer._watch_rank() < 0.25 * start
+    assert len([r for r in caplog.records if "collapsing" in r.getMessage()]) == 1
+
+
 def test_schedules_match_release_shapes():
     s = Schedules(total_steps=100, warmup_steps=10, start_lr=2e-4, lr=6.25e-4, final_lr=1e-6,
                   weight_decay=0.04, final_weight_decay=0.4, ema_start=0.998, ema_end=1.0)

@@ -172,6 +172,7 @@ class JepaTrainer:
         self._saved_step: int | None = None
         self._last_targets: torch.Tensor | None = None  # latent targets of the last step
         self._first_rank: float | None = None
+        self._warned_rank = False
 
     def _make_schedules(self, opt: dict) -> Schedules:
         total = opt["total_steps"] or int(round(float(opt["epochs"]) * self.steps_per_epoch))
@@ -389,6 +390,7 @@ class JepaTrainer:
             self.load(self.checkpoint_path)
             log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
         metrics = _MetricsLog(self.out_dir / METRICS_NAME, self.step, enabled=self.dist.is_main)
+        self._first_rank = metrics.first_rank  # a resumed run keeps its reference for the warning
         every = int(self.cfg["checkpoint_every"])
         log_every = max(1, int(self.cfg["log_every"]))
         start_time, last = time.perf_counter(), time.perf_counter()
@@ -443,7 +445,7 @@ class JepaTrainer:
         rank = effective_rank(self._last_targets)
         if self._first_rank is None:
             self._first_rank = rank
-        elif rank < 0.25 * self._first_rank and not getattr(self, "_warned_rank", False):
+        elif rank < 0.25 * self._first_rank and not self._warned_rank:
             self._warned_rank = True
             log.warning(
                 "target features are collapsing: effective rank %.1f at step %d, %.1f at the "
@@ -469,12 +471,15 @@ class _MetricsLog:
 
     def __init__(self, path: Path, resume_step: int, enabled: bool = True):
         self.path, self.enabled = path, enabled
+        self.first_rank: float | None = None
         if not enabled:
             return
         rows = []
         if path.is_file() and resume_step > 0:
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        ranks = [float(r["target_rank"]) for r in rows if r.get("target_rank")]
+        self.first_rank = ranks[0] if ranks else None
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
             w.writeheader()
