@@ -8,7 +8,11 @@ Configs live in encoders/jepa/configs/ (vjepa_tiny: video latent targets, vjepa_
 VideoMAE-style pixel targets, ijepa_tiny: image latent targets, vjepa_vitl: the paper's ViT-L
 recipe). Any key can be overridden as key=value, e.g. optim.total_steps=200 data.batch_size=8.
 Checkpoints (release layout: encoder, predictor, target_encoder, opt, ...) are written atomically
-to <out>/latest.pth.tar; re-running the same command resumes. Evaluate the result with:
+to <out>/latest.pth.tar; re-running the same command resumes. <out>/metrics.csv logs per step
+loss, lr, wd, EMA momentum, clips/s and target_rank, the effective rank of the latent targets: a
+fall to a few means the features collapsed (the run warns), which the loss alone does not show.
+data.cache_decoded_mb=N keeps decoded videos in RAM (per process) for small datasets.
+Evaluate the result with:
 
   harness run --encoder vjepa_tiny --checkpoint <out>/latest.pth.tar --task digits_motion
 
