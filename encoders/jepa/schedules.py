@@ -80,7 +80,7 @@ def effective_rank(tokens: torch.Tensor, max_tokens: int = 4096) -> float:
     if x.shape[0] > max_tokens:
         x = x[:: -(-x.shape[0] // max_tokens)]
     x = x - x.mean(0, keepdim=True)
-    s = torch.linalg.svdvals(x.cpu()).pow(2)
+    s = torch.linalg.svdvals(x).pow(2)  # on the tokens' device: no per-step copy to the host
     if float(s.sum()) <= 0:
         return 0.0
     p = s / s.sum()
