@@ -30,6 +30,8 @@ def test_demo_writes_leaderboard_report_and_chart(tmp_path, capsys):
     ranks = {r["config"]: r for r in summary["pretraining"]}
     assert set(ranks) == {"vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"}
     assert ranks["vjepa_tiny"]["target_rank_end"] > 0 and ranks["vjepa_tiny_pixels"]["target_rank_end"] is None
+    assert all(isinstance(r["context_gain"], float) for r in ranks.values())
+    assert "context gain" in report
     assert (out / "demo.png").stat().st_size > 1000
     for variant in ("vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"):
         assert (out / "pretrain" / variant / "latest.pth.tar").exists()

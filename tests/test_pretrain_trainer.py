@@ -139,7 +139,8 @@ def test_pixel_targets_normalised_per_tubelet():
 def test_steps_on_a_fixed_batch_reduce_the_loss(tmp_path, name):
     cfg = tiny_cfg(name)
     cfg["optim"].update({"total_steps": 100, "warmup_steps": 0, "start_lr": 3e-3, "lr": 3e-3,
-                         "weight_decay": 0.0, "final_weight_decay": 0.0})
+                         "weight_decay": 0.0, "final_weight_decay": 0.0,
+                         "predictor_lr_scale": 1.0})  # one lr for all: 3e-2 would diverge
     trainer = JepaTrainer(cfg, steps_per_epoch=10, out_dir=tmp_path, progress=False)
     # A smooth clip (upsampled noise), so normalised pixels are predictable from neighbours.
     g = torch.Generator().manual_seed(0)
@@ -235,3 +236,44 @@ def test_config_errors_are_clear(tmp_path):
     trainer = JepaTrainer(tiny_cfg(), 3, tmp_path, progress=False)
     with pytest.raises(ValueError, match="token grid"):
         trainer.train_step(torch.randn(2, 3, 4, 32, 32))
+
+
+def test_predictor_lr_scale_applies_to_the_predictor_groups_only(tmp_path):
+    cfg = tiny_cfg()
+    cfg["optim"].update({"predictor_lr_scale": 10.0, "warmup_steps": 0, "start_lr": 1e-3})
+    trainer = JepaTrainer(cfg, steps_per_epoch=3, out_dir=tmp_path, progress=False)
+    out = trainer.train_step(next(iter(batches()(0, 0))))
+    predictor_ids = {id(p) for p in trainer.online.predictor.parameters()}
+    seen = set()
+    for group in trainer.optimizer.param_groups:
+        is_pred = {id(p) in predictor_ids for p in group["params"]}
+        assert len(is_pred) == 1  # a group never mixes encoder and predictor parameters
+        seen |= is_pred
+        want = out["lr"] * (10.0 if is_pred.pop() else 1.0)
+        assert group["lr"] == pytest.approx(want)
+    assert seen == {True, False}
+    cfg["optim"]["predictor_lr_scale"] = 0
+    with pytest.raises(PretrainConfigError, match="predictor_lr_scale"):
+        JepaTrainer(cfg, 3, tmp_path, progress=False)
+
+
+def test_context_gain_is_zero_for_a_predictor_that_ignores_the_context(tmp_path):
+    import csv
+
+    trainer = JepaTrainer(tiny_cfg(log_every=2), steps_per_epoch=3, out_dir=tmp_path, progress=False)
+    clips = next(iter(batches()(0, 0)))
+    trainer.train_step(clips, monitor=True)
+    assert trainer._last_context_gain is not None and trainer._last_context_gain == trainer._last_context_gain
+    trainer.train_step(clips)  # not a logged step: nothing measured
+    assert trainer._last_context_gain is None
+    with torch.no_grad():  # context features now reach the predictor as zeros, like the blind pass
+        trainer.online.predictor.predictor_embed.weight.zero_()
+    trainer.train_step(clips, monitor=True)  # measured before this step's update
+    assert trainer._last_context_gain == pytest.approx(0.0, abs=1e-6)
+
+    trainer = JepaTrainer(tiny_cfg(log_every=2), steps_per_epoch=3, out_dir=tmp_path / "run",
+                          progress=False)
+    trainer.fit(batches())
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["2", "4", "6"] and all(r["context_gain"] for r in rows)

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "start_lr": 2.0e-4,
         "lr": 6.25e-4,
         "final_lr": 1.0e-6,
+        "predictor_lr_scale": 1.0,   # predictor lr = this x the schedule's lr (release: 1)
         "weight_decay": 0.04,
         "final_weight_decay": 0.4,
         "ema": [0.998, 1.0],
@@ -133,6 +134,8 @@ def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
         problems.append(f"data.batch_size must be >= 1, got {out['data']['batch_size']}")
     if len(opt["ema"]) != 2:
         problems.append(f"optim.ema must be [start, end], got {opt['ema']}")
+    if float(opt["predictor_lr_scale"]) <= 0:
+        problems.append(f"optim.predictor_lr_scale must be > 0, got {opt['predictor_lr_scale']}")
     if int(out["checkpoint_every"]) < 1:
         problems.append("checkpoint_every must be >= 1 (steps)")
     if problems:

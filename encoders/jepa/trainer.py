@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "latest.pth.tar"
 METRICS_NAME = "metrics.csv"
 METRICS_FIELDS = ("step", "epoch", "batch", "loss", "lr", "wd", "momentum", "target_rank",
-                  "clips_per_s", "elapsed_s")
+                  "context_gain", "clips_per_s", "elapsed_s")
 
 BatchFactory = Callable[[int, int], Iterable[torch.Tensor | None]]
 
@@ -98,16 +98,22 @@ class OnlineModel(nn.Module):
         return out
 
 
-def _param_groups(*modules: nn.Module) -> list[dict]:
-    """AdamW groups as in the release: no weight decay on biases and 1-D parameters (norms)."""
-    decay, no_decay = [], []
-    for module in modules:
+def _param_groups(encoder: nn.Module, predictor: nn.Module, predictor_lr_scale: float = 1.0
+                  ) -> list[dict]:
+    """AdamW groups as in the release: no weight decay on biases and 1-D parameters (norms).
+
+    Encoder and predictor get separate groups so the predictor's lr can be scaled
+    (`lr_scale`, applied on top of the schedule's lr each step)."""
+    groups = []
+    for module, scale in ((encoder, 1.0), (predictor, float(predictor_lr_scale))):
+        decay, no_decay = [], []
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "wd_exclude": False},
-            {"params": no_decay, "wd_exclude": True, "weight_decay": 0.0}]
+        groups += [{"params": decay, "wd_exclude": False, "lr_scale": scale},
+                   {"params": no_decay, "wd_exclude": True, "weight_decay": 0.0, "lr_scale": scale}]
+    return groups
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -157,7 +163,8 @@ class JepaTrainer:
         self._build_models(seed)
         self.masks = MaskCollator(self.cfg["masks"], self.grid, seed=self._mask_seed(seed, self.dist.rank))
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.online.encoder, self.online.predictor),
+            _param_groups(self.online.encoder, self.online.predictor,
+                          float(opt["predictor_lr_scale"])),
             lr=self.schedules.learning_rate(0), betas=tuple(opt["betas"]), eps=float(opt["eps"]))
         cuda = self.device.type == "cuda"
         dtype = str(opt["dtype"]).lower()
@@ -171,6 +178,7 @@ class JepaTrainer:
         self._epoch_losses: list[float] = []
         self._saved_step: int | None = None
         self._last_targets: torch.Tensor | None = None  # latent targets of the last step
+        self._last_context_gain: float | None = None
         self._first_rank: float | None = None
         self._warned_rank = False
 
@@ -251,7 +259,8 @@ class JepaTrainer:
                 "encoder's (or override the encoder's num_frames / resolution)")
         return clips
 
-    def compute_loss(self, clips: torch.Tensor, masks: list[MaskBatch]) -> torch.Tensor:
+    def compute_loss(self, clips: torch.Tensor, masks: list[MaskBatch], monitor: bool = False
+                     ) -> torch.Tensor:
         contexts = [m.context for m in masks]
         targets = [m.targets for m in masks]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
@@ -264,6 +273,12 @@ class JepaTrainer:
                 else:
                     h = pixel_targets(clips, self.patch_size, self.tubelet_size)
             preds = self.model(clips, contexts, targets)
+        loss = self._loss(preds, targets, h)
+        if monitor:
+            self._last_context_gain = self._context_gain(contexts, targets, h, loss)
+        return loss
+
+    def _loss(self, preds, targets, h) -> torch.Tensor:
         losses = []
         for pred_sets, target_sets in zip(preds, targets):
             for z, index in zip(pred_sets, target_sets):
@@ -271,18 +286,35 @@ class JepaTrainer:
                 losses.append(diff.abs().pow(self.loss_exp).mean() / self.loss_exp)
         return torch.stack(losses).mean()
 
-    def train_step(self, clips: torch.Tensor) -> dict:
-        """One optimisation step on a batch; returns loss (mean over ranks), lr, wd, momentum."""
+    @torch.no_grad()
+    def _context_gain(self, contexts, targets, h, loss) -> float:
+        """Loss with the context features zeroed (the predictor keeps only the positions) minus
+        the loss. Near zero or negative: the predictor ignores what the encoder saw, so the
+        encoder gets no useful signal (a tiny run at the release's lr ratios did exactly that)."""
+        predictor = self.online.predictor
+        blind = []
+        for i, (context, target_sets) in enumerate(zip(contexts, targets)):
+            zeros = torch.zeros(*context.shape, predictor.embed_dim, device=context.device)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                enabled=self.use_autocast):
+                blind.append(predictor(zeros, context, list(target_sets), mask_index=i))
+        return float(self._loss(blind, targets, h) - loss.detach())
+
+    def train_step(self, clips: torch.Tensor, monitor: bool = False) -> dict:
+        """One optimisation step on a batch; returns loss (mean over ranks), lr, wd, momentum.
+
+        monitor: also measure the context gain (`_context_gain`), for a step that is logged."""
         step = self.step
         lr, wd = self.schedules.learning_rate(step), self.schedules.wd(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
             if not group.get("wd_exclude"):
                 group["weight_decay"] = wd
         self.online.train()
         clips = self._prepare(clips)
         masks = [m.to(self.device) for m in self.masks(clips.shape[0])]
-        loss = self.compute_loss(clips, masks)
+        self._last_context_gain = None
+        loss = self.compute_loss(clips, masks, monitor=monitor)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"pretraining loss is {loss.item()} at step {step}; lower optim.lr or check "
@@ -407,7 +439,8 @@ class JepaTrainer:
                         self.batch_in_epoch += 1  # every rank skips together (DDP needs that)
                         continue
                     global_batch = all_mean(float(len(clips)), self.device) * self.dist.world_size
-                    out = self.train_step(clips)
+                    logged = (self.step + 1) % log_every == 0 or self.step + 1 == self.total_steps
+                    out = self.train_step(clips, monitor=logged and self.dist.is_main)
                     self.batch_in_epoch += 1
                     self._epoch_losses.append(out["loss"])
                     now = time.perf_counter()
@@ -418,6 +451,7 @@ class JepaTrainer:
                         metrics.write(step=self.step, epoch=self.epoch, batch=self.batch_in_epoch,
                                       loss=out["loss"], lr=out["lr"], wd=out["wd"],
                                       momentum=out["momentum"], target_rank=self._watch_rank(),
+                                      context_gain=_round(self._last_context_gain),
                                       clips_per_s=step_rate, elapsed_s=now - start_time)
                     bar.update(self.step, out["loss"], out["lr"], rate)
                     if self.step % every == 0 or self.step >= self.total_steps:
@@ -457,6 +491,10 @@ class JepaTrainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self._epoch_losses = []
+
+
+def _round(value: float | None) -> float | str:
+    return "" if value is None else round(value, 4)
 
 
 def _bounded(it: Iterator, n: int) -> Iterator:
