@@ -10,7 +10,9 @@ recipe). Any key can be overridden as key=value, e.g. optim.total_steps=200 data
 Checkpoints (release layout: encoder, predictor, target_encoder, opt, ...) are written atomically
 to <out>/latest.pth.tar; re-running the same command resumes. <out>/metrics.csv logs per step
 loss, lr, wd, EMA momentum, clips/s and target_rank, the effective rank of the latent targets: a
-fall to a few means the features collapsed (the run warns), which the loss alone does not show.
+fall to a few means the features collapsed (the run warns), which the loss alone does not show;
+and context_gain, the loss with the context features zeroed minus the loss: near zero means the
+predictor ignores the context (raise optim.predictor_lr_scale).
 data.cache_decoded_mb=N keeps decoded videos in RAM (per process) for small datasets.
 Evaluate the result with:
 
