@@ -277,3 +277,11 @@ def test_context_gain_is_zero_for_a_predictor_that_ignores_the_context(tmp_path)
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["2", "4", "6"] and all(r["context_gain"] for r in rows)
+
+
+def test_raw_pixel_targets_keep_the_tubelets_pixels():
+    clips = torch.randn(2, 3, 4, 16, 16)
+    raw = pixel_targets(clips, patch=8, tubelet=2, normalize=False)
+    assert raw.shape == (2, 8, 384)
+    manual = clips[1, :, 0:2, 0:8, 8:16].permute(1, 2, 3, 0).reshape(-1)
+    assert torch.equal(raw[1, 1], manual)

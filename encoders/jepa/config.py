@@ -28,7 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "predictor": {"width": 384, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0,
                   "zero_init_mask_tokens": True},
     "masks": None,                   # list of mask configs (see encoders/jepa/masks.py)
-    "loss": {"loss_exp": 1.0},
+    "loss": {"loss_exp": 1.0,
+             "normalize_pixels": True},  # pixel targets: standardise each tubelet (VideoMAE)
     "optim": {
         "epochs": 1,
         "steps_per_epoch": None,     # null -> dataset size // global batch (the release's ipe)

@@ -68,13 +68,17 @@ def patchify(clips: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
     return x.reshape(b, -1, tubelet * patch * patch, c)
 
 
-def pixel_targets(clips: torch.Tensor, patch: int, tubelet: int) -> torch.Tensor:
+def pixel_targets(clips: torch.Tensor, patch: int, tubelet: int, normalize: bool = True
+                  ) -> torch.Tensor:
     """VideoMAE's normalised-pixel targets: each tubelet's pixels standardised per channel.
 
     (B, N, tubelet * patch * patch * C). Standardising per tubelet also removes any per-channel
     affine input normalisation, so normalised and raw clips give the same targets.
+    `normalize=False` keeps the (input-normalised) pixels as they are.
     """
     x = patchify(clips.float(), patch, tubelet)
+    if not normalize:
+        return x.flatten(2)
     mean = x.mean(dim=-2, keepdim=True)
     std = x.var(dim=-2, unbiased=True, keepdim=True).sqrt()
     x = (x - mean) / (std + 1e-6)
@@ -271,7 +275,8 @@ class JepaTrainer:
                     h = F.layer_norm(h.float(), (h.size(-1),))
                     self._last_targets = h
                 else:
-                    h = pixel_targets(clips, self.patch_size, self.tubelet_size)
+                    h = pixel_targets(clips, self.patch_size, self.tubelet_size,
+                                      normalize=bool(self.cfg["loss"]["normalize_pixels"]))
             preds = self.model(clips, contexts, targets)
         loss = self._loss(preds, targets, h)
         if monitor:
