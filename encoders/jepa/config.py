@@ -67,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",                # auto -> cuda when available, else cpu
     "checkpoint_every": 100,         # steps
     "log_every": 1,                  # steps between CSV rows
+    "monitor_every": 10,             # steps between context_gain measurements (an extra
+                                     # predictor pass; other rows leave the column empty)
     "seed": 0,
 }
 

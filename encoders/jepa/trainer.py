@@ -430,6 +430,7 @@ class JepaTrainer:
         self._first_rank = metrics.first_rank  # a resumed run keeps its reference for the warning
         every = int(self.cfg["checkpoint_every"])
         log_every = max(1, int(self.cfg["log_every"]))
+        monitor_every = max(1, int(self.cfg["monitor_every"]))
         start_time, last = time.perf_counter(), time.perf_counter()
         rate = None
         with _Progress(self.progress, self.total_steps, self.step) as bar:
@@ -444,8 +445,10 @@ class JepaTrainer:
                         self.batch_in_epoch += 1  # every rank skips together (DDP needs that)
                         continue
                     global_batch = all_mean(float(len(clips)), self.device) * self.dist.world_size
-                    logged = (self.step + 1) % log_every == 0 or self.step + 1 == self.total_steps
-                    out = self.train_step(clips, monitor=logged and self.dist.is_main)
+                    nxt = self.step + 1
+                    last = nxt == self.total_steps
+                    monitor = (nxt % log_every == 0 and nxt % monitor_every == 0) or last
+                    out = self.train_step(clips, monitor=monitor and self.dist.is_main)
                     self.batch_in_epoch += 1
                     self._epoch_losses.append(out["loss"])
                     now = time.perf_counter()
