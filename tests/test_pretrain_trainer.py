@@ -278,6 +278,7 @@ def test_context_gain_is_zero_for_a_predictor_that_ignores_the_context(tmp_path)
         rows = list(csv.DictReader(f))
     measured = [r["step"] for r in rows if r["context_gain"]]
     assert len(rows) == 6 and measured == ["4", "6"]  # every 4th step and the last
+    assert all(float(r["clips_per_s"]) > 1.0 for r in rows)  # a rate, not an inverse time
 
 
 def test_raw_pixel_targets_keep_the_tubelets_pixels():

@@ -446,8 +446,8 @@ class JepaTrainer:
                         continue
                     global_batch = all_mean(float(len(clips)), self.device) * self.dist.world_size
                     nxt = self.step + 1
-                    last = nxt == self.total_steps
-                    monitor = (nxt % log_every == 0 and nxt % monitor_every == 0) or last
+                    monitor = (nxt % log_every == 0 and nxt % monitor_every == 0
+                               or nxt == self.total_steps)
                     out = self.train_step(clips, monitor=monitor and self.dist.is_main)
                     self.batch_in_epoch += 1
                     self._epoch_losses.append(out["loss"])
