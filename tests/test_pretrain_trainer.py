@@ -287,3 +287,15 @@ def test_raw_pixel_targets_keep_the_tubelets_pixels():
     assert raw.shape == (2, 8, 384)
     manual = clips[1, :, 0:2, 0:8, 8:16].permute(1, 2, 3, 0).reshape(-1)
     assert torch.equal(raw[1, 1], manual)
+
+
+def test_resume_from_a_foreign_optimiser_layout_says_what_to_do(tmp_path):
+    trainer = JepaTrainer(tiny_cfg(), steps_per_epoch=3, out_dir=tmp_path, progress=False)
+    path = trainer.save()
+    state = torch.load(path, weights_only=True)
+    groups = state["opt"]["param_groups"]
+    merged = dict(groups[0], params=[i for g in groups for i in g["params"]])
+    state["opt"]["param_groups"] = [merged]  # one group, as an older trainer might have written
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="fresh run folder"):
+        JepaTrainer(tiny_cfg(), steps_per_epoch=3, out_dir=tmp_path, progress=False).load(path)

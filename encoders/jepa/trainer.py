@@ -401,7 +401,14 @@ class JepaTrainer:
         self.online.predictor.load_state_dict(state["predictor"])
         if self.target_encoder is not None:
             self.target_encoder.load_state_dict(state["target_encoder"])
-        self.optimizer.load_state_dict(state["opt"])
+        try:
+            self.optimizer.load_state_dict(state["opt"])
+        except ValueError as err:  # e.g. written before encoder and predictor had their own groups
+            raise ValueError(
+                f"{path}: the optimiser state does not match this trainer's parameter groups "
+                f"({err}); it was written by another version of the trainer. Start a fresh run "
+                "folder (or --no-resume); the weights still evaluate with `harness run "
+                "--checkpoint`") from err
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
