@@ -160,8 +160,10 @@ class PretrainData:
                 "examples": [{"path": p, "error": e} for p, e in self.failures[:50]]}
 
 
-def build_pretrain_dataset(cfg: dict, encoder_cfg: dict):
-    """The tasks package's training VideoDataset over the manifests, with the pretraining transform."""
+def build_pretrain_dataset(cfg: dict, encoder_cfg: dict, frame_cache=None):
+    """The tasks package's training VideoDataset over the manifests, with the pretraining transform.
+
+    `frame_cache`: a shared `FrameCache` to use instead of one sized by `data.cache_decoded_mb`."""
     from tasks.dataset import VideoDataset
     from tasks.decode import FrameCache
     from tasks.sampling import ClipSampler
@@ -174,7 +176,9 @@ def build_pretrain_dataset(cfg: dict, encoder_cfg: dict):
     transform = TrainTransform(resolution, tuple(encoder_cfg["mean"]), tuple(encoder_cfg["std"]),
                                **_train_aug(aug))
     cache_mb = float(data.get("cache_decoded_mb") or 0)
-    cache = FrameCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+    cache = frame_cache
+    if cache is None and cache_mb > 0:
+        cache = FrameCache(int(cache_mb * 2**20))
     return VideoDataset(read_pretrain_entries(cfg), sampler=sampler, transform=transform,
                         split="pretrain", backend=str(data.get("backend") or "auto"),
                         frame_cache=cache)
@@ -189,11 +193,12 @@ def _train_aug(aug: dict) -> dict:
 
 
 def run_pretrain(config: str, overrides: Sequence[str] = (), out_dir: str | os.PathLike | None = None,
-                 resume: bool = True, progress: bool = True) -> Path:
+                 resume: bool = True, progress: bool = True, frame_cache=None) -> Path:
     """Pretrain with a config from encoders/jepa/configs (or a YAML path); returns the final checkpoint.
 
     Re-running with the same `out_dir` resumes from `<out_dir>/latest.pth.tar` (unless
     `resume=False`). Under torchrun each process trains its shard (DDP); rank 0 writes.
+    `frame_cache`: decoded videos shared with other runs in this process (see `harness demo`).
     """
     import torch.distributed as dist
 
@@ -204,19 +209,19 @@ def run_pretrain(config: str, overrides: Sequence[str] = (), out_dir: str | os.P
     joined_here = not dist.is_initialized()
     info = init_distributed(cfg["device"])
     try:
-        return _train(cfg, out, info, resume=resume, progress=progress)
+        return _train(cfg, out, info, resume=resume, progress=progress, frame_cache=frame_cache)
     finally:
         if joined_here and dist.is_initialized():  # leave the process as we found it
             dist.destroy_process_group()
 
 
-def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool) -> Path:
+def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_cache=None) -> Path:
     from encoders.jepa.distributed import gather_objects
     from encoders.jepa.trainer import JepaTrainer, build_encoder_config
 
     encoder_cfg = build_encoder_config(cfg)
     data = PretrainData(
-        build_pretrain_dataset(cfg, encoder_cfg), batch_size=int(cfg["data"]["batch_size"]),
+        build_pretrain_dataset(cfg, encoder_cfg, frame_cache), batch_size=int(cfg["data"]["batch_size"]),
         rank=info.rank, world_size=info.world_size, seed=int(cfg["seed"]),
         num_workers=int(cfg["data"]["num_workers"]),
         max_failure_fraction=float(cfg["data"]["max_failure_fraction"]))

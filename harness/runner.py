@@ -55,7 +55,13 @@ def run_identity(record_bits: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def run_evaluation(cfg) -> RunOutcome:
+def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
+    """Train and evaluate the probe `cfg` describes; write and return its record.
+
+    `frame_cache` (a `tasks.decode.FrameCache`): decoded videos shared across runs in one process,
+    so a caller running many evaluations on the same videos (`harness demo`) decodes each once.
+    It changes no number: the clips are sliced from the same decoded frames.
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -86,8 +92,8 @@ def run_evaluation(cfg) -> RunOutcome:
     resolution = task.spec.resolution or spec.resolution
     common = dict(mean=spec.mean, std=spec.std, resolution=resolution)
     cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
-    train_set = task.dataset("train", train=True, fixed=cache, **common)
-    eval_set = task.dataset(split, train=False, **common)
+    train_set = task.dataset("train", train=True, fixed=cache, frame_cache=frame_cache, **common)
+    eval_set = task.dataset(split, train=False, frame_cache=frame_cache, **common)
 
     optim = probes.OptimConfig.from_dict(c["task"]["optim"])
     eval_bs = c.get("eval_batch_size") or optim.batch_size

@@ -203,12 +203,15 @@ class Task:
         std: Sequence[float] = IMAGENET_STD,
         resolution: int | None = None,
         fixed: bool = False,
+        frame_cache: FrameCache | None = None,
     ) -> VideoDataset:
         """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation.
 
         `fixed=True` (with train) keeps the training sampling's segment count but takes centred
         clips and one centred view, with no random augmentation: the same clip every epoch, which
         is what makes caching a frozen encoder's features sound.
+        `frame_cache`: decoded videos kept in RAM and shared with other datasets (e.g. every run
+        of `harness demo` reads the same videos; each is then decoded once).
         """
         train = (split == "train") if train is None else bool(train)
         if fixed and train:
@@ -226,6 +229,7 @@ class Task:
             split=split,
             backend=self.backend,
             class_names=self.class_names if self.paths.get("labels") else None,
+            frame_cache=frame_cache,
         )
 
     def protocol(self, split: str | None = None, *, resolution: int | None = None) -> dict:

@@ -201,7 +201,7 @@ class FrameCache:
     def read(self, path: str | os.PathLike, indices_fn: IndicesFn, *, backend: str = "auto",
              num_threads: int = 1):
         """As `read_frames`, served from memory when the whole video is cached."""
-        path = os.fspath(path)
+        path = os.path.abspath(os.fspath(path))  # one entry per file, however it was named
         hit = self._videos.get(path)
         if hit is None:
             if self.full:

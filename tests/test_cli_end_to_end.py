@@ -113,3 +113,22 @@ def test_rerun_resumes_from_saved_state(digits_root, tmp_path):
     records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert len(records) == 2
     assert {r["metrics"]["top1"] for r in records} == {first["metrics"]["top1"]}
+
+
+def test_shared_frame_cache_decodes_each_video_once_and_changes_no_number(digits_root, tmp_path):
+    from harness.config import compose_run
+    from harness.runner import run_evaluation
+    from tasks.decode import FrameCache
+
+    def overrides(out):
+        return ["encoder=vjepa_tiny", "task=digits_motion", "random_init=true", f"out={out}",
+                "progress=false", f"task.data.root={digits_root}", "task.optim.epochs=2",
+                "task.optim.batch_size=8"]
+
+    plain = run_evaluation(compose_run(overrides(tmp_path / "plain"))).record
+    cache = FrameCache(2**30)
+    first = run_evaluation(compose_run(overrides(tmp_path / "a")), frame_cache=cache).record
+    assert len(cache) == 32 + 16  # every train and test video, decoded once
+    second = run_evaluation(compose_run(overrides(tmp_path / "b")), frame_cache=cache).record
+    assert len(cache) == 48  # the second run decoded nothing new
+    assert plain["metrics"] == first["metrics"] == second["metrics"]

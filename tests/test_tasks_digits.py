@@ -116,3 +116,23 @@ def test_motions_move_the_way_their_names_say():
 def test_bad_arguments(tmp_path):
     with pytest.raises(tasks.DataError, match="unknown digits task"):
         tasks.make_digits(tmp_path, tasks=("digits_colour",), progress=False)
+
+
+def test_data_make_cli_takes_split_sizes(tmp_path, capsys):
+    from harness.cli import main
+
+    out = tmp_path / "d"
+    assert main(["data", "make", "digits", "--out", str(out), "--per-class", "1", "0", "2",
+                 "--no-progress"]) == 0
+    for task, classes in D.TASKS.items():
+        assert len(read_manifest(out / task / "train.csv")) == len(classes)
+        assert len(read_manifest(out / task / "test.csv")) == 2 * len(classes)
+    assert "train 8, val 0, test 16" in capsys.readouterr().out
+
+
+def test_default_test_splits_resolve_a_few_points():
+    # The demo compares encoders a few points apart: the default test splits must put the
+    # standard error of a top-1 near 50% (the worst case) under 2 points.
+    for task, (_, _, test) in D.DEFAULT_PER_CLASS.items():
+        n = test * len(D.TASKS[task])
+        assert 100 * (0.25 / n) ** 0.5 < 2.0

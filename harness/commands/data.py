@@ -13,13 +13,18 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                       help="digits: digits_motion + digits_appearance from scikit-learn's digits")
     make.add_argument("--out", default="data/digits", help="output folder (default data/digits)")
     make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    make.add_argument("--per-class", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                      help="videos per class in each split (default 100 25 100)")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args) -> int:
     from tasks.digits import make_digits
 
-    summary = make_digits(args.out, seed=args.seed, progress=not args.no_progress)
+    sizes = {}
+    if args.per_class:
+        sizes = dict(zip(("per_class_train", "per_class_val", "per_class_test"), args.per_class))
+    summary = make_digits(args.out, seed=args.seed, progress=not args.no_progress, **sizes)
     from rich.console import Console
 
     console = Console()
