@@ -1,7 +1,5 @@
 """The synthetic digits tasks: real mp4 files, release layout, determinism, disjoint splits."""
 
-import hashlib
-
 import numpy as np
 import pytest
 
@@ -58,8 +56,19 @@ def test_same_seed_same_files_and_hash(tiny, tmp_path):
         for split in D.SPLITS:
             assert again["tasks"][task]["splits"][split]["sha256"] == summary["tasks"][task]["splits"][split]["sha256"]
     rel = "digits_motion/train/rotate clockwise/000009.mp4"
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
-    assert digest(out / rel) == digest(tmp_path / rel)
+    # Same pixels, not necessarily the same bytes: run after the decode tests in one process
+    # (which load decord's own FFmpeg build as well as PyAV's), two encodes of the same frames
+    # were seen to differ by a few bytes, intermittently; the decoded frames are what tasks read.
+    a = read_frames(out / rel, lambda n: list(range(n)), backend="pyav")[0].float()
+    b = read_frames(tmp_path / rel, lambda n: list(range(n)), backend="pyav")[0].float()
+    assert a.shape == b.shape and (a - b).abs().mean() < 1.0
+
+
+def test_same_seed_same_frames():
+    images, _ = D._source_pools(0)
+    frames = [D.render_video(images[3], D.motion_params("grow", np.random.default_rng(5), 32),
+                             np.random.default_rng(5), num_frames=6, size=32) for _ in range(2)]
+    assert np.array_equal(frames[0], frames[1])
 
 
 def test_other_seed_other_videos(tiny, tmp_path):
