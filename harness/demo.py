@@ -218,6 +218,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         "", f"Top-1 (%) on each task's test split (probe seed {settings.get('seeds', [0])[0]}):",
         "", results.render(lb, "markdown").rstrip(),
         *([] if lb.notes else ["", "Every encoder ran under the same protocol per task."]), "",
+        *_standard_error_lines(records),
         *(_seed_lines(table, spread, settings["seeds"]) if n_seeds > 1 else []),
         *_pretraining_lines(pretraining or []),
         f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
@@ -228,6 +229,23 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
             "top1_sd": spread.round(2).to_dict() if n_seeds > 1 else None,
             "seeds": settings.get("seeds"),
             "pretraining": pretraining or []}
+
+
+def _standard_error_lines(records: list[dict]) -> list[str]:
+    """How far apart two numbers must be before they differ: the binomial standard error of one
+    top-1 on each task's test split, at the worst case (50%)."""
+    sizes = {}
+    for r in records:
+        seen = ((r.get("data_problems") or {}).get("seen") or {}).get("eval")
+        if seen:
+            sizes[r["task"]] = int(seen)
+    if not sizes:
+        return []
+    parts = [f"{task} {n} videos, {100 * (0.25 / n) ** 0.5:.1f} points"
+             for task, n in sorted(sizes.items())]
+    return ["Standard error of one top-1 from the test split's size alone (at 50%): "
+            + "; ".join(parts) + ". The probe's seed adds about as much again: differences "
+            "smaller than both are not differences.", ""]
 
 
 def _pretraining_lines(rows: list[dict]) -> list[str]:

@@ -32,6 +32,8 @@ def test_demo_writes_leaderboard_report_and_chart(tmp_path, capsys):
     assert ranks["vjepa_tiny"]["target_rank_end"] > 0 and ranks["vjepa_tiny_pixels"]["target_rank_end"] is None
     assert all(isinstance(r["context_gain"], float) for r in ranks.values())
     assert "context gain" in report
+    # 1 test video per class: 8 for motion, 10 for appearance
+    assert "digits_motion 8 videos, 17.7 points" in report and "Standard error" in report
     assert (out / "demo.png").stat().st_size > 1000
     for variant in ("vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"):
         assert (out / "pretrain" / variant / "latest.pth.tar").exists()
