@@ -32,7 +32,8 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def build_protocol(cfg: dict, task, split: str, cache_features: bool = False) -> dict:
+def build_protocol(cfg: dict, task, split: str, cache_features: bool = False,
+                   cache_copies: int = 0) -> dict:
     """The resolved evaluation protocol: task sampling + probe + optimisation + split + data.
 
     The encoder's own input size (resolution, frames of its tubelets) is a property of the
@@ -40,7 +41,11 @@ def build_protocol(cfg: dict, task, split: str, cache_features: bool = False) ->
     """
     task_protocol = dict(task.protocol(split))
     task_protocol.pop("resolution", None)
-    if cache_features:
+    if cache_features and cache_copies > 0:
+        # The task's augmentation, drawn a fixed number of times per video and cached: close
+        # to online augmentation, but not the same protocol, so it changes the protocol id.
+        task_protocol["feature_cache"] = {"augmented_copies_per_video": int(cache_copies)}
+    elif cache_features:
         # Cached features mean fixed centred training clips with no augmentation: a different
         # protocol from online augmentation, so it must change the protocol id.
         task_protocol["train_aug"] = "none: fixed centred clips, cached frozen features"
@@ -92,7 +97,10 @@ def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
     resolution = task.spec.resolution or spec.resolution
     common = dict(mean=spec.mean, std=spec.std, resolution=resolution)
     cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
-    train_set = task.dataset("train", train=True, fixed=cache, frame_cache=frame_cache, **common)
+    copies = task.spec.cached_train_copies if cache else 0
+    # Cached copies keep the task's random augmentation; a single cached clip must be fixed.
+    train_set = task.dataset("train", train=True, fixed=cache and not copies,
+                             frame_cache=frame_cache, **common)
     eval_set = task.dataset(split, train=False, frame_cache=frame_cache, **common)
 
     optim = probes.OptimConfig.from_dict(c["task"]["optim"])
@@ -100,7 +108,9 @@ def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
     generator = torch.Generator().manual_seed(seed)
     loader_args = dict(num_workers=optim.num_workers, collate_fn=tasks.collate_clips,
                        persistent_workers=False, pin_memory=device.startswith("cuda"))
-    train_loader = DataLoader(train_set, batch_size=optim.batch_size, shuffle=True,
+    # Augmented copies are cached pass by pass and must line up sample by sample: no shuffling
+    # there (the cached tokens are shuffled every epoch instead).
+    train_loader = DataLoader(train_set, batch_size=optim.batch_size, shuffle=not copies,
                               drop_last=False, generator=generator, **loader_args)
     eval_loader = DataLoader(eval_set, batch_size=eval_bs, shuffle=False, **loader_args)
 
@@ -110,7 +120,7 @@ def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
     probe = probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
                          num_classes=task.num_classes, **_supported(c["probe"]["kind"], probe_cfg))
 
-    protocol = build_protocol(c, task, split, cache_features=cache)
+    protocol = build_protocol(c, task, split, cache_features=cache, cache_copies=copies)
     pid = results.protocol_id(protocol)
     checkpoint_info = dict(encoder.checkpoint_info)
     identity = run_identity({"encoder": encoder_cfg, "checkpoint": checkpoint_info.get("sha256"),
@@ -131,6 +141,7 @@ def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
         state_path=state_path,
         progress=bool(c["progress"]),
         cache_features=cache,
+        cache_copies=copies,
     )
     timings = dict(result.timings)
     timings["wall_seconds"] = time.time() - started

@@ -4,6 +4,13 @@ A frozen encoder gives the same tokens for the same clip, so when the training c
 random augmentation, re-running the encoder every epoch is wasted work (a complaint users of the
 release have). The cache holds tokens `(n, V, L, D)` in memory: meant for small splits (the
 digits tasks, low-shot splits), not for full Kinetics.
+
+One fixed clip per video lets a probe memorise a small train split: on digits_appearance (1,000
+videos) an attentive probe reached 99.9% train and 26% test top-1 on a random-init encoder's
+tokens. `encode_copies` keeps augmentation without paying the encoder every epoch: it encodes K
+augmented draws of every training clip once (`(n, K, L, D)`), and `TokenBatches(pick_copy=True)`
+gives each sample one of its copies at random every time it is drawn. With K = 8 the same probe
+reached 38% test (45% train) in the same 50 epochs.
 """
 from __future__ import annotations
 
@@ -35,10 +42,14 @@ class TokenBatches:
     resumed run draws the same order as an uninterrupted one.
     """
 
-    def __init__(self, cache: TokenCache, batch_size: int, shuffle: bool = True):
+    def __init__(self, cache: TokenCache, batch_size: int, shuffle: bool = True,
+                 pick_copy: bool = False):
         if len(cache) == 0:
             raise ValueError("the feature cache is empty: every training sample failed to load")
         self.cache, self.batch_size, self.shuffle = cache, int(batch_size), shuffle
+        # pick_copy: the cache's second axis holds augmented copies (encode_copies), not views;
+        # each batch gets one copy per sample, drawn with the same saved global RNG.
+        self.pick_copy = pick_copy and cache.tokens.shape[1] > 1
 
     def __len__(self) -> int:
         return (len(self.cache) + self.batch_size - 1) // self.batch_size
@@ -47,8 +58,12 @@ class TokenBatches:
         n = len(self.cache)
         order = torch.randperm(n) if self.shuffle else torch.arange(n)
         for idx in order.split(self.batch_size):
-            yield {"tokens": self.cache.tokens[idx], "label": self.cache.labels[idx],
-                   "failures": []}
+            if self.pick_copy:
+                copy = torch.randint(0, self.cache.tokens.shape[1], (len(idx),))
+                tokens = self.cache.tokens[idx, copy].unsqueeze(1)
+            else:
+                tokens = self.cache.tokens[idx]
+            yield {"tokens": tokens, "label": self.cache.labels[idx], "failures": []}
 
 
 def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callable | None = None
@@ -72,3 +87,37 @@ def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callab
                           time.perf_counter() - start)
     return TokenCache(torch.cat(tokens), torch.cat(labels), failures, time.perf_counter() - start)
 
+
+
+def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Callable,
+                  on_batch: Callable | None = None) -> TokenCache:
+    """`copies` passes of `encode_loader` over an augmenting, *unshuffled* loader, stacked as
+    tokens `(n, copies, L, D)` (each pass must give `(n, 1, L, D)`).
+
+    Pass k draws its clip positions and augmentation from torch seeded by (seed, k), inside a
+    forked RNG: the same seed gives the same cache (a resumed run rebuilds it exactly) and the
+    caller's RNG stream is untouched. Failures are counted on the first pass only (an unreadable
+    video fails every pass).
+    """
+    import time
+
+    start = time.perf_counter()
+    passes = []
+    for k in range(int(copies)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) * 1_000_003 + k)
+            passes.append(encode_loader(encoder, loader, device=device, encode=encode,
+                                        on_batch=on_batch if k == 0 else None))
+    first = passes[0]
+    for k, p in enumerate(passes[1:], start=1):
+        if not torch.equal(p.labels, first.labels):
+            raise RuntimeError(
+                f"augmented copy {k} of the training split has other samples or another order "
+                "than copy 0; the caching loader must not shuffle")
+    if len(first) == 0:
+        return first
+    if first.tokens.shape[1] != 1:
+        raise ValueError(f"encode_copies needs one clip per sample and pass, got tokens "
+                         f"{tuple(first.tokens.shape)}")
+    tokens = torch.cat([p.tokens for p in passes], dim=1)
+    return TokenCache(tokens, first.labels, first.failures, time.perf_counter() - start)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probes.feature_cache import TokenBatches, encode_loader
+from probes.feature_cache import TokenBatches, encode_copies, encode_loader
 from probes.optim import CosineSchedule, build_adamw
 from probes.problems import DataProblemError, DataProblems
 
@@ -353,6 +353,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 topk: Iterable[int] = (1, 5), state_path: str | os.PathLike | None = None,
                 progress: bool = True, log: Callable[[str], None] | None = None,
                 encoder_chunk: int | None = None, cache_features: bool = False,
+                cache_copies: int = 0,
                 on_epoch_end: Callable[[int, dict], None] | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
 
@@ -365,6 +366,9 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
     - `cache_features`: encode the training split once and train every epoch on those tokens
       (`probes.feature_cache`); only sound when `train_loader` draws fixed clips without random
       augmentation, which the caller arranges (and records in the protocol).
+    - `cache_copies` (with `cache_features`): instead, encode this many augmented passes of an
+      augmenting, unshuffled `train_loader` (seeded by `torch.initial_seed()` and the pass) and
+      train each step on one copy per sample, drawn at random (`probes.feature_cache`).
     - `on_epoch_end(epoch, stats)` is called after the state is saved (hooks, tests).
     The test split is evaluated once, after the last epoch: no selection on it.
     """
@@ -378,36 +382,45 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                             max_failure_fraction=max_failure_fraction, topk=topk,
                             state_path=state_path, progress=progress, log=log,
                             encoder_chunk=encoder_chunk, cache_features=cache_features,
-                            on_epoch_end=on_epoch_end)
+                            cache_copies=cache_copies, on_epoch_end=on_epoch_end)
     finally:
         torch.set_flush_denormal(False)  # back to the process default
 
 
 def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, max_failure_fraction,
-                 topk, state_path, progress, log, encoder_chunk, cache_features, on_epoch_end
-                 ) -> ProbeResult:
+                 topk, state_path, progress, log, encoder_chunk, cache_features, cache_copies,
+                 on_epoch_end) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
     device = torch.device(device)
     encoder.to(device).eval()
     probe.to(device)
     autocast = _autocast(device, optim.bf16)
-    problems, cache_stats = DataProblems(), None
+    problems, cache_stats, cache_seed = DataProblems(), None, None
     if cache_features:
         # Before any saved RNG state is restored: caching draws nothing from the RNG that the
         # epochs use, so resumed and uninterrupted runs shuffle the cached tokens alike.
         counter = _PassCounter(problems, "train", "feature caching", train_loader,
                                max_failure_fraction)
-        cache = encode_loader(
-            encoder, train_loader, device=device, on_batch=counter.add,
-            encode=lambda enc, v: encode_views(enc, v[:, :, :1], chunk=encoder_chunk,
-                                               autocast=autocast))
+        def encode(enc, video):
+            return encode_views(enc, video[:, :, :1], chunk=encoder_chunk, autocast=autocast)
+
+        if cache_copies > 0:
+            cache_seed = torch.initial_seed()
+            cache = encode_copies(encoder, train_loader, cache_copies, seed=cache_seed,
+                                  device=device, encode=encode, on_batch=counter.add)
+        else:
+            cache = encode_loader(encoder, train_loader, device=device, on_batch=counter.add,
+                                  encode=encode)
         counter.finish()
-        cache_stats = {"samples": len(cache), "seconds": round(cache.seconds, 3),
+        cache_stats = {"samples": len(cache), "copies": max(1, int(cache_copies)),
+                       "seconds": round(cache.seconds, 3),
                        "megabytes": round(cache.nbytes / 2**20, 1)}
-        log(f"cached training features: {len(cache)} clips in {cache.seconds:.1f} s "
+        copies = f" x {cache_copies} augmented copies" if cache_copies > 0 else ""
+        log(f"cached training features: {len(cache)} clips{copies} in {cache.seconds:.1f} s "
             f"({cache_stats['megabytes']} MB)")
-        train_loader = TokenBatches(cache, optim.batch_size, shuffle=True)
+        train_loader = TokenBatches(cache, optim.batch_size, shuffle=True,
+                                    pick_copy=cache_copies > 0)
     steps_per_epoch = _len_or_none(train_loader)
     if not steps_per_epoch:
         raise ValueError("train_loader must have a length >= 1 (a map-style dataset loader) so "
@@ -418,6 +431,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
     opt = build_adamw(probe, optim.lr, optim.weight_decay)
     history, start_epoch = [], 0
     fingerprint = _fingerprint(probe, optim, steps_per_epoch)
+    if cache_seed is not None:  # other augmented copies would make a resumed run another run
+        fingerprint["feature_cache"] = {"copies": int(cache_copies), "seed": int(cache_seed)}
     state_path = Path(state_path) if state_path is not None else None
     if state_path is not None and state_path.exists():
         state = _load_state(state_path, fingerprint)

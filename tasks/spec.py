@@ -81,6 +81,11 @@ class TaskSpec:
     # Train the probe on cached frozen features (fixed centred clips, no augmentation) unless the
     # run says otherwise: right for small splits, where decoding every epoch dominates the cost.
     cache_features: bool = False
+    # With cached features: how many augmented copies of each training video to encode (the
+    # task's training augmentation and random clip position); each epoch the probe trains on one
+    # copy per video drawn at random. 0: one fixed centred clip per video, no augmentation, on
+    # which a probe can memorise a small train split instead of learning the task.
+    cached_train_copies: int = 0
 
     DATA_KEYS = ("root", "train", "val", "test", "labels", "eval_split")
 
@@ -118,6 +123,10 @@ class TaskSpec:
         if not 0.0 <= mff <= 1.0:
             raise DataError(f"{where}: max_failure_fraction must be within [0, 1], got {mff}")
 
+        copies = cfg.get("cached_train_copies", 0)
+        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
+            raise DataError(f"{where}: cached_train_copies must be an integer >= 0, got {copies!r}")
+
         return cls(
             name=name,
             kind=kind,
@@ -132,6 +141,7 @@ class TaskSpec:
             optim=dict(cfg.get("optim") or {}),
             description=str(cfg.get("description", "")),
             cache_features=bool(cfg.get("cache_features", False)),
+            cached_train_copies=copies,
         )
 
     @property

@@ -84,7 +84,12 @@ def test_run_records_and_leaderboard(digits_root, tmp_path, capsys):
     appearance = by_key[("digits_appearance", "attentive")]
     assert "feature_cache" not in appearance["timings"]
     assert appearance["protocol"]["task"]["train_aug"]["random_resized_crop"]["scale"] == [0.5, 1.0]
-    assert attentive["protocol"]["task"]["train_aug"].startswith("none")
+    # Cached features keep the task's augmentation, drawn 8 times per video (the digits tasks'
+    # cached_train_copies), and the protocol says so.
+    assert attentive["timings"]["feature_cache"]["copies"] == 8
+    assert attentive["protocol"]["task"]["feature_cache"] == {"augmented_copies_per_video": 8}
+    assert attentive["protocol"]["task"]["train_aug"]["random_resized_crop"]["scale"] == [0.5, 1.0]
+    assert attentive["protocol_id"] != appearance["protocol_id"]
     assert 0.0 <= attentive["metrics"]["top1"] <= 100.0
     assert attentive["protocol"]["task"]["sampling"]["eval_segments"] == 2
     for field in ("protocol_id", "versions", "timings", "data_problems", "seed", "device"):

@@ -260,3 +260,74 @@ def test_resume_refuses_state_of_a_different_run(tmp_path):
         train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ToyClips(8)),
                     loader(ToyClips(8)), optim(epochs=1, lr=0.5), progress=False,
                     state_path=state)
+
+
+class AugmentedClips(ToyClips):
+    """ToyClips whose every read adds fresh noise from torch's global RNG (an augmentation)."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        if item["video"] is not None:
+            item = {**item, "video": item["video"] + 0.5 * torch.randn(item["video"].shape)}
+        return item
+
+
+def test_augmented_copies_are_cached_once_and_drawn_per_sample():
+    from probes.feature_cache import TokenBatches, encode_copies
+
+    encoder = PatchEncoder()
+    data = loader(AugmentedClips(12), batch_size=5)
+
+    def encode(enc, video):
+        return encode_views(enc, video[:, :, :1])
+
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    cache = encode_copies(encoder, data, 3, seed=7, device="cpu", encode=encode)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
+    assert cache.tokens.shape == (12, 3, T, D) and encoder.calls == 3 * 3
+    assert torch.equal(cache.labels, torch.arange(12) % C)
+    assert not torch.allclose(cache.tokens[:, 0], cache.tokens[:, 1])  # copies differ
+    same = encode_copies(encoder, data, 3, seed=7, device="cpu", encode=encode)
+    assert torch.equal(same.tokens, cache.tokens)  # same seed, same cache (resume rebuilds it)
+
+    torch.manual_seed(1)
+    batches = list(TokenBatches(cache, 4, shuffle=True, pick_copy=True))
+    assert [b["tokens"].shape for b in batches] == [(4, 1, T, D)] * 3
+    for b in batches:  # every token row is one of that sample's copies
+        for tokens, label in zip(b["tokens"][:, 0], b["label"]):
+            candidates = cache.tokens[cache.labels == label].reshape(-1, T, D)
+            assert any(torch.equal(tokens, c) for c in candidates)
+
+    shuffled = DataLoader(AugmentedClips(12), batch_size=5, shuffle=True, collate_fn=collate)
+    with pytest.raises(RuntimeError, match="must not shuffle"):
+        encode_copies(encoder, shuffled, 2, seed=7, device="cpu", encode=encode)
+
+
+def test_trainer_with_augmented_copies_learns_and_resumes_identically(tmp_path):
+    def run(state, on_epoch_end=None):
+        torch.manual_seed(0)
+        probe = probes.build("attentive", D, C, num_heads=2)
+        encoder = PatchEncoder()
+        result = train_probe(encoder, probe, loader(AugmentedClips(24)), loader(ToyClips(16)),
+                             optim(epochs=12), progress=False, state_path=state,
+                             cache_features=True, cache_copies=3, on_epoch_end=on_epoch_end)
+        return result, encoder.calls
+
+    full, calls = run(tmp_path / "a" / "state.pt")
+    assert calls == 3 * 3 + 2  # 3 copies x 3 train batches, then 2 eval batches; no per-epoch encoding
+    assert full.timings["feature_cache"]["copies"] == 3
+    assert full.metrics["top1"] > 60.0
+
+    def stop_after_first(epoch, stats):
+        if epoch == 0:
+            raise Preempted
+
+    state = tmp_path / "b" / "state.pt"
+    with pytest.raises(Preempted):
+        run(state, stop_after_first)
+    resumed, _ = run(state)
+    assert resumed.timings["resumed_from_epoch"] == 1
+    for (name, a), b in zip(full.probe.state_dict().items(), resumed.probe.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.metrics == full.metrics
