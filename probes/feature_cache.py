@@ -9,8 +9,8 @@ One fixed clip per video lets a probe memorise a small train split: on digits_ap
 videos) an attentive probe reached 99.9% train and 26% test top-1 on a random-init encoder's
 tokens. `encode_copies` keeps augmentation without paying the encoder every epoch: it encodes K
 augmented draws of every training clip once (`(n, K, L, D)`), and `TokenBatches(pick_copy=True)`
-gives each sample one of its copies at random every time it is drawn. With K = 8 the same probe
-reached 38% test (45% train) in the same 50 epochs.
+gives each sample one of its copies at random every time it is drawn. With K = 4 the same probe
+reached 35.5% test (57% train) in the same 50 epochs, with K = 8 38% (49% train).
 """
 from __future__ import annotations
 

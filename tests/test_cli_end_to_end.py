@@ -84,10 +84,10 @@ def test_run_records_and_leaderboard(digits_root, tmp_path, capsys):
     appearance = by_key[("digits_appearance", "attentive")]
     assert "feature_cache" not in appearance["timings"]
     assert appearance["protocol"]["task"]["train_aug"]["random_resized_crop"]["scale"] == [0.5, 1.0]
-    # Cached features keep the task's augmentation, drawn 8 times per video (the digits tasks'
+    # Cached features keep the task's augmentation, drawn 4 times per video (the digits tasks'
     # cached_train_copies), and the protocol says so.
-    assert attentive["timings"]["feature_cache"]["copies"] == 8
-    assert attentive["protocol"]["task"]["feature_cache"] == {"augmented_copies_per_video": 8}
+    assert attentive["timings"]["feature_cache"]["copies"] == 4
+    assert attentive["protocol"]["task"]["feature_cache"] == {"augmented_copies_per_video": 4}
     assert attentive["protocol"]["task"]["train_aug"]["random_resized_crop"]["scale"] == [0.5, 1.0]
     assert attentive["protocol_id"] != appearance["protocol_id"]
     assert 0.0 <= attentive["metrics"]["top1"] <= 100.0

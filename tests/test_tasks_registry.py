@@ -102,7 +102,7 @@ def test_unknown_keys_are_errors_naming_them():
         tasks.from_config({**cfg, "kind": "detection"})
     with pytest.raises(DataError, match="cached_train_copies must be an integer >= 0"):
         tasks.from_config({**cfg, "cached_train_copies": -1})
-    assert tasks.from_config(cfg).spec.cached_train_copies == 8
+    assert tasks.from_config(cfg).spec.cached_train_copies == 4
 
 
 def test_missing_manifest_says_how_to_make_digits(tmp_path):
