@@ -1,18 +1,22 @@
 """Does pretraining beat random init? Pretrained checkpoints against the same encoder at random
-init, under one converged attentive-probe protocol, side by side in one run.
+init, under one long attentive-probe (or linear-probe) protocol, side by side in one run.
 
     python benchmarks/pretraining_margin.py \
         --checkpoint "V-JEPA 450 steps=runs/demo/pretrain/vjepa_tiny/latest.pth.tar" \
-        [--checkpoint NAME=PATH ...] [--encoder vjepa_tiny] [--copies 16] [--epochs 100] \
-        [--probe-seeds 2] [--shots 0] [--tasks digits_motion,digits_appearance] [--data data/digits]
+        [--checkpoint NAME=PATH ...] [--encoder vjepa_tiny] [--arch KEY=VALUE ...] \
+        [--probe attentive|linear] [--copies 16] [--epochs 100] [--probe-seeds 2] [--shots 0] \
+        [--tasks digits_motion,digits_appearance] [--data data/digits]
 
 Why a script and not `harness demo`: the demo's probe (4 cached copies, 50 epochs) fits its
-10-minute budget but is not converged (random init on digits_appearance: 35.5% there, 42% with
-16 copies and 100 epochs), so its differences mix feature quality with how fast a probe learns.
-Here the augmented training clips (the task's own augmentation, K draws per video) are made
-once per task and shared by every encoder, so a converged probe costs ~25 s per encoder and task
+10-minute budget but is far from converged (random init on digits_appearance: 35.5% there, 43%
+with 16 copies and 100 epochs, 47% with 200), so its differences mix feature quality with how
+fast a probe learns. Here the augmented training clips (the task's own augmentation, K draws per video) are made
+once per task and shared by every encoder, so a long probe costs ~25 s per encoder and task
 on 2 CPU cores. The probe is the task's attentive probe and optimiser; only the number of cached
 copies and epochs (and, with --shots, the labelled videos per class) differ from the task YAML.
+`--probe linear` swaps in the linear probe (same optimiser): it learns no features of its own, so
+it shows what the encoder's features hold; its mean over tokens discards their time order, so it
+says nothing about digits_motion.
 
 Prints test top-1 (mean and sd over probe seeds) per encoder and task, and each checkpoint's
 difference from random init with the standard error of that difference (test-split sampling
@@ -54,6 +58,19 @@ def parse_checkpoints(items: list[str]) -> dict[str, str]:
     return out
 
 
+def parse_arch(items: list[str]) -> dict:
+    """`--arch KEY=VALUE` items as registry overrides `{"arch": {KEY: VALUE}}` (YAML values)."""
+    import yaml
+
+    arch = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--arch takes KEY=VALUE, got {item!r}")
+        arch[key] = yaml.safe_load(value)
+    return {"arch": arch} if arch else {}
+
+
 def collect(dataset, batch_size: int = 64) -> list[dict]:
     """One unshuffled pass over a dataset, kept as the loader's batches."""
     return list(DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -93,12 +110,12 @@ def few_shot(cache: TokenCache, shots: int, seed: int) -> TokenCache:
 
 
 def probe_once(encoder, task, cache: TokenCache, eval_batches: list[dict], epochs: int,
-               seed: int) -> float:
+               seed: int, kind: str = "attentive") -> float:
     spec = encoder.spec
     optim = probes.OptimConfig.from_dict(dict(task.spec.optim, epochs=epochs))
     torch.manual_seed(seed)
-    probe = probes.build("attentive", embed_dim=spec.embed_dim, num_classes=task.num_classes,
-                         num_heads=spec.num_heads)
+    heads = {"num_heads": spec.num_heads} if kind == "attentive" else {}
+    probe = probes.build(kind, embed_dim=spec.embed_dim, num_classes=task.num_classes, **heads)
     train = TokenBatches(cache, optim.batch_size, shuffle=True, pick_copy=True)
     result = probes.train_probe(encoder, probe, train, eval_batches, optim, progress=False,
                                 log=lambda _msg: None)
@@ -106,24 +123,32 @@ def probe_once(encoder, task, cache: TokenCache, eval_batches: list[dict], epoch
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                     help="a pretraining checkpoint to compare with random init (repeatable)")
     ap.add_argument("--encoder", default="vjepa_tiny")
+    ap.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                    help="encoder arch override for every row, random init included "
+                         "(repeatable), e.g. --arch patch_size=4 for checkpoints pretrained "
+                         "with encoder_overrides={arch: {patch_size: 4}}")
     ap.add_argument("--tasks", default="digits_motion,digits_appearance")
     ap.add_argument("--data", default="data/digits")
     ap.add_argument("--copies", type=int, default=16, help="augmented copies per train video")
     ap.add_argument("--epochs", type=int, default=100, help="probe epochs")
     ap.add_argument("--probe-seeds", type=int, default=2)
+    ap.add_argument("--probe", choices=("attentive", "linear"), default="attentive",
+                    help="attentive (the tasks' protocol) or linear (mean-pooled tokens: learns "
+                         "no features of its own; blind to time order, so not for digits_motion)")
     ap.add_argument("--shots", type=int, default=0,
                     help="labelled train videos per class (0: the whole train split)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the augmented copies")
     args = ap.parse_args(argv)
     checkpoints = parse_checkpoints(args.checkpoint)
     frame_cache = FrameCache(2 << 30)
-    models = {RANDOM: encoders.build(args.encoder, random_init=True, seed=0)}
+    arch = parse_arch(args.arch)
+    models = {RANDOM: encoders.build(args.encoder, random_init=True, seed=0, **arch)}
     for name, path in checkpoints.items():
-        models[name] = encoders.build(args.encoder, checkpoint=path)
+        models[name] = encoders.build(args.encoder, checkpoint=path, **arch)
     spec = models[RANDOM].spec
     results: dict[tuple[str, str], list[float]] = {}
     eval_sizes = {}
@@ -142,7 +167,7 @@ def main(argv=None) -> None:
             cache = encode_passes(model, passes)
             if args.shots:
                 cache = few_shot(cache, args.shots, args.seed)
-            scores = [probe_once(model, task, cache, eval_batches, args.epochs, s)
+            scores = [probe_once(model, task, cache, eval_batches, args.epochs, s, args.probe)
                       for s in range(args.probe_seeds)]
             results[(name, task_name)] = scores
             print(f"  {name:<28} top-1 {statistics.mean(scores):5.1f} "
@@ -155,7 +180,8 @@ def main(argv=None) -> None:
 def print_table(results, models, args, eval_sizes) -> None:
     task_names = args.tasks.split(",")
     shots = f"{args.shots} labelled videos per class" if args.shots else "all labelled videos"
-    print(f"\n{args.encoder}, attentive probe, {args.copies} augmented copies, {args.epochs} "
+    arch = f" ({', '.join(args.arch)})" if args.arch else ""
+    print(f"\n{args.encoder}{arch}, {args.probe} probe, {args.copies} augmented copies, {args.epochs} "
           f"epochs, {args.probe_seeds} probe seeds, {shots}: test top-1 mean (sd)")
     print(f"{'encoder':<28}" + "".join(f"{t:>32}" for t in task_names))
     for name in models:
