@@ -55,15 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(mod.main(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; state saved so far is kept (re-run the same command to resume)",
-              file=sys.stderr)
+        print("interrupted. Training state is saved after every epoch and every 5 minutes within "
+              "one: re-run the same command to resume from the last save (work since then is "
+              "redone)", file=sys.stderr)
         return 130
     except Exception as err:  # user-facing errors get one clear message; --debug for the rest
         if args.debug or not _is_user_error(err):
             raise
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        # The message is the user's text (paths, SSv2 templates with [brackets]): never markup,
+        # and never hard-wrapped mid-path when stderr is a file or a pipe.
+        Console(stderr=True, soft_wrap=not sys.stderr.isatty()).print(
+            f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         return 2
 
 

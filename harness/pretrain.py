@@ -172,7 +172,7 @@ def build_pretrain_dataset(cfg: dict, encoder_cfg: dict, frame_cache=None):
     data, aug, arch = cfg["data"], cfg["augmentation"], encoder_cfg["arch"]
     frames = int(data["num_frames"] or arch.get("num_frames", 1))
     resolution = int(data["resolution"] or arch["resolution"])
-    sampler = ClipSampler(frames, int(data["frame_step"]), 1, random=True)
+    sampler = ClipSampler(frames, int(data["frame_step"]), 1, placement="random")
     transform = TrainTransform(resolution, tuple(encoder_cfg["mean"]), tuple(encoder_cfg["std"]),
                                **_train_aug(aug))
     cache_mb = float(data.get("cache_decoded_mb") or 0)

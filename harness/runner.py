@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,25 +21,44 @@ log = logging.getLogger("harness.run")
 class RunOutcome:
     record: dict
     path: Path
+    reused: bool = False  # the run had finished before: its existing record
 
 
 def resolve_device(name: str) -> str:
+    """'auto' -> cuda when available, else cpu; anything else must be a real torch device."""
     import torch
 
     if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available; use device=cpu")
-    return name
+    text = str(name)
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {text!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {text!r} requested but CUDA is not available on this "
+                             f"machine; use device=cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {text!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
 def build_protocol(cfg: dict, task, split: str, cache_features: bool = False,
-                   cache_copies: int = 0) -> dict:
+                   cache_copies: int = 0, precision: str = "fp32") -> dict:
     """The resolved evaluation protocol: task sampling + probe + optimisation + split + data.
 
     The encoder's own input size (resolution, frames of its tubelets) is a property of the
     encoder, not of the protocol, so ViT-H/16 at 224 and at 384 stay comparable, as in the paper.
+    `protocol_version` (bumped when code changes what a field means) and the precision that
+    really ran are part of it, so numbers made under other code or precision never share an id.
     """
+    from probes import OptimConfig
+    from results import PROTOCOL_VERSION
+
     task_protocol = dict(task.protocol(split))
     task_protocol.pop("resolution", None)
     if cache_features and cache_copies > 0:
@@ -50,9 +70,9 @@ def build_protocol(cfg: dict, task, split: str, cache_features: bool = False,
         # protocol from online augmentation, so it must change the protocol id.
         task_protocol["train_aug"] = "none: fixed centred clips, cached frozen features"
     probe = {k: v for k, v in cfg["probe"].items()}
-    optim = dict(cfg["task"]["optim"])
-    optim.pop("num_workers", None)  # throughput knob, not protocol
-    return {"task": task_protocol, "probe": probe, "optim": optim}
+    optim = OptimConfig.from_dict(dict(cfg["task"]["optim"])).protocol()
+    return {"protocol_version": PROTOCOL_VERSION, "task": task_protocol, "probe": probe,
+            "optim": optim, "precision": precision}
 
 
 def run_identity(record_bits: dict) -> str:
@@ -60,28 +80,159 @@ def run_identity(record_bits: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
+@dataclass
+class RunPlan:
+    """Everything of a run that is decided before the encoder is read."""
+
+    c: dict
+    device: str
+    precision: str
+    seed: int
+    task: object
+    split: str
+    train_data: object
+    eval_data: object
+    optim: object
+    protocol: dict
+    protocol_id: str
+    cache: bool
+    copies: int
+    preflight: dict
+
+
+def plan_run(cfg, frame_cache=None, log_fn=None) -> RunPlan:
+    """Compose, validate the data (manifests, label map, every file, the first clip) and build the
+    loaders: all before a multi-GB checkpoint is read and hashed."""
+    import torch
+
+    import probes
+    import results
+    import tasks
+    from harness.config import to_container
+    from harness.preflight import check_first_clip, preflight
+    from tasks.loading import ClipFinisher, EpochBatches
+
+    c = to_container(cfg)
+    device = resolve_device(c["device"])
+    seed = c["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        optim = probes.OptimConfig.from_dict(c["task"]["optim"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"task.optim: {err}") from None
+    precision = probes.resolve_precision(device, optim.bf16)
+
+    enc = c["encoder"]
+    arch = enc.get("arch") or {}
+    task = tasks.from_config(c["task"])
+    split = task.spec.data["eval_split"]
+    report = preflight(task, split, log_fn=log_fn)
+    resolution = task.spec.resolution or arch.get("resolution")
+    common = dict(mean=tuple(enc["mean"]), std=tuple(enc["std"]), resolution=resolution)
+    cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
+    copies = task.spec.cached_train_copies if cache else 0
+    # Cached copies keep the task's random augmentation; a single cached clip must be fixed.
+    train_set = task.dataset("train", train=True, fixed=cache and not copies,
+                             frame_cache=frame_cache, device_finish=True, **common)
+    eval_set = task.dataset(split, train=False, frame_cache=frame_cache, device_finish=True,
+                            **common)
+    with torch.random.fork_rng(devices=[]):
+        check_first_clip(train_set, "train")
+    micro = c.get("micro_batch_size") or optim.micro_batch_size
+    eval_micro = c.get("eval_batch_size") or micro or optim.batch_size
+    # More loader processes than CPU cores only adds contention (and warnings).
+    workers = min(optim.num_workers, os.cpu_count() or 1)
+    loader = dict(num_workers=workers, collate_fn=tasks.collate_clips,
+                  pin_memory=device.startswith("cuda"))
+    # Augmented copies are cached pass by pass and must line up sample by sample: no shuffling
+    # there (the cached tokens are shuffled every epoch instead).
+    train_data = EpochBatches(train_set, batch_size=optim.batch_size, micro_batch_size=micro,
+                              seed=seed, shuffle=not copies, finish=ClipFinisher(train_set.transform),
+                              **loader)
+    eval_data = EpochBatches(eval_set, batch_size=eval_micro, micro_batch_size=eval_micro,
+                             seed=seed, shuffle=False, finish=ClipFinisher(eval_set.transform),
+                             **loader)
+    protocol = build_protocol(c, task, split, cache_features=cache, cache_copies=copies,
+                              precision=precision)
+    return RunPlan(c=c, device=device, precision=precision, seed=seed, task=task, split=split,
+                   train_data=train_data, eval_data=eval_data, optim=optim, protocol=protocol,
+                   protocol_id=results.protocol_id(protocol), cache=cache, copies=copies,
+                   preflight=report)
+
+
+def _checkpoint_identity(c: dict) -> dict:
+    """What identifies the encoder's weights, computed without loading them."""
+    if c["random_init"] or not c["checkpoint"]:
+        import encoders
+
+        default = None if c["random_init"] else encoders.default_checkpoint(c["encoder"])
+        if default is None:
+            return {"random_init": bool(c["random_init"]), "sha256": None}
+        path = default
+    else:
+        path = Path(os.path.expanduser(str(c["checkpoint"])))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; pass --checkpoint PATH to a "
+                                f"released .pth/.pth.tar/.safetensors file")
+    from encoders.checkpoint import file_sha256
+
+    return {"random_init": False, "sha256": file_sha256(path)}
+
+
+def find_finished(records_dir: Path, run_id: str) -> Path | None:
+    """A record already written by the run with this identity, if any."""
+    if not records_dir.is_dir():
+        return None
+    for path in sorted(records_dir.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and (rec.get("extra") or {}).get("run_id") == run_id:
+            return path
+    return None
+
+
+def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
+                   log_fn=None) -> RunOutcome:
     """Train and evaluate the probe `cfg` describes; write and return its record.
 
     `frame_cache` (a `tasks.decode.FrameCache`): decoded videos shared across runs in one process,
     so a caller running many evaluations on the same videos (`harness demo`) decodes each once.
     It changes no number: the clips are sliced from the same decoded frames.
+    `overrides`: the command line's overrides, for the record's reproduce command.
+    A run whose record already exists (same encoder, weights, protocol and seed) is not redone:
+    its record is returned (`RunOutcome.reused`), unless resume=false.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     import encoders
     import probes
     import results
-    import tasks
-    from harness.config import to_container
 
-    c = to_container(cfg)
-    device = resolve_device(c["device"])
-    seed = int(c["seed"])
-    torch.manual_seed(seed)
-
+    plan = plan_run(cfg, frame_cache=frame_cache, log_fn=log_fn)
+    c, device, seed = plan.c, plan.device, plan.seed
     encoder_cfg = dict(c["encoder"])
+    pid = plan.protocol_id
+    probe_ckpt = c.get("probe_checkpoint")
+    ident = _checkpoint_identity(c)
+    identity_bits = {"encoder": encoder_cfg, "checkpoint": ident["sha256"],
+                     "random_init": ident["random_init"], "protocol_id": pid, "seed": seed}
+    if probe_ckpt:
+        from encoders.checkpoint import file_sha256
+
+        if not Path(probe_ckpt).is_file():
+            raise FileNotFoundError(f"probe checkpoint not found: {probe_ckpt}")
+        identity_bits["probe_checkpoint"] = file_sha256(probe_ckpt)
+    identity = run_identity(identity_bits)
+    out = Path(c["out"])
+    done = find_finished(out / "records", identity) if c["resume"] else None
+    if done is not None:
+        log.info("run %s already finished: %s", identity, done)
+        return RunOutcome(record=results.read_record(done), path=done, reused=True)
+
+    torch.manual_seed(seed)
     encoder = encoders.from_config(
         encoder_cfg,
         checkpoint=c["checkpoint"],
@@ -89,78 +240,79 @@ def run_evaluation(cfg, frame_cache=None) -> RunOutcome:
         trust_checkpoint=bool(c["trust_checkpoint"]),
         random_init=bool(c["random_init"]),
         seed=seed,
-    ).to(device)
+    )
     spec = encoder.spec
-
-    task = tasks.from_config(c["task"])
-    split = task.spec.data["eval_split"]
-    resolution = task.spec.resolution or spec.resolution
-    common = dict(mean=spec.mean, std=spec.std, resolution=resolution)
-    cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
-    copies = task.spec.cached_train_copies if cache else 0
-    # Cached copies keep the task's random augmentation; a single cached clip must be fixed.
-    train_set = task.dataset("train", train=True, fixed=cache and not copies,
-                             frame_cache=frame_cache, **common)
-    eval_set = task.dataset(split, train=False, frame_cache=frame_cache, **common)
-
-    optim = probes.OptimConfig.from_dict(c["task"]["optim"])
-    eval_bs = c.get("eval_batch_size") or optim.batch_size
-    generator = torch.Generator().manual_seed(seed)
-    loader_args = dict(num_workers=optim.num_workers, collate_fn=tasks.collate_clips,
-                       persistent_workers=False, pin_memory=device.startswith("cuda"))
-    # Augmented copies are cached pass by pass and must line up sample by sample: no shuffling
-    # there (the cached tokens are shuffled every epoch instead).
-    train_loader = DataLoader(train_set, batch_size=optim.batch_size, shuffle=not copies,
-                              drop_last=False, generator=generator, **loader_args)
-    eval_loader = DataLoader(eval_set, batch_size=eval_bs, shuffle=False, **loader_args)
-
+    task = plan.task
     probe_cfg = {k: v for k, v in c["probe"].items() if k != "kind"}
     if probe_cfg.get("num_heads") is None:
         probe_cfg["num_heads"] = spec.num_heads
     probe = probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
                          num_classes=task.num_classes, **_supported(c["probe"]["kind"], probe_cfg))
 
-    protocol = build_protocol(c, task, split, cache_features=cache, cache_copies=copies)
-    pid = results.protocol_id(protocol)
-    checkpoint_info = dict(encoder.checkpoint_info)
-    identity = run_identity({"encoder": encoder_cfg, "checkpoint": checkpoint_info.get("sha256"),
-                             "random_init": checkpoint_info.get("random_init"),
-                             "protocol_id": pid, "seed": seed})
-    out = Path(c["out"])
     state_path = out / "state" / f"{spec.name}__{task.spec.name}__{identity}.pt"
-    state_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the run folder {state_path.parent}: {err}; pass a "
+                         f"writable --out") from None
     if not c["resume"] and state_path.exists():
         state_path.unlink()
 
     log.info("run %s: encoder %s, task %s, protocol %s", identity, spec.name, task.spec.name, pid)
     started = time.time()
-    result = probes.train_probe(
-        encoder, probe, train_loader, eval_loader, optim,
-        device=device,
-        max_failure_fraction=task.spec.max_failure_fraction,
-        state_path=state_path,
-        progress=bool(c["progress"]),
-        cache_features=cache,
-        cache_copies=copies,
-    )
+    chunk = c.get("encoder_chunk")
+    protocol = dict(plan.protocol)
+    probe_info = None
+    if probe_ckpt:
+        from probes.attentive import load_probe_checkpoint
+
+        probe_info = load_probe_checkpoint(probe, probe_ckpt)
+        protocol["probe_source"] = "checkpoint (not trained by this run)"
+        pid = results.protocol_id(protocol)
+        metrics, problems, info = probes.evaluate_full(
+            encoder, probe, plan.eval_data, device=device, bf16=plan.optim.bf16,
+            encoder_chunk=chunk, max_failure_fraction=task.spec.max_failure_fraction,
+            progress=bool(c["progress"]))
+        result = probes.ProbeResult(metrics=metrics, probe=probe, data_problems=problems,
+                                    timings={"eval_s": info["eval_s"]},
+                                    precision=info["precision"], num_evaluated=info["samples"])
+    else:
+        result = probes.train_probe(
+            encoder, probe, plan.train_data, plan.eval_data, plan.optim,
+            device=device,
+            max_failure_fraction=task.spec.max_failure_fraction,
+            state_path=state_path,
+            progress=bool(c["progress"]),
+            encoder_chunk=chunk,
+            cache_features=plan.cache,
+            cache_copies=plan.copies,
+            cache_seed=seed,
+        )
+    if result.precision != plan.precision:  # the plan promised what the protocol says
+        raise RuntimeError(f"ran in {result.precision} but planned {plan.precision}")
     timings = dict(result.timings)
     timings["wall_seconds"] = time.time() - started
-
+    metrics = dict(result.metrics)
+    metrics["num_samples"] = result.num_evaluated
+    checkpoint_info = dict(encoder.checkpoint_info)
     record = results.make_record(
         encoder={"name": spec.name, "family": spec.family, "modality": spec.modality,
                  "spec": spec.to_dict(), "config": encoder_cfg},
         checkpoint=checkpoint_info,
         task=task.spec.name,
-        split=split,
+        split=plan.split,
         protocol=protocol,
-        metrics=result.metrics,
+        metrics=metrics,
         data_problems=result.data_problems.to_dict(),
         timings=timings,
         seed=seed,
         device=device,
         world_size=1,
-        extra={"label": c.get("label"),
-               "run_id": identity, "command": _reproduce_command(c), "history": result.history},
+        precision=result.precision,
+        extra={"label": c.get("label"), "run_id": identity,
+               "command": reproduce_command(c, overrides), "history": result.history,
+               "preflight": plan.preflight, "probe_checkpoint": probe_info,
+               "micro_batch_size": plan.train_data.micro_batch_size},
     )
     path = results.write_record(record, out / "records")
     return RunOutcome(record=record, path=path)
@@ -170,16 +322,37 @@ def _supported(kind: str, cfg: dict) -> dict:
     # The linear probe has no heads/queries; keep one probe YAML schema without failing on them.
     if kind == "linear":
         return {k: v for k, v in cfg.items() if k not in ("num_heads", "num_queries", "depth",
-                                                          "mlp_ratio")}
+                                                          "mlp_ratio", "xattn_proj")}
     return cfg
 
 
-def _reproduce_command(c: dict) -> str:
-    parts = ["harness run", f"--encoder {c['encoder']['name']}", f"--task {c['task']['name']}",
-             f"--probe {c['probe']['kind']}"]
+# Overrides that only say where things go or how they are shown: the reproduce command keeps
+# them out so it stays runnable elsewhere; everything else (what changes a number) stays.
+_PLACE_KEYS = ("out", "progress", "resume", "device")
+
+
+def reproduce_command(c: dict, overrides: list[str] | None = None) -> str:
+    """The one-line command that reproduces this run: its flags and every `key=value` override."""
+    import shlex
+
+    parts = ["harness", "run", "--encoder", c["encoder"]["name"], "--task", c["task"]["name"],
+             "--probe", c["probe"]["kind"]]
     if c["checkpoint"]:
-        parts.append(f"--checkpoint '{c['checkpoint']}'")
+        parts += ["--checkpoint", str(c["checkpoint"])]
+    if c.get("probe_checkpoint"):
+        parts += ["--probe-checkpoint", str(c["probe_checkpoint"])]
     if c["random_init"]:
         parts.append("--random-init")
-    parts.append(f"--seed {c['seed']}")
-    return " ".join(parts)
+    if c.get("trust_checkpoint"):
+        parts.append("--trust-checkpoint")
+    parts += ["--seed", str(c["seed"])]
+    flag_keys = {"encoder", "task", "probe", "checkpoint", "probe_checkpoint", "random_init",
+                 "trust_checkpoint", "seed", "checkpoint_key"}
+    if c.get("checkpoint_key"):
+        parts += ["--checkpoint-key", str(c["checkpoint_key"])]
+    for item in overrides or []:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key in flag_keys or key in _PLACE_KEYS or key.startswith("hydra"):
+            continue
+        parts.append(item)
+    return shlex.join(parts)

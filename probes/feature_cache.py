@@ -38,55 +38,85 @@ class TokenCache:
 class TokenBatches:
     """Batches of cached tokens in the shape of the trainer's video batches.
 
-    Shuffled with the global torch RNG, whose state the trainer saves with every epoch, so a
-    resumed run draws the same order as an uninterrupted one.
+    With `seed`, epoch e's order (and each sample's copy) is drawn from a generator seeded by
+    (seed, e): `steps(epoch, start_step)` resumes anywhere. Without it, iteration shuffles with
+    the global torch RNG (which the trainer saves with every epoch).
     """
 
     def __init__(self, cache: TokenCache, batch_size: int, shuffle: bool = True,
-                 pick_copy: bool = False):
+                 pick_copy: bool = False, seed: int | None = None):
         if len(cache) == 0:
             raise ValueError("the feature cache is empty: every training sample failed to load")
         self.cache, self.batch_size, self.shuffle = cache, int(batch_size), shuffle
+        self.seed = seed
         # pick_copy: the cache's second axis holds augmented copies (encode_copies), not views;
-        # each batch gets one copy per sample, drawn with the same saved global RNG.
+        # each batch gets one copy per sample, drawn with the same generator.
         self.pick_copy = pick_copy and cache.tokens.shape[1] > 1
 
     def __len__(self) -> int:
         return (len(self.cache) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self) -> Iterator[dict]:
+    @property
+    def num_samples(self) -> int:
+        return len(self.cache)
+
+    def _batches(self, generator: torch.Generator | None, start: int = 0) -> Iterator[dict]:
         n = len(self.cache)
-        order = torch.randperm(n) if self.shuffle else torch.arange(n)
-        for idx in order.split(self.batch_size):
-            if self.pick_copy:
-                copy = torch.randint(0, self.cache.tokens.shape[1], (len(idx),))
-                tokens = self.cache.tokens[idx, copy].unsqueeze(1)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        k = self.cache.tokens.shape[1]
+        # Every copy of the epoch is drawn up front, so skipping steps on resume draws alike.
+        copy = torch.randint(0, k, (n,), generator=generator) if self.pick_copy else None
+        for i, idx in enumerate(order.split(self.batch_size)):
+            if i < start:
+                continue
+            if copy is not None:
+                tokens = self.cache.tokens[idx, copy[idx]].unsqueeze(1)
             else:
                 tokens = self.cache.tokens[idx]
             yield {"tokens": tokens, "label": self.cache.labels[idx], "failures": []}
 
+    def __iter__(self) -> Iterator[dict]:
+        return self._batches(None)
 
-def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callable | None = None
-                  ) -> TokenCache:
-    """Run `encode(encoder, video) -> (B, V, L, D)` over a loader of video batches, keep on CPU."""
+    def steps(self, epoch: int, start_step: int = 0):
+        from types import SimpleNamespace
+
+        if self.seed is None:
+            raise ValueError("TokenBatches.steps needs a seed (exact resume)")
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch))
+        for i, batch in enumerate(self._batches(g, int(start_step)), start=int(start_step)):
+            yield SimpleNamespace(index=i, size=int(batch["label"].shape[0]),
+                                  micro_batches=iter([batch]))
+
+
+def _batches_of(loader, epoch: int | None):
+    if hasattr(loader, "micro_batches"):
+        return loader.micro_batches() if epoch is None else loader.micro_batches(epoch)
+    return loader
+
+
+def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callable | None = None,
+                  epoch: int | None = None) -> TokenCache:
+    """Run `encode(encoder, batch) -> (B, V, L, D) or None` over every batch of `loader` (a
+    DataLoader or an `EpochBatches`, pass `epoch` of its seed stream), keep the tokens on CPU."""
     import time
 
     start = time.perf_counter()
     tokens, labels, failures = [], [], []
     with torch.no_grad():
-        for batch in loader:
+        for batch in _batches_of(loader, epoch):
             failures.extend(batch.get("failures") or [])
-            video = batch.get("video")
-            if video is not None and video.shape[0]:
-                tokens.append(encode(encoder, video.to(device, non_blocking=True)).cpu())
+            out = encode(encoder, batch)
+            n = 0 if out is None else out.shape[0]
+            if n:
+                tokens.append(out.cpu())
                 labels.append(torch.as_tensor(batch["label"]).long())
             if on_batch is not None:
-                on_batch(0 if video is None else video.shape[0], batch.get("failures") or [])
+                on_batch(n, batch.get("failures") or [])
     if not tokens:
         return TokenCache(torch.empty(0), torch.empty(0, dtype=torch.long), failures,
                           time.perf_counter() - start)
     return TokenCache(torch.cat(tokens), torch.cat(labels), failures, time.perf_counter() - start)
-
 
 
 def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Callable,
@@ -94,10 +124,10 @@ def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Ca
     """`copies` passes of `encode_loader` over an augmenting, *unshuffled* loader, stacked as
     tokens `(n, copies, L, D)` (each pass must give `(n, 1, L, D)`).
 
-    Pass k draws its clip positions and augmentation from torch seeded by (seed, k), inside a
-    forked RNG: the same seed gives the same cache (a resumed run rebuilds it exactly) and the
-    caller's RNG stream is untouched. Failures are counted on the first pass only (an unreadable
-    video fails every pass).
+    Pass k is epoch k of an `EpochBatches` (items seeded by its seed, k and the index), or, for a
+    plain loader, draws from torch seeded by (seed, k) inside a forked RNG: the same seed gives
+    the same cache (a resumed run rebuilds it exactly) and the caller's RNG stream is untouched.
+    Failures are counted on the first pass only (an unreadable video fails every pass).
     """
     import time
 
@@ -107,7 +137,8 @@ def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Ca
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) * 1_000_003 + k)
             passes.append(encode_loader(encoder, loader, device=device, encode=encode,
-                                        on_batch=on_batch if k == 0 else None))
+                                        on_batch=on_batch if k == 0 else None,
+                                        epoch=k if hasattr(loader, "micro_batches") else None))
     first = passes[0]
     for k, p in enumerate(passes[1:], start=1):
         if not torch.equal(p.labels, first.labels):

@@ -135,6 +135,7 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
 
     order = tasks if tasks is not None else sorted(df["task"].unique())
     columns: dict[str, pd.Series] = {}
+    single: list[str] = []  # "task v2 bf16" of the tasks under one protocol
     for task in order:
         sub = df[df["task"] == task]
         if sub.empty:
@@ -144,16 +145,29 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
                 .sort_values(["n", "first"], ascending=[False, True]).index.tolist())
         if len(pids) == 1:
             columns[task] = sub.set_index(ROW_KEYS)[metric]
+            single.append(f"{task} {_version_precision(sub['protocol'].iloc[0])}")
             continue
         for pid in pids:
-            columns[f"{task} [{pid}]"] = sub[sub["protocol_id"] == pid].set_index(ROW_KEYS)[metric]
+            tag = _version_precision(sub[sub["protocol_id"] == pid]["protocol"].iloc[0])
+            columns[f"{task} [{pid} {tag}]"] = sub[sub["protocol_id"] == pid].set_index(ROW_KEYS)[metric]
         notes.append(_mismatch_note(task, pids, sub))
 
+    if single:
+        notes.insert(0, "protocol version and precision: " + ", ".join(single))
     table = pd.DataFrame(columns)
     table.index = table.index.set_names(ROW_KEYS)
     if len(table.columns):
         table = table.sort_values(list(table.columns[:1]), ascending=False, na_position="last")
     return Leaderboard(table, notes, metric)
+
+
+def _version_precision(protocol: Any) -> str:
+    """'v2 bf16' of a record's protocol; 'v1' for records made before versions and precision
+    were recorded (their precision is unknown)."""
+    protocol = protocol if isinstance(protocol, dict) else {}
+    version = protocol.get("protocol_version") or 1
+    precision = protocol.get("precision")
+    return f"v{version} {precision}" if precision else f"v{version}"
 
 
 def _mismatch_note(task: str, pids: list[str], sub: pd.DataFrame) -> str:

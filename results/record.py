@@ -22,6 +22,15 @@ from pathlib import Path
 from typing import Any
 
 RECORD_VERSION = 1
+# Bumped whenever code changes what a protocol field means (it is part of every protocol, so
+# records of other versions never share a protocol_id). History:
+#   1 (implicit: records without the field): sampling/augmentation of the first releases.
+#   2: the release's exact frame indices and clip placement (eval clips placed at random, as
+#      the release does), timm RandAugment on PIL frames with per-frame random erasing, the
+#      release's probe function (no output projection in the cross-attention) and classifier
+#      init, lr/wd schedules stepped before each update, wd cosine to 1e-6, grad-norm clip 1.0,
+#      `batch_size` as the global batch, and the precision that actually ran.
+PROTOCOL_VERSION = 2
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _VERSIONED = ("torch", "torchvision", "timm", "harness")
 
@@ -30,6 +39,12 @@ def protocol_id(protocol: dict) -> str:
     """First 12 hex chars of sha256 over canonical JSON: independent of key order."""
     canonical = json.dumps(protocol, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def record_protocol_version(record: dict) -> int:
+    """The protocol version of a record; records made before the field existed are version 1."""
+    protocol = record.get("protocol") or {}
+    return int(protocol.get("protocol_version") or record.get("protocol_version") or 1)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -56,7 +71,8 @@ def git_commit(repo: Path = _REPO_ROOT) -> str | None:
 
 def make_record(*, encoder: dict, checkpoint: dict, task: str, split: str, protocol: dict,
                 metrics: dict, data_problems: dict, timings: dict, seed: int, device: str,
-                world_size: int = 1, extra: dict | None = None) -> dict[str, Any]:
+                world_size: int = 1, precision: str | None = None,
+                extra: dict | None = None) -> dict[str, Any]:
     """Assemble a record; `encoder` needs a `name`, `checkpoint` is e.g. {path, sha256, step,
     random_init} (use {} / random_init=True for a randomly initialised encoder)."""
     if not isinstance(encoder, dict) or not encoder.get("name"):
@@ -72,6 +88,8 @@ def make_record(*, encoder: dict, checkpoint: dict, task: str, split: str, proto
         "split": split,
         "protocol": protocol,
         "protocol_id": protocol_id(protocol),
+        "protocol_version": record_protocol_version({"protocol": protocol}),
+        "precision": precision,
         "metrics": dict(metrics),
         "data_problems": dict(data_problems or {}),
         "timings": dict(timings or {}),

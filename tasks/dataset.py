@@ -39,8 +39,12 @@ class VideoDataset(torch.utils.data.Dataset):
         backend: str = "auto",
         class_names: Sequence[str] | None = None,
         frame_cache: FrameCache | None = None,
+        device_finish: bool = False,
     ):
         self.entries = list(entries)
+        # device_finish: items carry uint8 frames plus the random parameters drawn for them, and
+        # `tasks.loading.ClipFinisher` applies the transform on the compute device.
+        self.device_finish = bool(device_finish)
         self.frame_cache = frame_cache
         self.sampler = sampler
         self.transform = transform
@@ -53,20 +57,19 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.entries[index]
+        item = {"label": int(label), "path": path, "error": None}
         try:
-            video = self._load(path)
-            error = None
+            item.update(self._load(path))
         except Exception as e:  # any failure is this sample's problem, reported, not hidden
-            video, error = None, f"{type(e).__name__}: {e}"
-            log.debug("skipping unreadable video %s: %s", path, error)
-        return {"video": video, "label": int(label), "path": path, "error": error}
+            item.update(video=None, error=f"{type(e).__name__}: {e}")
+            log.debug("skipping unreadable video %s: %s", path, item["error"])
+        return item
 
-    def _load(self, path: str) -> torch.Tensor:
-        rng = None
-        if self.sampler.random:
-            # Drawn from torch's generator so torch.manual_seed (and DataLoader's per-worker
-            # seeding) makes training clips reproducible.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+    def _load(self, path: str) -> dict:
+        # Every draw of this item comes from torch's generator, which the caller seeds per item
+        # (`tasks.loading.SeededItems`: seed, epoch, index), so clips are reproducible and a
+        # resumed run sees what the uninterrupted one would have.
+        rng = np.random.RandomState(int(torch.randint(0, 2**32, ()).item()))
         segments: list[list[int]] = []
 
         def indices_fn(num_frames: int) -> list[int]:
@@ -77,25 +80,40 @@ class VideoDataset(torch.utils.data.Dataset):
         frames, _ = read(path, indices_fn, backend=self.backend)
         T = self.sampler.frames_per_clip
         clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
-        # Each segment gets its own random augmentation, as in the release.
+        draw = getattr(self.transform, "draw", None)
+        if self.device_finish:
+            if draw is None:  # evaluation: deterministic views, nothing to draw
+                return {"frames": torch.stack(clips), "params": None}
+            # Each segment gets its own random augmentation, as in the release.
+            drawn = [draw(clip, int(torch.randint(0, 2**62, ()).item())) for clip in clips]
+            return {"frames": torch.stack([c for c, _ in drawn]), "params": [p for _, p in drawn]}
         views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
-        return torch.stack(views)  # (S, V, 3, T, H, W)
+        return {"video": torch.stack(views)}  # (S, V, 3, T, H, W)
 
 
 def collate_clips(items: Sequence[dict]) -> dict:
     """Stack the readable items; report the others.
 
-    Returns `dict(video=(B, S, V, 3, T, H, W) or None when no item was readable, label=(B,),
-    path=[...], failures=[(path, error), ...])`.
+    Float items (`video`): `dict(video=(B, S, V, 3, T, H, W) or None when no item was readable,
+    label=(B,), path=[...], failures=[(path, error), ...])`. uint8 items (`frames`, device
+    finishing): `frames` is a list of (S, T, H, W, 3) tensors (videos differ in size) and
+    `params` the list of their drawn augmentation parameters; `video` is absent.
     """
-    good = [it for it in items if it["video"] is not None]
-    failures = [(it["path"], it["error"]) for it in items if it["video"] is None]
-    return {
-        "video": torch.stack([it["video"] for it in good]) if good else None,
+    good = [it for it in items if it.get("error") is None]
+    failures = [(it["path"], it["error"]) for it in items if it.get("error") is not None]
+    out = {
         "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
         "path": [it["path"] for it in good],
         "failures": failures,
     }
+    if good and "frames" in good[0]:
+        out["frames"] = [it["frames"] for it in good]
+        out["params"] = [it["params"] for it in good]
+    elif good:
+        out["video"] = torch.stack([it["video"] for it in good])
+    else:  # nothing readable: an empty batch in either form
+        out.update(video=None, frames=[], params=[])
+    return out
 
 
 class Task:
@@ -185,7 +203,8 @@ class Task:
     def sampler(self, *, train: bool) -> ClipSampler:
         s = self.spec.sampling
         return ClipSampler(
-            s.frames_per_clip, s.frame_step, s.train_segments if train else s.eval_segments, random=train
+            s.frames_per_clip, s.frame_step, s.train_segments if train else s.eval_segments,
+            placement=s.train_placement if train else s.eval_placement,
         )
 
     def transform(self, *, train: bool, resolution: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -204,6 +223,7 @@ class Task:
         resolution: int | None = None,
         fixed: bool = False,
         frame_cache: FrameCache | None = None,
+        device_finish: bool = False,
     ) -> VideoDataset:
         """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation.
 
@@ -212,11 +232,13 @@ class Task:
         is what makes caching a frozen encoder's features sound.
         `frame_cache`: decoded videos kept in RAM and shared with other datasets (e.g. every run
         of `harness demo` reads the same videos; each is then decoded once).
+        `device_finish=True`: items are uint8 frames + drawn parameters, finished on the compute
+        device by `tasks.loading.ClipFinisher(dataset.transform)`.
         """
         train = (split == "train") if train is None else bool(train)
         if fixed and train:
             s = self.spec.sampling
-            sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, random=False)
+            sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, placement="center")
             transform = EvalTransform(self.resolve_resolution(resolution), mean, std, views=1,
                                       **self.spec.eval_transform)
         else:
@@ -230,6 +252,7 @@ class Task:
             backend=self.backend,
             class_names=self.class_names if self.paths.get("labels") else None,
             frame_cache=frame_cache,
+            device_finish=device_finish,
         )
 
     def protocol(self, split: str | None = None, *, resolution: int | None = None) -> dict:

@@ -11,6 +11,7 @@ from .errors import DataError
 
 KINDS = ("video",)
 METRICS = ("top1", "top5")
+PLACEMENTS = ("random", "start", "center")
 
 
 def _check_keys(where: str, given: Mapping, allowed: set[str], required: set[str] = frozenset()) -> None:
@@ -42,9 +43,20 @@ class SamplingSpec:
     train_segments: int = 1
     eval_segments: int = 1
     eval_views: int = 1
+    # Where a clip sits in its partition (tasks.sampling.ClipSampler): "random" is the release's
+    # behaviour in training *and* evaluation; "center" (deterministic) or "start" are deviations
+    # that get their own protocol id.
+    train_placement: str = "random"
+    eval_placement: str = "random"
 
     def __post_init__(self):
+        for name in ("train_placement", "eval_placement"):
+            if getattr(self, name) not in PLACEMENTS:
+                raise DataError(f"sampling.{name} must be one of {', '.join(PLACEMENTS)}, "
+                                f"got {getattr(self, name)!r}")
         for f in dataclasses.fields(self):
+            if f.name.endswith("_placement"):
+                continue
             v = getattr(self, f.name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise DataError(f"sampling.{f.name} must be a positive integer, got {v!r}")

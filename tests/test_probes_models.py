@@ -1,13 +1,32 @@
-"""Probe modules: shapes, structure, init, registry."""
+"""Probe modules: shapes, structure, init, registry; the attentive probe against the V-JEPA release."""
+import importlib.util
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import probes
-from probes.attentive import AttentiveProbe, load_release_state_dict
+from probes.attentive import AttentiveProbe, load_probe_checkpoint, load_release_state_dict
 from probes.linear import LinearProbe
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Numbers from the release's own AttentiveClassifier; the file says which command made them.
+RELEASE = json.loads((FIXTURES / "release_probe.json").read_text())
+
+
+def _fixture_module():
+    # The script that made the fixture also defines the perturbed weights and the inputs.
+    spec = importlib.util.spec_from_file_location("make_release_probe",
+                                                  FIXTURES / "make_release_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+MAKE = _fixture_module()
 
 
 def test_names_list_configs_without_importing_torch():
@@ -21,7 +40,7 @@ def test_names_list_configs_without_importing_torch():
 def test_configs_hold_the_release_protocol():
     cfg = probes.config("attentive")
     assert cfg == {"kind": "attentive", "num_queries": 1, "depth": 1, "mlp_ratio": 4.0,
-                   "num_heads": None}
+                   "num_heads": None, "xattn_proj": False}
     assert probes.config("linear")["kind"] == "linear"
 
 
@@ -88,11 +107,17 @@ def test_attentive_init():
     assert torch.equal(blk.norm1.weight, torch.ones(256))
     assert torch.equal(blk.norm2.bias, torch.zeros(256))
     assert torch.equal(blk.xattn.kv.bias, torch.zeros(512))
-    assert torch.equal(probe.linear.bias, torch.zeros(50))
     # trunc-normal std 0.02, truncated at +-2 (absolute), residual outputs rescaled by 1/sqrt(2)
     assert abs(blk.mlp.fc1.weight.std().item() - 0.02) < 0.002
     assert abs(blk.mlp.fc2.weight.std().item() - 0.02 / 2 ** 0.5) < 0.002
+    assert abs(blk.xattn.proj.weight.std().item() - 0.02 / 2 ** 0.5) < 0.002
     assert abs(probe.pooler.query_tokens.std().item() - 0.02) < 0.006
+    # the head keeps PyTorch's default nn.Linear init (uniform within 1/sqrt(fan_in)), as the
+    # release's does; it used to be re-initialised trunc-normal with a zero bias here
+    bound = 256 ** -0.5
+    assert probe.linear.weight.abs().max().item() <= bound
+    assert probe.linear.weight.std().item() > 0.5 * bound / 3 ** 0.5
+    assert 0 < probe.linear.bias.abs().max().item() <= bound
 
 
 def test_query_is_not_normalised_only_tokens_are():
@@ -103,9 +128,10 @@ def test_query_is_not_normalised_only_tokens_are():
     assert torch.allclose(probe(x), probe(10 * x), atol=1e-5)
 
 
-def test_attention_matches_manual_computation():
+@pytest.mark.parametrize("xattn_proj", [False, True])
+def test_attention_matches_manual_computation(xattn_proj):
     torch.manual_seed(0)
-    probe = AttentiveProbe(8, 3, num_heads=2).eval()
+    probe = AttentiveProbe(8, 3, num_heads=2, xattn_proj=xattn_proj).eval()
     blk = probe.pooler.cross_attention_block
     x = torch.randn(1, 4, 8)
     q = probe.pooler.query_tokens
@@ -116,9 +142,114 @@ def test_attention_matches_manual_computation():
         s = slice(4 * h, 4 * h + 4)
         att = (qp[..., s] @ k[..., s].transpose(-1, -2) / 2.0).softmax(-1)
         heads.append(att @ v[..., s])
-    y = q + blk.xattn.proj(torch.cat(heads, -1))
+    attended = torch.cat(heads, -1)
+    # the release never applies xattn.proj (the default); xattn_proj=True does
+    y = q + (blk.xattn.proj(attended) if xattn_proj else attended)
     y = y + blk.mlp(blk.norm2(y))
     assert torch.allclose(probe(x), probe.linear(y[:, 0]), atol=1e-5)
+
+
+def test_xattn_proj_is_a_parameter_but_unused_by_default():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    for xattn_proj, changes in ((False, False), (True, True)):
+        probe = AttentiveProbe(16, 3, num_heads=2, xattn_proj=xattn_proj).eval()
+        names = [n for n, _ in probe.named_parameters()]
+        assert "pooler.cross_attention_block.xattn.proj.weight" in names
+        before = probe(x)
+        with torch.no_grad():
+            probe.pooler.cross_attention_block.xattn.proj.weight.normal_()
+        assert (not torch.allclose(probe(x), before)) == changes
+    probe = probes.from_config({**probes.config("attentive"), "xattn_proj": True}, embed_dim=16,
+                               num_classes=3, num_heads=2)
+    assert probe.pooler.cross_attention_block.xattn.apply_proj
+
+
+def _release_configs():
+    return [pytest.param(c, id=f"d{c['embed_dim']}h{c['num_heads']}c{c['num_classes']}")
+            for c in RELEASE["configs"]]
+
+
+def _build_like_release(cfg):
+    torch.manual_seed(cfg["seed"])
+    return AttentiveProbe(cfg["embed_dim"], cfg["num_classes"], num_heads=cfg["num_heads"],
+                          depth=cfg["depth"])
+
+
+@pytest.mark.parametrize("cfg", _release_configs())
+def test_initial_parameters_equal_the_releases_after_the_same_seed(cfg):
+    # Same seed -> bit-identical initial parameters and the same RNG consumption as the release's
+    # AttentiveClassifier (default head init, inverse-CDF trunc-normal, release draw order).
+    probe = _build_like_release(cfg)
+    rng_after = torch.rand(4).double().tolist()
+    state = probe.state_dict()
+    assert list(state) == cfg["keys"]  # same keys, same order
+    for key, ref in cfg["init"].items():
+        t = state[key].double()
+        assert list(t.shape) == ref["shape"], key
+        assert t.flatten()[:len(ref["first"])].tolist() == ref["first"], key
+        assert t.sum().item() == pytest.approx(ref["sum"], rel=1e-6, abs=1e-9), key
+        assert (t * t).sum().item() == pytest.approx(ref["sumsq"], rel=1e-6, abs=1e-9), key
+    assert rng_after == cfg["rng_after"]
+
+
+@pytest.mark.parametrize("cfg", _release_configs())
+def test_logits_equal_the_releases_on_the_same_weights(cfg):
+    probe = AttentiveProbe(cfg["embed_dim"], cfg["num_classes"], num_heads=cfg["num_heads"],
+                           depth=cfg["depth"]).eval()
+    shapes = [(k, list(v.shape)) for k, v in probe.state_dict().items()]
+    for case in cfg["cases"]:
+        weights = MAKE.perturbed_state(shapes, case["weight_seed"])
+        load_release_state_dict(probe, {"module." + k: v for k, v in weights.items()})
+        x = MAKE.make_tokens(case["batch"], case["tokens"], cfg["embed_dim"], case["input_seed"])
+        with torch.no_grad():
+            ours = probe(x).double()
+        for path, ref in case["logits"].items():  # the release's sdpa and manual attention
+            torch.testing.assert_close(ours, torch.tensor(ref, dtype=torch.float64),
+                                       atol=1e-5, rtol=1e-5,
+                                       msg=lambda m: f"N={case['tokens']} {path}: {m}")
+
+
+def _release_style_file(path, probe, **extra):
+    torch.save({"classifier": {"module." + k: v for k, v in probe.state_dict().items()},
+                "opt": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}},
+                        "param_groups": [{"lr": 1e-3, "weight_decay": 0.01, "params": [0]}]},
+                "scaler": None, "epoch": 20, "batch_size": 4, "world_size": 64, "lr": 0.001,
+                **extra}, path)
+
+
+def test_load_probe_checkpoint_release_file_and_bare_state_dict(tmp_path):
+    torch.manual_seed(0)
+    src = AttentiveProbe(16, 3, num_heads=2)
+    _release_style_file(tmp_path / "latest.pth.tar", src)
+    dst = AttentiveProbe(16, 3, num_heads=2)
+    meta = load_probe_checkpoint(dst, tmp_path / "latest.pth.tar")
+    assert meta == {"format": "release", "epoch": 20, "batch_size": 4, "world_size": 64,
+                    "lr": 0.001}
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    torch.save(src.state_dict(), tmp_path / "bare.pt")
+    assert load_probe_checkpoint(AttentiveProbe(16, 3, num_heads=2), str(tmp_path / "bare.pt")) \
+        == {"format": "state_dict"}
+
+
+class _Pickled:  # any class makes torch.save pickle it
+    pass
+
+
+def test_load_probe_checkpoint_refuses_pickle_and_names_missing_classifier(tmp_path):
+    probe = AttentiveProbe(16, 3, num_heads=2)
+    _release_style_file(tmp_path / "pickled.pth", probe, extra_obj=_Pickled())
+    with pytest.raises(ValueError, match="needs pickle"):
+        load_probe_checkpoint(probe, tmp_path / "pickled.pth")
+    torch.save({"encoder": probe.state_dict(), "epoch": 3}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"no 'classifier'.*\['encoder', 'epoch'\]"):
+        load_probe_checkpoint(probe, tmp_path / "other.pth")
+    state = {"module." + k: v for k, v in probe.state_dict().items()}
+    state["module.linear.extra"] = torch.zeros(1)
+    torch.save({"classifier": state, "epoch": 1}, tmp_path / "bad_keys.pth")
+    with pytest.raises(ValueError, match="linear.extra"):
+        load_probe_checkpoint(probe, tmp_path / "bad_keys.pth")
 
 
 def test_release_state_dict_with_module_prefix_loads_and_mismatch_names_keys():

@@ -33,7 +33,8 @@ def test_same_protocol_one_column_per_task(tmp_path):
     add(tmp_path, "videomae_vitl", "ssv2", 65.5)
     lb = board(tmp_path)
     assert list(lb.table.columns) == ["k400", "ssv2"]
-    assert lb.notes == []
+    # records without protocol_version are version 1, their precision unknown
+    assert lb.notes == ["protocol version and precision: k400 v1, ssv2 v1"]
     assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "ssv2"] == 69.5
     assert lb.table.loc[("videomae_vitl", "videomae_vitl.pth"), "k400"] == 77.8
     assert list(lb.table.index.get_level_values("encoder")) == ["vjepa_vitl", "videomae_vitl"]
@@ -50,10 +51,11 @@ def test_different_protocol_gets_its_own_column_and_a_note(tmp_path):
     pid_att = frame[frame["probe"] == "attentive"]["protocol_id"].iloc[0]
     pid_lin = frame[frame["probe"] == "linear"]["protocol_id"].iloc[0]
     lb = leaderboard(frame)
-    assert list(lb.table.columns) == [f"k400 [{pid_att}]", f"k400 [{pid_lin}]", "ssv2"]
-    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), f"k400 [{pid_lin}]"] == 71.0
-    assert lb.table[f"k400 [{pid_lin}]"].isna().sum() == 1  # videomae has no linear record
-    (note,) = lb.notes
+    assert list(lb.table.columns) == [f"k400 [{pid_att} v1]", f"k400 [{pid_lin} v1]", "ssv2"]
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), f"k400 [{pid_lin} v1]"] == 71.0
+    assert lb.table[f"k400 [{pid_lin} v1]"].isna().sum() == 1  # videomae has no linear record
+    versions, note = lb.notes
+    assert versions == "protocol version and precision: ssv2 v1"
     assert "k400" in note and "not comparable" in note
     assert "probe.kind: attentive vs linear" in note
     assert "probe.depth: 1 vs <absent>" in note

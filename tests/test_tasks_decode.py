@@ -56,7 +56,7 @@ def test_real_files_backends_agree(name):
 def test_real_files_clip_at_the_end(name, backend):
     path = SAMPLES / name
     true_n = count_frames(path, backend="pyav")
-    sampler = ClipSampler(frames_per_clip=8, frame_step=4, num_segments=3)
+    sampler = ClipSampler(frames_per_clip=8, frame_step=4, num_segments=3, placement="center")
     segs = []
 
     def fn(n):
@@ -70,7 +70,7 @@ def test_real_files_clip_at_the_end(name, backend):
     last, _ = read_frames(path, lambda n: [n - 3, n - 2, n - 1, n - 1], backend=backend)
     assert last.shape[0] == 4 and last[0].float().std() > 1  # real picture content
     assert np.array_equal(last[2].numpy(), last[3].numpy())
-    over = ClipSampler(frames_per_clip=16, frame_step=64, num_segments=1)
+    over = ClipSampler(frames_per_clip=16, frame_step=64, num_segments=1, placement="center")
     long_clip, _ = read_frames(path, lambda n: over.indices(n)[0], backend=backend)
     assert long_clip.shape[0] == 16
 

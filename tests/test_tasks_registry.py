@@ -61,7 +61,11 @@ def test_paper_protocol_configs():
     assert (k.sampling.eval_segments, k.sampling.eval_views) == (8, 3)
     assert k.optim["epochs"] == 20 and k.optim["batch_size"] == 256
     assert k.optim["lr"] == pytest.approx(1e-3) and k.optim["weight_decay"] == pytest.approx(0.01)
-    assert k.train_aug["randaugment"]["num_ops"] == 4 and k.train_aug["randaugment"]["magnitude"] == 7
+    assert k.train_aug["randaugment"] == "rand-m7-n4-mstd0.5-inc1"
+    assert k.train_aug["randaugment_interpolation"] == "bicubic"
+    assert k.train_aug["erasing_per_frame"] is False  # the release's RandomErasing(cube=True)
+    assert (k.sampling.train_placement, k.sampling.eval_placement) == ("random", "random")
+    assert k.optim["micro_batch_size"] == 4 and k.optim["clip_grad_norm"] == 1.0
     assert k.train_aug["random_resized_crop"]["scale"] == [0.08, 1.0]
     assert k.train_aug["random_resized_crop"]["ratio"] == pytest.approx([0.75, 4 / 3])
     assert k.train_aug["random_erasing"] == 0.25 and k.train_aug["horizontal_flip"] is False
@@ -77,7 +81,7 @@ def test_paper_protocol_configs():
 def test_build_deep_merges_overrides(tmp_path):
     t = tasks.build("digits_motion", root=tmp_path, sampling={"eval_views": 3}, resolution=48,
                     **{"optim.epochs": 2})
-    assert t.spec.sampling == SamplingSpec(8, 2, 1, 2, 3)  # other sampling keys kept
+    assert t.spec.sampling == SamplingSpec(8, 2, 1, 2, 3, "random", "center")  # other keys kept
     assert t.spec.resolution == 48
     assert t.spec.optim["epochs"] == 2 and t.spec.optim["batch_size"] == 32
     assert t.root == tmp_path

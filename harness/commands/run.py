@@ -12,8 +12,21 @@ can be set as key=value, for example:
   harness run --encoder vjepa_vitl --checkpoint vitl16.pth.tar --task ssv2 task.data.root=/data/ssv2
   harness run --encoder vjepa_tiny --random-init --task digits_motion --show-config
 
+Batches: task.optim.batch_size is the global batch of the protocol (the paper's 256);
+micro_batch_size=N (not protocol) sets how many samples go through the encoder at once, and
+gradients are accumulated to the global batch, so any device reproduces the protocol:
+
+  harness run --encoder vjepa_vitl --checkpoint vitl16.pth.tar --task k400 micro_batch_size=4
+  harness run --encoder vjepa_vitl --task k400 --dry-run     # cost before anything long starts
+
+Before training, every file of the train and evaluation splits is checked to exist, the label
+map is checked against class folders, and the first clip is decoded: all before the checkpoint
+is read.
+
 Where things go: the record is written atomically to <out>/records/; the probe's training state
-is kept in <out>/state/ after every epoch, so re-running an interrupted command resumes it.
+is saved to <out>/state/ after every epoch and, within an epoch, at the first step boundary
+after 5 minutes since the last save. Re-running an interrupted command resumes from that state
+(to identical numbers); re-running a finished command prints its record and does nothing.
 """
 
 
@@ -37,6 +50,12 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--show-config", action="store_true",
                    help="print the composed config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the data, then print the protocol, clip and forward counts, memory "
+                        "per micro-batch and a time estimate from a short warm-up; train nothing")
+    p.add_argument("--probe-checkpoint",
+                   help="evaluate this trained probe (the release's `classifier` file) without "
+                        "training one")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
 
 
@@ -45,6 +64,7 @@ def overrides_from_args(args) -> list[str]:
         "encoder": args.encoder, "task": args.task, "probe": args.probe,
         "checkpoint": args.checkpoint, "checkpoint_key": args.checkpoint_key,
         "out": args.out, "seed": args.seed, "device": args.device,
+        "probe_checkpoint": getattr(args, "probe_checkpoint", None),
     }
     out = [f"{k}={_quote(v)}" for k, v in flags.items() if v is not None]
     if args.trust_checkpoint:
@@ -67,23 +87,40 @@ def _quote(value) -> str:
 
 
 def main(args) -> int:
+    import sys
+
+    from rich.console import Console
+    from rich.markup import escape
+
     from harness.config import compose_run
 
-    cfg = compose_run(overrides_from_args(args))
+    overrides = overrides_from_args(args)
+    cfg = compose_run(overrides)
     if args.show_config:
         from omegaconf import OmegaConf
 
         print(OmegaConf.to_yaml(cfg))
         return 0
+    err = Console(stderr=True, highlight=False)
+
+    def say(text: str) -> None:
+        err.print(escape(text))
+
+    if args.dry_run:
+        from harness.dryrun import estimate
+        from harness.runner import plan_run
+
+        estimate(plan_run(cfg, log_fn=say), say=print)
+        return 0
     from harness.runner import run_evaluation
 
-    outcome = run_evaluation(cfg)
-    from rich.console import Console
-
-    console = Console()
+    outcome = run_evaluation(cfg, overrides=overrides, log_fn=say)
+    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     metrics = ", ".join(f"{k} {v:.2f}" for k, v in outcome.record["metrics"].items()
-                        if isinstance(v, (int, float)))
-    console.print(f"[bold green]done[/] {outcome.record['encoder']['name']} on "
-                  f"{outcome.record['task']} ({outcome.record['split']}): {metrics}")
-    console.print(f"protocol_id {outcome.record['protocol_id']}; record {outcome.path}")
+                        if isinstance(v, float))
+    word = "already done" if outcome.reused else "done"
+    console.print(f"[bold green]{word}[/] " + escape(
+        f"{outcome.record['encoder']['name']} on {outcome.record['task']} "
+        f"({outcome.record['split']}): {metrics}"))
+    console.print(escape(f"protocol_id {outcome.record['protocol_id']}; record {outcome.path}"))
     return 0

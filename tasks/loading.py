@@ -1,0 +1,152 @@
+"""Epochs of micro-batches whose every draw is a function of (seed, epoch, sample index).
+
+A probe is trained on *global* batches (the paper's 256 = 4 per GPU x 64 GPUs); memory allows
+only `micro_batch_size` clips at once, so each global batch arrives as consecutive micro-batches
+and the trainer accumulates their gradients. What a run sees therefore never depends on the
+micro-batch size, the worker count or where an interrupted run restarts:
+
+* the order of epoch e is a permutation seeded by (seed, e) (or the manifest order);
+* item i of epoch e is loaded with torch's RNG seeded by (seed, e, i), from which the dataset
+  derives its clip positions and augmentation draws (`tasks.dataset.VideoDataset`);
+* a resumed run starts the same epoch's order at the first global batch it had not finished.
+
+Clips leave the loader as uint8 frames (a quarter of float32, at their decoded size) and are
+cropped, resized and normalised on the compute device by `ClipFinisher`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+EVAL_EPOCH = 1_000_000  # the seed stream of evaluation passes (never a training epoch)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The torch seed item `index` of `epoch` is loaded with (an injective mix, < 2**63)."""
+    return ((int(seed) * 1_000_003 + int(epoch)) * 10_000_019 + int(index)) % (2**63 - 1)
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """`dataset[i]` loaded inside a forked torch RNG seeded by (seed, epoch, i)."""
+
+    def __init__(self, dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, self.epoch, index))
+            return self.dataset[index]
+
+
+@dataclass
+class Step:
+    """One optimiser step: `size` samples of the global batch, arriving as micro-batches."""
+
+    index: int                 # step within the epoch
+    size: int                  # samples the global batch holds (readable or not)
+    micro_batches: Iterator[dict]
+
+
+class EpochBatches:
+    """Global batches of `batch_size` samples in micro-batches of at most `micro_batch_size`.
+
+    `steps(epoch, start_step)` yields `Step`s; `micro_batches(epoch)` every micro-batch of one
+    pass in order (evaluation, feature caching). `finish(batch, device)` turns a loaded
+    micro-batch into float clips on the device (see `ClipFinisher`); identity when the dataset
+    already returns float clips.
+    """
+
+    def __init__(self, dataset, *, batch_size: int, micro_batch_size: int | None = None,
+                 seed: int = 0, shuffle: bool = True, num_workers: int = 0,
+                 collate_fn: Callable | None = None, pin_memory: bool = False,
+                 finish: Callable | None = None):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        micro = int(micro_batch_size or batch_size)
+        if micro < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.dataset = dataset
+        self.batch_size, self.micro_batch_size = int(batch_size), min(micro, int(batch_size))
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
+        self.collate_fn, self.finish = collate_fn, finish
+
+    def __len__(self) -> int:
+        """Optimiser steps per epoch (the last global batch may be smaller: no sample dropped)."""
+        return -(-len(self.dataset) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def order(self, epoch: int) -> list[int]:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+        return torch.randperm(n, generator=g).tolist()
+
+    def _loader(self, epoch: int, batches: Sequence[Sequence[int]]):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(SeededItems(self.dataset, self.seed, epoch), batch_sampler=batches,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn,
+                          pin_memory=self.pin_memory, persistent_workers=False)
+
+    def steps(self, epoch: int, start_step: int = 0) -> Iterator[Step]:
+        order = self.order(epoch)
+        globals_ = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        globals_ = globals_[int(start_step):]
+        micro = [[g[j:j + self.micro_batch_size] for j in range(0, len(g), self.micro_batch_size)]
+                 for g in globals_]
+        flat = [m for ms in micro for m in ms]
+        if not flat:
+            return
+        it = iter(self._loader(epoch, flat))
+        for k, (g, ms) in enumerate(zip(globals_, micro)):
+            # The same loader streams every micro-batch (workers prefetch across steps); each
+            # Step hands out exactly its own.
+            yield Step(int(start_step) + k, len(g), (next(it) for _ in range(len(ms))))
+
+    def micro_batches(self, epoch: int = EVAL_EPOCH) -> Iterator[dict]:
+        order = self.order(epoch)
+        flat = [order[i:i + self.micro_batch_size] for i in range(0, len(order), self.micro_batch_size)]
+        if flat:
+            yield from self._loader(epoch, flat)
+
+    def num_micro_batches(self) -> int:
+        return -(-len(self.dataset) // self.micro_batch_size)
+
+
+class ClipFinisher:
+    """uint8 micro-batches of `tasks.collate_clips` -> float clips (B, S, V, 3, T, r, r) on a device.
+
+    Training items carry the random parameters their loader worker drew (crop box, erased boxes,
+    noise seed); evaluation items need none. The work a GPU does fast (resize, crop, normalise,
+    erase) happens here rather than in the loader, and only uint8 crosses to the device.
+    """
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, batch: dict, device) -> torch.Tensor | None:
+        frames = batch.get("frames")
+        if not frames:
+            return None
+        out = []
+        for sample, params in zip(frames, batch["params"]):
+            sample = sample.to(device, non_blocking=True)  # (S, T, H, W, 3) uint8
+            segs = []
+            for s in range(sample.shape[0]):
+                if params is None or params[s] is None:
+                    views = self.transform.apply(sample[s])
+                else:
+                    views = [self.transform.apply(sample[s], params[s])]
+                segs.append(torch.stack(views))  # (V, 3, T, r, r)
+            out.append(torch.stack(segs))
+        return torch.stack(out)
