@@ -57,7 +57,7 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
     first = SeededItems(plan.train_data.dataset, plan.seed, 0)[0]
     frames = first.get("frames")
     per_sample_host = frames.numel() if frames is not None else 0
-    prefetch = max(optim.num_workers, 1) * 2
+    prefetch = max(plan.train_data.num_workers, 1) * 2  # DataLoader prefetch_factor 2
     host = per_sample_host * micro * prefetch
 
     def device_bytes(clips: int, samples: int, views: int, segments: int, train: bool) -> float:
@@ -92,8 +92,11 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
         "device_bytes_train_micro_batch": dev_train,
         "device_bytes_eval_micro_batch": dev_eval,
     }
+    device = torch.device(plan.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warmup = False
+        out["note"] = "no CUDA device here: memory estimated for it, time not measured"
     if warmup:
-        device = torch.device(plan.device)
         model = spec_enc.to(device).eval()
         if plan.precision == "bf16":
             model.to(torch.bfloat16)
@@ -114,7 +117,7 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
         for i in range(min(2, len(ds))):
             SeededItems(ds, plan.seed, EVAL_EPOCH)[i]
         per_sample_load = (time.perf_counter() - t0) / min(2, len(ds))
-        load_s = per_sample_load * (optim.epochs * n_train + n_eval) / max(optim.num_workers, 1)
+        load_s = per_sample_load * (optim.epochs * n_train + n_eval) / max(plan.train_data.num_workers, 1)
         enc_s = per_clip * (forwards_train + forwards_eval)
         out.update(seconds_per_clip=per_clip, seconds_per_sample_loading=per_sample_load,
                    estimated_seconds=max(enc_s, load_s), encoder_seconds=enc_s,
@@ -137,6 +140,8 @@ def _print(e: dict, say) -> None:
         f"~{_gib(e['host_bytes_in_flight'])} in flight with prefetching")
     say(f"  device      ~{_gib(e['device_bytes_train_micro_batch'])} per training micro-batch, "
         f"~{_gib(e['device_bytes_eval_micro_batch'])} per evaluation micro-batch (estimates)")
+    if "note" in e:
+        say(f"  note        {e['note']}")
     if "estimated_seconds" in e:
         say(f"  time        ~{_duration(e['estimated_seconds'])} (measured: "
             f"{e['seconds_per_clip']:.3f} s per clip forward, {e['seconds_per_sample_loading']:.2f}"

@@ -24,8 +24,9 @@ class RunOutcome:
     reused: bool = False  # the run had finished before: its existing record
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> cuda when available, else cpu; anything else must be a real torch device."""
+def resolve_device(name: str, require_present: bool = True) -> str:
+    """'auto' -> cuda when available, else cpu; anything else must be a real torch device
+    (present on this machine unless `require_present` is False: dry-run estimates for another)."""
     import torch
 
     if name in (None, "auto"):
@@ -37,7 +38,7 @@ def resolve_device(name: str) -> str:
         raise ValueError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {text!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
+    if device.type == "cuda" and require_present:
         if not torch.cuda.is_available():
             raise ValueError(f"device {text!r} requested but CUDA is not available on this "
                              f"machine; use device=cpu (or auto)")
@@ -100,9 +101,10 @@ class RunPlan:
     preflight: dict
 
 
-def plan_run(cfg, frame_cache=None, log_fn=None) -> RunPlan:
+def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) -> RunPlan:
     """Compose, validate the data (manifests, label map, every file, the first clip) and build the
-    loaders: all before a multi-GB checkpoint is read and hashed."""
+    loaders: all before a multi-GB checkpoint is read and hashed. `estimate_only`: the device may
+    be one this machine lacks (`--dry-run device=cuda` on a laptop)."""
     import torch
 
     import probes
@@ -113,7 +115,7 @@ def plan_run(cfg, frame_cache=None, log_fn=None) -> RunPlan:
     from tasks.loading import ClipFinisher, EpochBatches
 
     c = to_container(cfg)
-    device = resolve_device(c["device"])
+    device = resolve_device(c["device"], require_present=not estimate_only)
     seed = c["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

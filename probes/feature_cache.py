@@ -43,6 +43,11 @@ class TokenBatches:
     the global torch RNG (which the trainer saves with every epoch).
     """
 
+    @property
+    def mid_epoch_resume(self) -> bool:
+        # Seeded: every epoch is a function of (seed, epoch), resumable at any step.
+        return self.seed is not None
+
     def __init__(self, cache: TokenCache, batch_size: int, shuffle: bool = True,
                  pick_copy: bool = False, seed: int | None = None):
         if len(cache) == 0:
@@ -81,9 +86,9 @@ class TokenBatches:
     def steps(self, epoch: int, start_step: int = 0):
         from types import SimpleNamespace
 
-        if self.seed is None:
-            raise ValueError("TokenBatches.steps needs a seed (exact resume)")
-        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch))
+        g = None  # unseeded: the global RNG (resumable at epoch boundaries, with its saved state)
+        if self.seed is not None:
+            g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch))
         for i, batch in enumerate(self._batches(g, int(start_step)), start=int(start_step)):
             yield SimpleNamespace(index=i, size=int(batch["label"].shape[0]),
                                   micro_batches=iter([batch]))

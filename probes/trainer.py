@@ -472,11 +472,9 @@ class _LoaderSteps:
 
 
 def _as_steps(data):
-    if hasattr(data, "steps"):
-        if not hasattr(data, "mid_epoch_resume"):
-            data.mid_epoch_resume = True
-        return data
-    return _LoaderSteps(data)
+    # Objects with steps() (tasks.loading.EpochBatches, TokenBatches) draw every epoch from
+    # (seed, epoch), so they resume mid-epoch; they say so with `mid_epoch_resume`.
+    return data if hasattr(data, "steps") else _LoaderSteps(data)
 
 
 def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
@@ -607,7 +605,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             carried = partial if epoch == start_epoch else None
 
             def step_done(step: int, stats: dict) -> None:
-                if state_path is not None and data.mid_epoch_resume and step < steps_per_epoch \
+                if state_path is not None and getattr(data, "mid_epoch_resume", False) \
+                        and step < steps_per_epoch \
                         and time.perf_counter() - clock["last_save"] >= save_every_s:
                     clock["last_save"] = time.perf_counter()
                     save(epoch, step, stats)

@@ -61,6 +61,8 @@ class EpochBatches:
     already returns float clips.
     """
 
+    mid_epoch_resume = True  # every epoch is a function of (seed, epoch): resumable at any step
+
     def __init__(self, dataset, *, batch_size: int, micro_batch_size: int | None = None,
                  seed: int = 0, shuffle: bool = True, num_workers: int = 0,
                  collate_fn: Callable | None = None, pin_memory: bool = False,

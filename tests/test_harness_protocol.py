@@ -146,3 +146,25 @@ def test_old_records_are_a_different_protocol_version(k400_run, tmp_path):
     cols = [str(c) for c in lb.table.columns]
     assert len(cols) == 2 and any("v1" in c for c in cols) and any("v2 fp32" in c for c in cols)
     assert any("protocol_version" in n for n in lb.notes)
+
+
+def test_a_release_format_probe_checkpoint_is_scored_without_training(k400_run, k400_root, tmp_path):
+    import torch
+
+    out, _, rec = k400_run
+    (state_file,) = (out / "state").glob("*.pt")
+    state = torch.load(state_file, weights_only=True)
+    # The release's eval.py save_checkpoint layout: the DDP-wrapped classifier, optimiser, epoch...
+    ckpt = tmp_path / "k400-probe-latest.pth.tar"
+    torch.save({"classifier": {f"module.{k}": v for k, v in state["probe"].items()},
+                "opt": None, "scaler": None, "epoch": 1, "batch_size": 4, "world_size": 1,
+                "lr": 1e-3}, ckpt)
+    assert main(_args(k400_root, tmp_path / "o", "--probe-checkpoint", str(ckpt))) == 0
+    (path,) = (tmp_path / "o" / "records").glob("*.json")
+    scored = json.loads(path.read_text())
+    # Same probe, same evaluation clips (placed by the seed): the same numbers, no training.
+    assert scored["metrics"] == rec["metrics"] and scored["timings"].get("train_s") is None
+    assert scored["protocol"]["probe_source"].startswith("checkpoint")
+    assert scored["protocol_id"] != rec["protocol_id"]
+    assert scored["extra"]["probe_checkpoint"]["epoch"] == 1
+    assert "--probe-checkpoint" in scored["extra"]["command"]

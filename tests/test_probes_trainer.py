@@ -1,4 +1,6 @@
 """Probe trainer: segments/views, learning, data problems, resume."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -445,3 +447,23 @@ def test_optim_config_rejects_bad_values_with_clear_errors():
     cfg = OptimConfig(epochs=1, batch_size=256, lr=1e-3, micro_batch_size=4)
     assert "micro_batch_size" not in cfg.protocol() and "bf16" not in cfg.protocol()
     assert cfg.protocol()["batch_size"] == 256
+
+
+def test_bf16_path_casts_the_encoder_once_and_keeps_tokens_bf16(monkeypatch):
+    # The CUDA bf16 path, exercised on the CPU (slow there, so only CUDA picks it for real):
+    # encoder weights cast once, tokens stay bf16, probe trained with fp32 weights under autocast.
+    import probes.trainer as trainer
+
+    monkeypatch.setattr(trainer, "resolve_precision", lambda device, bf16: "bf16" if bf16 else "fp32")
+    enc = PatchEncoder()
+    seen = []
+    enc.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    torch.manual_seed(0)
+    probe = probes.build("attentive", D, C, num_heads=2)
+    result = train_probe(enc, probe, epochs_of(ToyClips(32)), epochs_of(ToyClips(16), shuffle=False),
+                         optim(epochs=4), progress=False)
+    assert result.precision == "bf16"
+    assert enc.proj.weight.dtype == torch.bfloat16
+    assert set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert all(p.dtype == torch.float32 for p in probe.parameters())
+    assert result.metrics["top1"] > 50 and all(math.isfinite(h["loss"]) for h in result.history)

