@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import load_encoder_state, load_state_strict
+from .errors import CheckpointError
 from .registry import default_checkpoint, resolve_target, validate_config
 from .spec import EncoderSpec
 
@@ -114,11 +115,21 @@ def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *,
     state, info = load_encoder_state(checkpoint, key=key, trust=trust_checkpoint)
     # Build on the meta device when the builder allows: every tensor comes from the checkpoint,
     # so a ViT-H is not randomly initialised only to be overwritten.
-    if cfg.get("checkpoint_filter"):
-        # timm-style: a family's converter maps its release layout onto our module, in one place.
-        state = resolve_target(cfg["checkpoint_filter"])(state)
+    raw = state
     backbone = _build_backbone(builder, cfg, device="meta")
-    load_state_strict(backbone, state, info)
+    try:
+        if cfg.get("checkpoint_filter"):
+            # timm-style: a family's converter maps its release layout onto our module, in one place.
+            state = resolve_target(cfg["checkpoint_filter"])(state)
+        load_state_strict(backbone, state, info)
+    except CheckpointError as err:
+        from .families import hint
+
+        # A file of another family (a VideoMAE file given to vjepa_vitl): name the likely entry.
+        extra = hint(raw, exclude=cfg["name"])
+        if extra:
+            raise CheckpointError(f"{err}\n  {extra}") from None
+        raise
     if any(t.is_meta for t in backbone.state_dict().values()):  # a builder that ignored device=
         raise RuntimeError(f"encoder {cfg['name']!r}: builder left tensors on the meta device after loading")
     info["random_init"] = False

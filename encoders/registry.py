@@ -21,7 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "encoder"
 
 REQUIRED_KEYS = ("name", "modality", "builder", "arch", "mean", "std")
 TOP_LEVEL_KEYS = frozenset(REQUIRED_KEYS + ("family", "description", "checkpoint_key", "checkpoint_filter",
-                                            "default_checkpoint"))
+                                            "default_checkpoint", "metadata"))
 REQUIRED_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "resolution")
 # Keys the ViT builders understand; a flat override such as `num_frames=4` goes into `arch`.
 ARCH_KEYS = frozenset(REQUIRED_ARCH_KEYS + (
@@ -127,6 +127,9 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         problems.append(f"builder {cfg['builder']!r} must be 'module:function'")
     if problems:
         raise ValueError(f"encoder config {label!r}: " + "; ".join(problems))
+    from .metadata import check_metadata
+
+    check_metadata(label, cfg.get("metadata"))
     return cfg
 
 

@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(f"harness.commands.{module}")
     try:
         return int(mod.main(args) or 0)
+    except BrokenPipeError:
+        # `harness ... | head`: the reader left; end quietly, as command-line tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted. Training state is saved after every epoch and every 5 minutes within "
               "one: re-run the same command to resume from the last save (work since then is "

@@ -297,9 +297,15 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
     metrics = dict(result.metrics)
     metrics["num_samples"] = result.num_evaluated
     checkpoint_info = dict(encoder.checkpoint_info)
+    from encoders.metadata import cost, describe
+
+    s = task.spec.sampling
+    metadata = describe(encoder_cfg)
+    metadata["at_run_input"] = cost(encoder_cfg, frames=s.frames_per_clip,
+                                    resolution=task.spec.resolution or spec.resolution)
     record = results.make_record(
         encoder={"name": spec.name, "family": spec.family, "modality": spec.modality,
-                 "spec": spec.to_dict(), "config": encoder_cfg},
+                 "spec": spec.to_dict(), "config": encoder_cfg, "metadata": metadata},
         checkpoint=checkpoint_info,
         task=task.spec.name,
         split=plan.split,

@@ -60,6 +60,8 @@ def test_k400_protocol_runs_in_micro_batches(k400_run):
     assert "micro_batch_size" not in rec["protocol"]["optim"]
     assert rec["extra"]["micro_batch_size"] == 1
     assert rec["metrics"]["num_samples"] == 3
+    meta = rec["encoder"]["metadata"]
+    assert meta["paper"] and meta["at_run_input"]["clip"] == "16x32x32" and meta["parameters"] > 0
     assert rec["extra"]["preflight"]["train"] == {"videos": 6, "missing": 0, "will_use": 6}
 
 

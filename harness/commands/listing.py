@@ -10,6 +10,11 @@ import argparse
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["rich", "markdown", "csv"], default="rich",
                    help="output format (default: rich table)")
+    if name == "encoders":
+        p.add_argument("--verbose", "-v", action="store_true",
+                       help="every entry's paper, published weights, licence, pretraining data, "
+                            "expected input, parameters and GFLOPs per clip (counted on the meta "
+                            "device; imports torch, a few seconds)")
     p.set_defaults(listing=name)
 
 
@@ -75,7 +80,40 @@ def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> No
         Console().print(table)
 
 
+def verbose_encoders(fmt: str) -> None:
+    import json
+
+    import encoders
+    from encoders.metadata import describe
+
+    entries = [describe(encoders.compose(name)) for name in encoders.names()]
+    if fmt == "csv":
+        import csv
+        import sys
+
+        keys = ["name", "family", "paper", "weights", "licence", "pretraining_data", "clip",
+                "parameters", "gflops_per_clip"]
+        w = csv.writer(sys.stdout)
+        w.writerow(keys)
+        for e in entries:
+            w.writerow([e.get(k, "") for k in keys])
+        return
+    for e in entries:
+        inp = e["input"]
+        print(f"{e['name']} ({e['family']})")
+        for key in ("paper", "weights", "licence", "pretraining_data", "notes"):
+            if e.get(key):
+                print(f"  {key.replace('_', ' ')}: {e[key]}")
+        print(f"  input: {inp['frames']} frame(s) x {inp['resolution']} px, mean "
+              f"{json.dumps(inp['mean'])}, std {json.dumps(inp['std'])}")
+        print(f"  cost: {e['parameters'] / 1e6:.1f}M parameters, {e['gflops_per_clip']:g} GFLOPs "
+              f"per {e['clip']} clip")
+
+
 def main(args) -> int:
+    if args.listing == "encoders" and getattr(args, "verbose", False):
+        verbose_encoders(args.format)
+        return 0
     if args.listing == "encoders":
         header, rows = encoder_rows()
         render(header, rows, args.format, "encoders")

@@ -1,0 +1,49 @@
+"""Encoder metadata (--verbose, records) and the wrong-family hint of checkpoint errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import encoders
+from encoders.errors import CheckpointError
+from encoders.families import hint, signature
+from encoders.metadata import check_metadata, cost, describe
+from harness.cli import main
+
+
+def test_every_entry_has_metadata_and_a_measured_cost():
+    for name in encoders.names():
+        cfg = encoders.compose(name)
+        d = describe(cfg, measure=False)
+        for key in ("paper", "weights", "licence", "pretraining_data"):
+            assert d.get(key), (name, key)
+    vitl = cost(encoders.compose("vjepa_vitl"))
+    # ViT-L/16 on 16x224x224: 1568 tokens, ~305M parameters; about 1.19 TFLOPs counted on meta
+    assert 300e6 < vitl["parameters"] < 310e6
+    assert 1100 < vitl["gflops_per_clip"] < 1300 and vitl["clip"] == "16x224x224"
+    tiny8, tiny16 = (cost(encoders.compose("vjepa_tiny"), frames=f)["gflops_per_clip"] for f in (8, 16))
+    assert tiny16 > 1.9 * tiny8  # twice the tokens: at least twice the work
+
+
+def test_verbose_listing(capsys):
+    assert main(["encoders", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "vjepa_vitl (vjepa)" in out and "CC BY-NC 4.0" in out and "GFLOPs per 16x224x224" in out
+
+
+def test_bad_metadata_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown metadata key.*licence"):
+        check_metadata("x", {"license": "MIT"})
+
+
+def test_checkpoint_of_another_entry_names_the_right_one(tmp_path):
+    enc = encoders.build("vjepa_tiny", random_init=True)
+    path = tmp_path / "vjepa_tiny.pth"
+    torch.save({"target_encoder": {f"module.backbone.{k}": v
+                                   for k, v in enc.backbone.state_dict().items()}}, path)
+    assert signature(torch.load(path, weights_only=True)["target_encoder"])["family"] == "vjepa"
+    with pytest.raises(CheckpointError, match="try --encoder vjepa_tiny"):
+        encoders.build("ijepa_tiny", checkpoint=path)
+    with pytest.raises(CheckpointError, match="try --encoder vjepa_tiny"):
+        encoders.build("vjepa_small", checkpoint=path)
+    assert hint({"foo": torch.zeros(2)}) == ""
