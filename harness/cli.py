@@ -15,6 +15,7 @@ COMMANDS = {
     "encoders": ("listing", "list the encoder registry"),
     "tasks": ("listing", "list the task registry with their protocol facts"),
     "leaderboard": ("leaderboard", "encoders x tasks from the records, matched by protocol"),
+    "compare": ("compare", "paired test of two runs on the same evaluation samples"),
     "data": ("data", "make datasets (the synthetic digits videos)"),
     "pretrain": ("pretrain", "JEPA pretraining in this repo (V-JEPA, pixel and image variants)"),
     "demo": ("demo", "the whole loop on CPU in minutes, on data it makes"),

@@ -277,7 +277,8 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
             progress=bool(c["progress"]))
         result = probes.ProbeResult(metrics=metrics, probe=probe, data_problems=problems,
                                     timings={"eval_s": info["eval_s"]},
-                                    precision=info["precision"], num_evaluated=info["samples"])
+                                    precision=info["precision"], num_evaluated=info["samples"],
+                                    predictions=info["predictions"])
     else:
         result = probes.train_probe(
             encoder, probe, plan.train_data, plan.eval_data, plan.optim,
@@ -322,7 +323,17 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
                "preflight": plan.preflight, "probe_checkpoint": probe_info,
                "micro_batch_size": plan.train_data.micro_batch_size},
     )
-    path = results.write_record(record, out / "records")
+    records_dir = out / "records"
+    records_dir.mkdir(parents=True, exist_ok=True)
+    filename = results.record_filename(record)
+    predictions = result.predictions
+    if predictions:
+        from results.predictions import predictions_path, write_predictions
+
+        pred_path = predictions_path(records_dir / filename)
+        write_predictions(pred_path, predictions, [p for p, _ in task.entries(plan.split)])
+        record["extra"]["predictions"] = pred_path.name
+    path = results.write_record(record, records_dir, filename=filename)
     return RunOutcome(record=record, path=path)
 
 

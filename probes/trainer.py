@@ -125,6 +125,7 @@ class ProbeResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     precision: str = "fp32"
     num_evaluated: int = 0
+    predictions: dict | None = None  # per evaluated sample: path, label, topk_index, topk_prob
 
 
 def resolve_precision(device, bf16: bool) -> str:
@@ -310,7 +311,10 @@ def _metric_set(num_classes: int, topk: Iterable[int], device: torch.device) -> 
 
 @torch.no_grad()
 def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, problems,
-              max_failure_fraction, bar: _Progress) -> tuple[dict[str, float], float, int]:
+              max_failure_fraction, bar: _Progress, predictions: dict | None = None
+              ) -> tuple[dict[str, float], float, int]:
+    """Metrics over one pass; with `predictions` (a dict), fills it with per-sample `path`,
+    `label`, `topk_index` and `topk_prob` (top 5 of the view-merged probabilities)."""
     encoder.eval()
     probe.eval()
     autocast = _autocast(device, precision)
@@ -319,6 +323,7 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
     metrics = None
     task = bar.start("eval", _num_micro_batches(data))
     start, samples = time.perf_counter(), 0
+    kept = predictions if predictions is not None else {}
     for batch in _micro_batches(data):
         video, label, failures = _unpack(batch, device, finish)
         counter.add(0 if video is None else video.shape[0], failures)
@@ -331,6 +336,13 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
             for m in metrics.values():
                 m.update(probs, label)
             samples += video.shape[0]
+            if predictions is not None:  # per-sample, for statistics after the fact
+                k = min(5, probs.shape[-1])
+                top = probs.topk(k, dim=-1)
+                kept.setdefault("path", []).extend(batch.get("path") or [""] * video.shape[0])
+                kept.setdefault("label", []).append(label.cpu())
+                kept.setdefault("topk_index", []).append(top.indices.cpu())
+                kept.setdefault("topk_prob", []).append(top.values.float().cpu())
         elapsed = time.perf_counter() - start
         if bar.bar is not None:  # compute() syncs the device: only when someone watches
             first = next(iter(metrics)) if metrics else None
@@ -342,6 +354,9 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
                                "sample failed); check the evaluation split and its data root",
                                problems)
     result = {name: 100.0 * m.compute().item() for name, m in metrics.items()}
+    if predictions is not None:
+        for key in ("label", "topk_index", "topk_prob"):
+            predictions[key] = torch.cat(predictions[key]).numpy()
     return result, time.perf_counter() - start, samples
 
 
@@ -374,13 +389,14 @@ def evaluate_full(encoder, probe, loader, *, device="cpu", topk=(1, 5), bf16=Tru
     _prepare_encoder(encoder, device, precision)
     probe.to(device)
     problems = DataProblems()
+    predictions: dict = {}
     with _Progress(progress) as bar:
         metrics, seconds, samples = _evaluate(
             encoder, probe, loader, device=device, topk=topk, precision=precision,
             encoder_chunk=encoder_chunk, problems=problems,
-            max_failure_fraction=max_failure_fraction, bar=bar)
+            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions)
     return metrics, problems, {"precision": precision, "eval_s": round(seconds, 3),
-                               "samples": samples}
+                               "samples": samples, "predictions": predictions}
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,10 +645,11 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                 save(epoch + 1, 0, None)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, stats)
+        predictions: dict = {}
         metrics, eval_seconds, eval_samples = _evaluate(
             encoder, probe, eval_loader, device=device, topk=topk, precision=precision,
             encoder_chunk=encoder_chunk, problems=problems,
-            max_failure_fraction=max_failure_fraction, bar=bar)
+            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions)
     timings = {
         "total_s": round(time.perf_counter() - t_start, 3),
         "train_s": round(train_seconds, 3),
@@ -646,7 +663,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
         timings["feature_cache"] = cache_stats
     log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return ProbeResult(metrics=metrics, probe=probe, data_problems=problems, timings=timings,
-                       history=history, precision=precision, num_evaluated=eval_samples)
+                       history=history, precision=precision, num_evaluated=eval_samples,
+                       predictions=predictions)
 
 
 def _set_weight_decay(opt: torch.optim.Optimizer, wd: float) -> None:

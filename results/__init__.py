@@ -10,10 +10,10 @@ from __future__ import annotations
 # `results.leaderboard(...)` the function however the submodule is imported later.
 from results.leaderboard import Leaderboard, leaderboard, protocol_diff, render
 from results.record import (PROTOCOL_VERSION, make_record, protocol_id, read_record,
-                            record_protocol_version, write_record)
+                            record_filename, record_protocol_version, write_record)
 from results.reference import load_reference_tables
 from results.store import ResultStore, checkpoint_label, records_frame
 
 __all__ = ["PROTOCOL_VERSION", "Leaderboard", "ResultStore", "record_protocol_version", "checkpoint_label", "leaderboard",
            "load_reference_tables", "make_record", "protocol_diff", "protocol_id", "read_record",
-           "records_frame", "render", "write_record"]
+           "record_filename", "records_frame", "render", "write_record"]

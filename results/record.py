@@ -132,7 +132,7 @@ def record_filename(record: dict) -> str:
             f"{record['protocol_id']}__{stamp}-{uuid.uuid4().hex[:6]}.json")
 
 
-def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
+def write_record(record: dict, out_dir: str | os.PathLike, filename: str | None = None) -> Path:
     """Write `record` into `out_dir` atomically and return its path.
 
     The text goes to a hidden `.part` file in the same directory (same file system), is fsync-ed,
@@ -145,7 +145,7 @@ def write_record(record: dict, out_dir: str | os.PathLike) -> Path:
     text = json.dumps(record, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / record_filename(record)
+    path = out_dir / (filename or record_filename(record))
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".json.part")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

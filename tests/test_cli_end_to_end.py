@@ -142,3 +142,34 @@ def test_shared_frame_cache_decodes_each_video_once_and_changes_no_number(digits
     second = run_evaluation(compose_run(overrides(tmp_path / "b")), frame_cache=cache).record
     assert len(cache) == 48  # the second run decoded nothing new
     assert plain["metrics"] == first["metrics"] == second["metrics"]
+
+
+def test_predictions_are_saved_and_compare_runs_a_paired_test(digits_root, tmp_path, capsys):
+    import numpy as np
+
+    from results.predictions import correct, read_predictions
+
+    out = tmp_path / "runs"
+    base = ["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "digits_motion",
+            "--out", str(out), "--no-progress", f"task.data.root={digits_root}",
+            "task.optim.epochs=2", "task.optim.batch_size=8"]
+    assert _run(base + ["--seed", "0", "label=seed0"]) == 0
+    assert _run(base + ["--seed", "1", "label=seed1"]) == 0
+    paths = sorted((out / "records").glob("*.json"))
+    assert len(paths) == 2
+    for p in paths:
+        rec = json.loads(p.read_text())
+        pred = read_predictions(p)
+        assert rec["extra"]["predictions"].endswith(".predictions.npz")
+        assert len(pred["label"]) == rec["metrics"]["num_samples"] == 16
+        assert sorted(pred["index"].tolist()) == list(range(16))  # manifest ids
+        assert 100 * correct(pred).mean() == pytest.approx(rec["metrics"]["top1"], abs=1e-4)
+        assert np.allclose(pred["topk_prob"].sum(1) <= 1 + 1e-5, True)
+    capsys.readouterr()
+    assert _run(["compare", "seed0", "seed1", "--task", "digits_motion", "--results", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "16 samples" in text and "McNemar exact" in text and "95% CI" in text
+    # another protocol: refused
+    assert _run(base + ["--seed", "0", "label=lin", "--probe", "linear"]) == 0
+    assert _run(["compare", "seed0", "lin", "--task", "digits_motion", "--results", str(out)]) == 2
+    assert "different protocols" in capsys.readouterr().err
