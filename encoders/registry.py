@@ -26,7 +26,7 @@ REQUIRED_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "resoluti
 # Keys the ViT builders understand; a flat override such as `num_frames=4` goes into `arch`.
 ARCH_KEYS = frozenset(REQUIRED_ARCH_KEYS + (
     "mlp_ratio", "tubelet_size", "num_frames", "uniform_power", "qkv_bias", "in_chans",
-    "drop_path_rate", "init_std",
+    "drop_path_rate", "init_std", "use_rope",
 ))
 
 
