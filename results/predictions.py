@@ -7,9 +7,7 @@ any bootstrap or paired test (`results.stats`) follow from these.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +32,9 @@ def write_predictions(path: str | os.PathLike, predictions: dict, manifest_paths
         "topk_index": np.asarray(predictions["topk_index"], dtype=np.int64),
         "topk_prob": np.asarray(predictions["topk_prob"], dtype=np.float32),
     }
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".npz.part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    from results.record import atomic_write
+
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RECORD_VERSION = 1
 # Bumped whenever code changes what a protocol field means (it is part of every protocol, so
@@ -146,10 +146,20 @@ def write_record(record: dict, out_dir: str | os.PathLike, filename: str | None 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (filename or record_filename(record))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".json.part")
+    return atomic_write(path, lambda f: f.write((text + "\n").encode("utf-8")))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
+    """`write(binary file)` into a hidden `.part` file beside `path`, fsync, rename over `path`.
+
+    Readers see no file or a whole file, never a partial one, even with many jobs writing into
+    the same folder; the rename is made durable where the file system allows.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f"{path.suffix}.part")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -157,8 +167,8 @@ def write_record(record: dict, out_dir: str | os.PathLike, filename: str | None 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where supported
-        dir_fd = os.open(out_dir, os.O_RDONLY)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
