@@ -61,8 +61,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def _read_torch(path: Path, trust: bool) -> Any:
+    import argparse
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        # The VideoMAE releases store their training `args` (an argparse.Namespace: plain
+        # attributes, no code) beside the weights; allow exactly that, nothing else.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         msg = str(e)
         found = re.search(r"GLOBAL (\S+)", msg)
@@ -135,6 +140,13 @@ def select_state(obj: Any, key: str | None, path: Path) -> tuple[dict[str, torch
             f"checkpoint {path} is a nested dict; choose the encoder's entry with --checkpoint-key. "
             f"Available top-level keys: {_listing(sorted(map(str, obj)))}"
         )
+    if "|" in key:  # alternatives, in order: "model|module" (VideoMAE's --model_key)
+        for alt in key.split("|"):
+            if alt in obj:
+                return select_state(obj, alt, path)
+        raise CheckpointError(
+            f"checkpoint {path} has none of the entries {key.split('|')}. Available top-level "
+            f"keys: {_listing(sorted(map(str, obj)))}. Choose one with --checkpoint-key.")
     node: Any = obj
     if key in obj:
         node = obj[key]

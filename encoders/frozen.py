@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -119,8 +120,11 @@ def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *,
     backbone = _build_backbone(builder, cfg, device="meta")
     try:
         if cfg.get("checkpoint_filter"):
-            # timm-style: a family's converter maps its release layout onto our module, in one place.
-            state = resolve_target(cfg["checkpoint_filter"])(state)
+            # timm-style: a family's converter maps its release layout onto our module, in one
+            # place; a filter that takes `model` sees the built (meta) module's exact names.
+            convert = resolve_target(cfg["checkpoint_filter"])
+            wants_model = "model" in inspect.signature(convert).parameters
+            state = convert(state, model=backbone) if wants_model else convert(state)
         load_state_strict(backbone, state, info)
     except CheckpointError as err:
         from .families import hint
@@ -130,7 +134,9 @@ def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *,
         if extra:
             raise CheckpointError(f"{err}\n  {extra}") from None
         raise
-    if any(t.is_meta for t in backbone.state_dict().values()):  # a builder that ignored device=
+    # Parameters and *all* buffers: a non-persistent buffer (e.g. a relative-position index)
+    # is not in state_dict() and would stay empty on meta without an error.
+    if any(t.is_meta for t in itertools.chain(backbone.parameters(), backbone.buffers())):
         raise RuntimeError(f"encoder {cfg['name']!r}: builder left tensors on the meta device after loading")
     info["random_init"] = False
     return FrozenEncoder(backbone, spec, info)

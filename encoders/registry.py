@@ -26,7 +26,8 @@ REQUIRED_ARCH_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "resoluti
 # Keys the ViT builders understand; a flat override such as `num_frames=4` goes into `arch`.
 ARCH_KEYS = frozenset(REQUIRED_ARCH_KEYS + (
     "mlp_ratio", "tubelet_size", "num_frames", "uniform_power", "qkv_bias", "in_chans",
-    "drop_path_rate", "init_std", "use_rope",
+    "drop_path_rate", "init_std", "use_rope", "mlp_hidden_dim", "cos_attn", "init_values", "norm_eps",
+    "final_norm", "final_norm_eps",
 ))
 
 
@@ -45,7 +46,14 @@ def _unknown(name: str, choices: list[str], what: str = "encoder") -> UnknownNam
 
 
 def config(name: str) -> dict[str, Any]:
-    """The registered config of `name` as a plain dict (a fresh copy each call)."""
+    """The registered config of `name` as a plain dict (a fresh copy each call).
+
+    `timm:<model_name>` is any timm image model, run frame by frame; its config is read from
+    timm (no network; imports torch and timm, unlike the YAML entries)."""
+    if str(name).startswith("timm:"):
+        from .timm_image import timm_config
+
+        return timm_config(name)
     path = CONFIG_DIR / f"{name}.yaml"
     if not name or "/" in name or not path.is_file():
         raise _unknown(name, names())

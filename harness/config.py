@@ -42,6 +42,34 @@ def compose_run(overrides: list[str] = ()) -> "DictConfig":  # noqa: F821
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
+    # `encoder=timm:<model>` is not a file of the encoder group: compose with the default and
+    # put timm's config in its place, then re-apply the encoder.* overrides on top of it.
+    timm_name = None
+    for item in list(overrides):
+        key, _, value = item.partition("=")
+        if key == "encoder" and value.strip("'\"").startswith("timm:"):
+            timm_name = value.strip("'\"")
+            overrides.remove(item)
+    if timm_name is not None:
+        cfg = compose_run([o for o in overrides if not o.startswith("encoder.")])
+        from omegaconf import OmegaConf, open_dict
+
+        import encoders
+
+        try:
+            node = encoders.config(timm_name)
+        except Exception as err:  # UnknownNameError lists close timm names
+            raise ConfigError(str(err)) from None
+        with open_dict(cfg):
+            cfg.encoder = OmegaConf.create(node)
+            for item in overrides:
+                if item.startswith("encoder."):
+                    key, _, value = item.partition("=")
+                    import yaml
+
+                    OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None,
+                                     force_add=True)
+        return cfg
     for item in overrides:
         key, _, value = item.partition("=")
         if key in GROUP_DIRS and value:

@@ -173,3 +173,17 @@ def test_predictions_are_saved_and_compare_runs_a_paired_test(digits_root, tmp_p
     assert _run(base + ["--seed", "0", "label=lin", "--probe", "linear"]) == 0
     assert _run(["compare", "seed0", "lin", "--task", "digits_motion", "--results", str(out)]) == 2
     assert "different protocols" in capsys.readouterr().err
+
+
+def test_any_timm_image_model_runs_frame_by_frame(digits_root, tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", "--encoder", "timm:vit_tiny_patch16_224", "--random-init", "--task",
+            "digits_motion", "--out", str(out), "--no-progress", f"task.data.root={digits_root}",
+            "task.optim.epochs=1", "task.optim.batch_size=8", "encoder.arch.resolution=32",
+            "encoder.arch.depth=2"]
+    assert _run(args) == 0
+    rec = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert rec["encoder"]["name"] == "timm:vit_tiny_patch16_224"
+    assert rec["encoder"]["modality"] == "image" and rec["encoder"]["spec"]["resolution"] == 32
+    assert rec["encoder"]["config"]["mean"] == [0.5, 0.5, 0.5]  # timm's pretrained config
+    assert rec["encoder"]["spec"]["depth"] == 2 and "encoder.arch.depth=2" in rec["extra"]["command"]

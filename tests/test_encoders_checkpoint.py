@@ -132,13 +132,17 @@ def test_missing_file_is_an_error(tmp_path):
 
 
 def test_pickled_objects_need_trust(tmp_path, model):
+    import pathlib
+
     ck = release_layout(model.backbone.state_dict())
-    ck["args"] = argparse.Namespace(model_name="vit_tiny", lr=1e-3)  # needs real unpickling
+    # The releases' `args` (argparse.Namespace of plain values) is allowed; other objects are not.
+    ck["args"] = argparse.Namespace(model_name="vit_tiny", lr=1e-3)
+    ck["log_dir"] = pathlib.PurePosixPath("/logs")  # needs real unpickling
     path = save(tmp_path, ck)
     with pytest.raises(CheckpointError) as err:
         encoders.build("vjepa_tiny", checkpoint=path, depth=2)
     msg = str(err.value)
-    assert "pickled" in msg and "--trust-checkpoint" in msg and "argparse.Namespace" in msg and str(path) in msg
+    assert "pickled" in msg and "--trust-checkpoint" in msg and "PurePosixPath" in msg and str(path) in msg
     trusted = encoders.build("vjepa_tiny", checkpoint=path, depth=2, trust_checkpoint=True)
     assert torch.equal(trusted(X), model(X))
 

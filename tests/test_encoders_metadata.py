@@ -47,3 +47,22 @@ def test_checkpoint_of_another_entry_names_the_right_one(tmp_path):
     with pytest.raises(CheckpointError, match="try --encoder vjepa_tiny"):
         encoders.build("vjepa_small", checkpoint=path)
     assert hint({"foo": torch.zeros(2)}) == ""
+
+
+def test_key_alternatives_and_release_args_namespace(tmp_path):
+    import argparse
+
+    enc = encoders.build("vjepa_tiny", random_init=True)
+    state = enc.backbone.state_dict()
+    # The VideoMAE releases save `args` (argparse.Namespace) beside the weights: it loads under
+    # weights_only, and "a|b" picks the first entry present.
+    path = tmp_path / "release.pth"
+    torch.save({"module": state, "args": argparse.Namespace(model="vit", lr=1e-3), "epoch": 3}, path)
+    loaded = encoders.build("vjepa_tiny", checkpoint=path, checkpoint_key="model|module")
+    assert loaded.checkpoint_info["key"] == "module"
+    with pytest.raises(CheckpointError, match="none of the entries"):
+        encoders.build("vjepa_tiny", checkpoint=path, checkpoint_key="model|encoder")
+    # anything else pickled is still refused
+    torch.save({"module": state, "hook": argparse.ArgumentParser}, path)
+    with pytest.raises(CheckpointError, match="trust-checkpoint"):
+        encoders.build("vjepa_tiny", checkpoint=path, checkpoint_key="module")
