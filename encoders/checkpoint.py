@@ -166,13 +166,25 @@ def select_state(obj: Any, key: str | None, path: Path) -> tuple[dict[str, torch
     return dict(node), key
 
 
+def hf_weights_file(path: Path) -> Path:
+    """A Hugging Face model folder (`config.json` + `model.safetensors`) stands for its weights
+    file; each family's `checkpoint_filter` maps the HF key layout onto our modules."""
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"checkpoint {path} is a folder without model.safetensors; pass a "
+                                  f"weights file, or a Hugging Face folder saved with save_pretrained")
+        return weights
+    return path
+
+
 def load_encoder_state(path: str | Path, key: str | None = None, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read the encoder's state dict from a checkpoint file.
 
     Returns `(state_dict, info)`; `info` has `path`, `sha256`, `key` (None for a flat state dict),
     `format`, and `epoch`/`step` when the checkpoint records them.
     """
-    path = Path(path)
+    path = hf_weights_file(Path(path))
     obj, metadata = read_checkpoint(path, trust=trust)
     state, key_used = select_state(obj, key, path)
     state = strip_prefixes(state)

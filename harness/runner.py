@@ -174,6 +174,10 @@ def _checkpoint_identity(c: dict) -> dict:
         path = default
     else:
         path = Path(os.path.expanduser(str(c["checkpoint"])))
+        if path.is_dir():  # a Hugging Face folder: its weights file
+            from encoders.checkpoint import hf_weights_file
+
+            path = hf_weights_file(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; pass --checkpoint PATH to a "
                                 f"released .pth/.pth.tar/.safetensors file")

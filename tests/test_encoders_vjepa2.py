@@ -276,3 +276,24 @@ def test_builder_refuses_settings_it_does_not_use():
 def test_entries_are_listed():
     assert set(ENTRIES) <= set(encoders.names())
     assert math.isclose(encoders.config("vjepa2_vitg")["arch"]["mlp_ratio"], 48 / 11)
+
+
+def test_a_hugging_face_folder_is_a_checkpoint(tmp_path):
+    # `--checkpoint DIR` with a save_pretrained folder: the family's filter maps the HF keys.
+    import transformers
+
+    import encoders
+
+    cfg = transformers.VJEPA2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    crop_size=32, frames_per_clip=4, patch_size=16, tubelet_size=2,
+                                    pred_hidden_size=32, pred_num_hidden_layers=1,
+                                    pred_num_attention_heads=4, mlp_ratio=4.0)
+    torch.manual_seed(0)
+    hf = transformers.VJEPA2Model(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    enc = encoders.build("vjepa2_vitl", checkpoint=tmp_path / "hf", embed_dim=64, depth=2,
+                         num_heads=4, resolution=32, num_frames=4, checkpoint_key="encoder|target_encoder")
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        want = hf(pixel_values_videos=x.transpose(1, 2)).last_hidden_state
+    assert (enc(x) - want).abs().max().item() < 1e-5
