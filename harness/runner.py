@@ -71,6 +71,9 @@ def build_protocol(cfg: dict, task, split: str, cache_features: bool = False,
         # protocol from online augmentation, so it must change the protocol id.
         task_protocol["train_aug"] = "none: fixed centred clips, cached frozen features"
     probe = {k: v for k, v in cfg["probe"].items()}
+    if not probe.get("grid"):  # one head: nothing is selected, the keys mean nothing
+        for key in ("grid", "selection", "val_fraction"):
+            probe.pop(key, None)
     optim = OptimConfig.from_dict(dict(cfg["task"]["optim"])).protocol()
     return {"protocol_version": PROTOCOL_VERSION, "task": task_protocol, "probe": probe,
             "optim": optim, "precision": precision}
@@ -99,6 +102,7 @@ class RunPlan:
     cache: bool
     copies: int
     preflight: dict
+    selection_data: object = None
 
 
 def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) -> RunPlan:
@@ -135,8 +139,31 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
     copies = task.spec.cached_train_copies if cache else 0
     # Cached copies keep the task's random augmentation; a single cached clip must be fixed.
+    probe_c = c["probe"]
+    grid = probe_c.get("grid")
+    selection = probe_c.get("selection") or "val"
+    train_entries, select_entries, select_info = None, None, None
+    if grid and selection == "val":
+        # Honest selection: the heads are compared on videos the probe never trained on and
+        # that are not the evaluation split: the task's own val split where it has one apart
+        # from the evaluation split, else a stratified, seeded hold-out of the training data.
+        from tasks.manifest import manifest_sha256
+        from tasks.splits import stratified_holdout
+
+        if "val" in task.splits and split != "val":
+            select_entries = task.entries("val")
+            select_info = {"source": "the task's val split"}
+        else:
+            frac = float(probe_c.get("val_fraction") or 0.1)
+            train_entries, select_entries = stratified_holdout(task.entries("train"), frac, seed)
+            select_info = {"source": "held out from train", "fraction": frac, "seed": seed}
+        select_info.update(videos=len(select_entries),
+                           sha256=manifest_sha256(select_entries, task.root))
+    elif grid and selection != "eval_max":
+        raise ValueError(f"probe.selection must be val or eval_max, got {selection!r}")
     train_set = task.dataset("train", train=True, fixed=cache and not copies,
-                             frame_cache=frame_cache, device_finish=True, **common)
+                             frame_cache=frame_cache, device_finish=True, entries=train_entries,
+                             **common)
     eval_set = task.dataset(split, train=False, frame_cache=frame_cache, device_finish=True,
                             **common)
     with torch.random.fork_rng(devices=[]):
@@ -155,9 +182,18 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     eval_data = EpochBatches(eval_set, batch_size=eval_micro, micro_batch_size=eval_micro,
                              seed=seed, shuffle=False, finish=ClipFinisher(eval_set.transform),
                              **loader)
+    selection_data = None
+    if select_entries is not None:
+        select_set = task.dataset("train", train=False, frame_cache=frame_cache,
+                                  device_finish=True, entries=select_entries, **common)
+        selection_data = EpochBatches(select_set, batch_size=eval_micro, micro_batch_size=eval_micro,
+                                      seed=seed, shuffle=False,
+                                      finish=ClipFinisher(select_set.transform), **loader)
     protocol = build_protocol(c, task, split, cache_features=cache, cache_copies=copies,
                               precision=precision)
-    return RunPlan(c=c, device=device, precision=precision, seed=seed, task=task, split=split,
+    if select_info is not None:
+        protocol["task"]["selection_split"] = select_info
+    return RunPlan(selection_data=selection_data, c=c, device=device, precision=precision, seed=seed, task=task, split=split,
                    train_data=train_data, eval_data=eval_data, optim=optim, protocol=protocol,
                    protocol_id=results.protocol_id(protocol), cache=cache, copies=copies,
                    preflight=report)
@@ -249,11 +285,25 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
     )
     spec = encoder.spec
     task = plan.task
-    probe_cfg = {k: v for k, v in c["probe"].items() if k != "kind"}
-    if probe_cfg.get("num_heads") is None:
+    from probes.registry import GRID_KEYS
+
+    probe_cfg = {k: v for k, v in c["probe"].items() if k != "kind" and k not in GRID_KEYS}
+    if probe_cfg.get("num_heads") is None and c["probe"]["kind"] != "attentive_v2":
         probe_cfg["num_heads"] = spec.num_heads
-    probe = probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
-                         num_classes=task.num_classes, **_supported(c["probe"]["kind"], probe_cfg))
+
+    def make_probe():
+        return probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
+                            num_classes=task.num_classes, **_supported(c["probe"]["kind"], probe_cfg))
+
+    grid = c["probe"].get("grid")
+    if grid:
+        from probes.grid import ProbeGrid, grid_points
+
+        probe = ProbeGrid(make_probe, grid_points(dict(grid)))
+        if c.get("probe_checkpoint"):
+            raise ValueError("--probe-checkpoint scores one trained probe; drop probe.grid")
+    else:
+        probe = make_probe()
 
     state_path = out / "state" / f"{spec.name}__{task.spec.name}__{identity}.pt"
     try:
@@ -270,9 +320,20 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
     protocol = dict(plan.protocol)
     probe_info = None
     if probe_ckpt:
-        from probes.attentive import load_probe_checkpoint
+        if c["probe"]["kind"] == "attentive_v2":
+            from probes.attentive_v2 import load_release_probe_checkpoint, load_release_state_dict
 
-        probe_info = load_probe_checkpoint(probe, probe_ckpt)
+            states = load_release_probe_checkpoint(probe_ckpt)
+            if len(states) != 1:
+                raise ValueError(f"{probe_ckpt} holds {len(states)} probe heads (V-JEPA 2 saves its "
+                                 f"whole grid); this scores one trained probe: save the chosen "
+                                 f"head alone as {{'classifiers': [state_dict]}}")
+            load_release_state_dict(probe, states[0])
+            probe_info = {"format": "vjepa2 release", "heads_in_file": 1}
+        else:
+            from probes.attentive import load_probe_checkpoint
+
+            probe_info = load_probe_checkpoint(probe, probe_ckpt)
         protocol["probe_source"] = "checkpoint (not trained by this run)"
         pid = results.protocol_id(protocol)
         metrics, problems, info = probes.evaluate_full(
@@ -294,6 +355,8 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
             cache_features=plan.cache,
             cache_copies=plan.copies,
             cache_seed=seed,
+            selection=c["probe"].get("selection") or "val",
+            selection_data=plan.selection_data,
         )
     if result.precision != plan.precision:  # the plan promised what the protocol says
         raise RuntimeError(f"ran in {result.precision} but planned {plan.precision}")
@@ -325,7 +388,8 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
         extra={"label": c.get("label"), "run_id": identity,
                "command": reproduce_command(c, overrides), "history": result.history,
                "preflight": plan.preflight, "probe_checkpoint": probe_info,
-               "micro_batch_size": plan.train_data.micro_batch_size},
+               "micro_batch_size": plan.train_data.micro_batch_size,
+               "grid": result.heads, "chosen_head": result.chosen_head},
     )
     records_dir = out / "records"
     records_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from probes.registry import UnknownNameError, build, config, from_config, names
 
 _LAZY = {
     "AttentiveProbe": "probes.attentive",
+    "AttentiveProbeV2": "probes.attentive_v2",
+    "ProbeGrid": "probes.grid",
     "LinearProbe": "probes.linear",
     "OptimConfig": "probes.trainer",
     "ProbeResult": "probes.trainer",

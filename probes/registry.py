@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "probe"
+GRID_KEYS = ("grid", "selection", "val_fraction")
 
 
 class UnknownNameError(KeyError):
@@ -44,6 +45,10 @@ def build(kind: str, embed_dim: int, num_classes: int, **kw):
             raise ValueError("the attentive probe needs num_heads: pass the encoder's "
                              "(encoder.spec.num_heads), as the V-JEPA protocol does")
         return AttentiveProbe(embed_dim, num_classes, **kw)
+    if kind == "attentive_v2":
+        from probes.attentive_v2 import build as build_attentive_v2
+
+        return build_attentive_v2(embed_dim, num_classes, **kw)
     if kind == "linear":
         from probes.linear import LinearProbe
 
@@ -59,6 +64,8 @@ def from_config(cfg: dict[str, Any], *, embed_dim: int, num_classes: int,
     """
     kw = dict(cfg)
     kind = kw.pop("kind", None)
+    for key in GRID_KEYS:  # how heads are trained and chosen, not how one is built
+        kw.pop(key, None)
     if kind is None:
         raise ValueError(f"probe config has no 'kind' (one of {', '.join(names())})")
     if kind == "attentive" and kw.get("num_heads") is None:

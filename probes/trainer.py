@@ -126,6 +126,8 @@ class ProbeResult:
     precision: str = "fp32"
     num_evaluated: int = 0
     predictions: dict | None = None  # per evaluated sample: path, label, topk_index, topk_prob
+    heads: list[dict] | None = None  # a grid: every head's point and selection score
+    chosen_head: int | None = None
 
 
 def resolve_precision(device, bf16: bool) -> str:
@@ -171,15 +173,15 @@ def encode_views(encoder: nn.Module, video: torch.Tensor, *, chunk: int | None =
 
 def probe_views(probe: nn.Module, tokens: torch.Tensor,
                 autocast: Callable = contextlib.nullcontext) -> torch.Tensor:
-    """tokens (B, V, L, D) -> logits (B, V, C): one probe pass per view."""
+    """tokens (B, V, L, D) -> logits (B, V, C) (a `ProbeGrid`: (B, V, H, C)): one pass per view."""
     b, v = tokens.shape[:2]
     with autocast():
         logits = probe(tokens.flatten(0, 1))
-    return logits.float().reshape(b, v, -1)
+    return logits.float().reshape(b, v, *logits.shape[1:])  # (B, V, C), or (B, V, H, C) for a grid
 
 
 def merge_views(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over spatial views of the softmax (release protocol): (B, V, C) -> (B, C)."""
+    """Mean over spatial views of the softmax (release protocol): (B, V, [H,] C) -> (B, [H,] C)."""
     return logits.softmax(dim=-1).mean(dim=1)
 
 
@@ -311,8 +313,8 @@ def _metric_set(num_classes: int, topk: Iterable[int], device: torch.device) -> 
 
 @torch.no_grad()
 def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, problems,
-              max_failure_fraction, bar: _Progress, predictions: dict | None = None
-              ) -> tuple[dict[str, float], float, int]:
+              max_failure_fraction, bar: _Progress, predictions: dict | None = None,
+              head: int | None = None) -> tuple[dict[str, float], float, int]:
     """Metrics over one pass; with `predictions` (a dict), fills it with per-sample `path`,
     `label`, `topk_index` and `topk_prob` (top 5 of the view-merged probabilities)."""
     encoder.eval()
@@ -331,6 +333,10 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
             tokens = video if "tokens" in batch else encode_views(
                 encoder, video, chunk=encoder_chunk, autocast=autocast)
             probs = merge_views(probe_views(probe, tokens, autocast))
+            if probs.ndim == 3:  # a grid: score one head
+                if head is None:
+                    raise ValueError("evaluating a probe grid needs the chosen head")
+                probs = probs[:, head]
             if metrics is None:
                 metrics = _metric_set(probs.shape[-1], topk, device)
             for m in metrics.values():
@@ -358,6 +364,32 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
         for key in ("label", "topk_index", "topk_prob"):
             predictions[key] = torch.cat(predictions[key]).numpy()
     return result, time.perf_counter() - start, samples
+
+
+@torch.no_grad()
+def _evaluate_heads(encoder, probe, data, *, device, precision, encoder_chunk, problems,
+                    max_failure_fraction, phase: str) -> list[float]:
+    """Top-1 (%) of every head of a grid over one pass of `data` (selection)."""
+    autocast = _autocast(device, precision)
+    finish = getattr(data, "finish", None)
+    counter = _PassCounter(problems, phase, f"head selection on {phase}", data,
+                           max_failure_fraction)
+    correct, seen = None, 0
+    for batch in _micro_batches(data):
+        video, label, failures = _unpack(batch, device, finish)
+        counter.add(0 if video is None else video.shape[0], failures)
+        if video is None:
+            continue
+        tokens = video if "tokens" in batch else encode_views(
+            encoder, video, chunk=encoder_chunk, autocast=autocast)
+        probs = merge_views(probe_views(probe, tokens, autocast))  # (B, H, C)
+        hits = (probs.argmax(-1) == label[:, None]).sum(0).double()
+        correct = hits if correct is None else correct + hits
+        seen += label.shape[0]
+    counter.finish()
+    if not seen:
+        raise DataProblemError(f"head selection saw no readable sample in {phase}", problems)
+    return (100.0 * correct / seen).tolist()
 
 
 def _prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) -> nn.Module:
@@ -500,6 +532,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 encoder_chunk: int | None = None, cache_features: bool = False,
                 cache_copies: int = 0, cache_seed: int | None = None,
                 save_every_s: float = SAVE_EVERY_S,
+                selection: str = "val", selection_data=None,
                 on_epoch_end: Callable[[int, dict], None] | None = None,
                 on_step_end: Callable[[int, int], None] | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
@@ -518,6 +551,9 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
       random augmentation, which the caller arranges (and records in the protocol).
     - `cache_copies` (with `cache_features`): instead, encode this many augmented passes of an
       augmenting, unshuffled training set and train each step on one copy per sample.
+    - a `probes.grid.ProbeGrid` trains all its heads on each encoder pass; `selection` "val"
+      chooses the head on `selection_data` (held out from training) before the evaluation split
+      is read, "eval_max" on the evaluation split itself. The result keeps every head's score.
     - `on_epoch_end(epoch, stats)` / `on_step_end(epoch, step)`: hooks (tests), after any save.
     The test split is evaluated once, after the last epoch: no selection on it.
     """
@@ -532,7 +568,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                             state_path=state_path, progress=progress, log=log,
                             encoder_chunk=encoder_chunk, cache_features=cache_features,
                             cache_copies=cache_copies, cache_seed=cache_seed,
-                            save_every_s=save_every_s, on_epoch_end=on_epoch_end,
+                            save_every_s=save_every_s, selection=selection,
+                            selection_data=selection_data, on_epoch_end=on_epoch_end,
                             on_step_end=on_step_end)
     finally:
         torch.set_flush_denormal(False)  # back to the process default
@@ -540,7 +577,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
 
 def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, max_failure_fraction,
                  topk, state_path, progress, log, encoder_chunk, cache_features, cache_copies,
-                 cache_seed, save_every_s, on_epoch_end, on_step_end) -> ProbeResult:
+                 cache_seed, save_every_s, selection, selection_data, on_epoch_end,
+                 on_step_end) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
     device = torch.device(device)
@@ -587,7 +625,18 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
     total_steps = optim.epochs * steps_per_epoch
     schedule = CosineSchedule(optim.lr, optim.final_lr, total_steps,
                               warmup_steps=round(optim.warmup_epochs * steps_per_epoch))
-    opt = build_adamw(probe, optim.lr, optim.weight_decay)
+    from probes.grid import ProbeGrid, grid_param_groups
+
+    is_grid = isinstance(probe, ProbeGrid)
+    if is_grid:
+        opt = torch.optim.AdamW(grid_param_groups(probe))
+        if selection not in ("val", "eval_max"):
+            raise ValueError(f"selection must be val or eval_max, got {selection!r}")
+        if selection == "val" and selection_data is None:
+            raise ValueError("a probe grid with selection=val needs selection_data (a validation "
+                             "split held out from the training data)")
+    else:
+        opt = build_adamw(probe, optim.lr, optim.weight_decay)
     history, start_epoch, start_step, partial = [], 0, 0, None
     fingerprint = _fingerprint(probe, optim, steps_per_epoch)
     if cache_features and cache_copies > 0:  # other augmented copies would make another run
@@ -645,11 +694,26 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                 save(epoch + 1, 0, None)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, stats)
+        heads, chosen = None, None
+        if is_grid:
+            # Honest selection: the evaluation split is not read until the head is chosen
+            # (selection=val); eval_max, the V-JEPA 2 release's practice, picks it there.
+            source = selection_data if selection == "val" else eval_loader
+            scores = _evaluate_heads(encoder, probe, source, device=device, precision=precision,
+                                     encoder_chunk=encoder_chunk, problems=problems,
+                                     max_failure_fraction=max_failure_fraction,
+                                     phase="select" if selection == "val" else "eval")
+            chosen = max(range(len(scores)), key=lambda h: (scores[h], -h))
+            heads = [{**point, f"{selection}_top1": score}
+                     for point, score in zip(probe.points, scores)]
+            log(f"head {chosen} chosen on {'the held-out validation split' if selection == 'val' else 'the evaluation split (eval_max)'}: "
+                f"lr {probe.points[chosen]['lr']:g}, wd {probe.points[chosen]['weight_decay']:g}, top1 {scores[chosen]:.2f}")
         predictions: dict = {}
         metrics, eval_seconds, eval_samples = _evaluate(
             encoder, probe, eval_loader, device=device, topk=topk, precision=precision,
             encoder_chunk=encoder_chunk, problems=problems,
-            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions)
+            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions,
+            head=chosen)
     timings = {
         "total_s": round(time.perf_counter() - t_start, 3),
         "train_s": round(train_seconds, 3),
@@ -664,14 +728,7 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
     log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return ProbeResult(metrics=metrics, probe=probe, data_problems=problems, timings=timings,
                        history=history, precision=precision, num_evaluated=eval_samples,
-                       predictions=predictions)
-
-
-def _set_weight_decay(opt: torch.optim.Optimizer, wd: float) -> None:
-    # Only the decayed group (the first, see probes.optim.param_groups) follows the schedule.
-    for group in opt.param_groups:
-        if group.get("weight_decay", 0.0) != 0.0 or group is opt.param_groups[0]:
-            group["weight_decay"] = wd
+                       predictions=predictions, heads=heads, chosen_head=chosen)
 
 
 def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_step, carried,
@@ -692,12 +749,20 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
     total = schedule.total_steps
     decay_group = opt.param_groups[0]
     params = [p for p in probe.parameters() if p.requires_grad]
+    heads = getattr(probe, "heads", None)
+    clip_groups = ([[p for p in h.parameters() if p.requires_grad] for h in heads]
+                   if heads is not None else [params])
     for step in data.steps(epoch, start_step):
         g = epoch * steps_per_epoch + step.index
         # The release steps its schedulers before each update: update g uses the value at g+1.
-        lr = schedule.apply(opt, min(g + 1, total))
-        decay_group["weight_decay"] = cosine_value(g + 1, total, optim.weight_decay,
-                                                   optim.final_weight_decay)
+        lr = schedule(min(g + 1, total))
+        factor = lr / optim.lr  # a grid head's schedule is the protocol's, scaled to its own lr
+        for group in opt.param_groups:
+            group["lr"] = group.get("base_lr", optim.lr) * factor
+            if group.get("decay", group is decay_group):
+                base = group.get("base_wd", optim.weight_decay)
+                group["weight_decay"] = cosine_value(g + 1, total, base,
+                                                     min(optim.final_weight_decay, base))
         opt.zero_grad(set_to_none=True)
         n_ok = 0
         for batch in step.micro_batches:
@@ -713,7 +778,12 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
             logits = probe_views(probe, tokens, autocast)[:, 0]
             # Sum over the micro-batch / size of the global batch: accumulated over the step's
             # micro-batches this is the global batch's mean loss, whatever the micro size.
-            loss = F.cross_entropy(logits, label, reduction="sum") / step.size
+            if logits.ndim == 3:  # a grid (B, H, C): the sum of the heads' own losses
+                heads_n = logits.shape[1]
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                       label.repeat_interleave(heads_n), reduction="sum") / step.size
+            else:
+                loss = F.cross_entropy(logits, label, reduction="sum") / step.size
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"probe loss is {loss.item()} at epoch {epoch + 1}, step {step.index}: the "
@@ -722,8 +792,10 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
             loss.backward()
             n = label.shape[0]
             n_ok += n
-            acc["loss_sum"] += loss.item() * step.size
-            acc["correct"] += (logits.argmax(dim=-1) == label).sum().item()
+            per_head = logits.shape[1] if logits.ndim == 3 else 1
+            acc["loss_sum"] += loss.item() * step.size / per_head  # mean over heads
+            hits = logits.argmax(dim=-1) == (label[:, None] if logits.ndim == 3 else label)
+            acc["correct"] += hits.float().sum().item() / per_head
             acc["samples"] += n
         acc["failed"] = counter.failed
         if n_ok:
@@ -732,7 +804,8 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
                     if p.grad is not None:
                         p.grad.mul_(step.size / n_ok)
             if optim.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, optim.clip_grad_norm)
+                for part in clip_groups:  # each head clipped on its own norm
+                    torch.nn.utils.clip_grad_norm_(part, optim.clip_grad_norm)
             opt.step()
         elapsed = time.perf_counter() - start
         bar.update(task, rate=acc["samples"] / max(elapsed + acc["seconds"], 1e-9),

@@ -224,6 +224,7 @@ class Task:
         fixed: bool = False,
         frame_cache: FrameCache | None = None,
         device_finish: bool = False,
+        entries: Sequence[tuple[str, int]] | None = None,
     ) -> VideoDataset:
         """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation.
 
@@ -234,6 +235,7 @@ class Task:
         of `harness demo` reads the same videos; each is then decoded once).
         `device_finish=True`: items are uint8 frames + drawn parameters, finished on the compute
         device by `tasks.loading.ClipFinisher(dataset.transform)`.
+        `entries`: a subset of the split's (path, label) list (a carved split, `tasks.splits`).
         """
         train = (split == "train") if train is None else bool(train)
         if fixed and train:
@@ -245,7 +247,7 @@ class Task:
             sampler = self.sampler(train=train)
             transform = self.transform(train=train, resolution=resolution, mean=mean, std=std)
         return VideoDataset(
-            self.entries(split),
+            self.entries(split) if entries is None else list(entries),
             sampler=sampler,
             transform=transform,
             split=split,

@@ -170,3 +170,23 @@ def test_a_release_format_probe_checkpoint_is_scored_without_training(k400_run, 
     assert scored["protocol_id"] != rec["protocol_id"]
     assert scored["extra"]["probe_checkpoint"]["epoch"] == 1
     assert "--probe-checkpoint" in scored["extra"]["command"]
+
+
+def test_grid_selection_on_a_held_out_split_and_eval_max_kept_apart(k400_root, tmp_path):
+    import results
+
+    grid = "probe.grid={lr: [1e-3, 1e-4], weight_decay: [0.01]}"
+    out = tmp_path / "o"
+    assert main(_args(k400_root, out, grid, "probe.val_fraction=0.5", "label=val")) == 0
+    assert main(_args(k400_root, out, grid, "probe.selection=eval_max", "label=max")) == 0
+    recs = {r["extra"]["label"]: r for r in results.ResultStore(out).records()}
+    val, mx = recs["val"], recs["max"]
+    held = val["protocol"]["task"]["selection_split"]
+    # K400's evaluation split is val, so the selection split is carved from train: 3 of 6 videos
+    assert held["source"] == "held out from train" and held["videos"] == 3
+    assert val["extra"]["preflight"]["train"]["videos"] == 6
+    assert len(val["extra"]["grid"]) == 2 and "val_top1" in val["extra"]["grid"][0]
+    assert "eval_max_top1" in mx["extra"]["grid"][0] and "selection_split" not in mx["protocol"]["task"]
+    assert val["protocol_id"] != mx["protocol_id"]
+    lb = results.leaderboard(results.ResultStore(out).frame(), tasks="k400")
+    assert len(lb.table.columns) == 2 and any("probe.selection" in n for n in lb.notes)

@@ -34,13 +34,14 @@ def test_names_list_configs_without_importing_torch():
             "assert 'torch' not in sys.modules, 'probes.names() imported torch'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "['attentive', 'linear']" in out.stdout
+    assert "['attentive', 'attentive_v2', 'linear']" in out.stdout
 
 
 def test_configs_hold_the_release_protocol():
     cfg = probes.config("attentive")
     assert cfg == {"kind": "attentive", "num_queries": 1, "depth": 1, "mlp_ratio": 4.0,
-                   "num_heads": None, "xattn_proj": False}
+                   "num_heads": None, "xattn_proj": False,
+                   "grid": None, "selection": "val", "val_fraction": 0.1}
     assert probes.config("linear")["kind"] == "linear"
 
 

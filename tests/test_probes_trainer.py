@@ -467,3 +467,79 @@ def test_bf16_path_casts_the_encoder_once_and_keeps_tokens_bf16(monkeypatch):
     assert set(seen) == {(torch.bfloat16, torch.bfloat16)}
     assert all(p.dtype == torch.float32 for p in probe.parameters())
     assert result.metrics["top1"] > 50 and all(math.isfinite(h["loss"]) for h in result.history)
+
+
+# --------------------------------------------------------------------------------------------
+# a grid of heads on one encoder pass; honest selection
+
+
+POINTS = [{"lr": 1e-2, "weight_decay": 0.01}, {"lr": 3e-3, "weight_decay": 0.1},
+          {"lr": 1e-3, "weight_decay": 0.01}]
+
+
+def test_each_grid_head_equals_its_own_separate_run():
+    from probes.grid import ProbeGrid
+
+    def make():
+        return probes.build("attentive", D, C, num_heads=2)
+
+    torch.manual_seed(0)
+    grid = ProbeGrid(make, POINTS)
+    enc = PatchEncoder()
+    r = train_probe(enc, grid, epochs_of(AugmentedClips(24)), epochs_of(ToyClips(8), shuffle=False),
+                    optim(epochs=2), progress=False, selection="eval_max")
+    calls_grid = enc.calls
+    torch.manual_seed(0)
+    singles = [make() for _ in POINTS]  # the same init draws, in the same order
+    for h, (single, point) in enumerate(zip(singles, POINTS)):
+        enc = PatchEncoder()
+        train_probe(enc, single, epochs_of(AugmentedClips(24)), epochs_of(ToyClips(8), shuffle=False),
+                    optim(epochs=2, lr=point["lr"], weight_decay=point["weight_decay"]), progress=False)
+        for name, value in single.state_dict().items():
+            if name.endswith("xattn.kv.bias"):  # the key bias has no true gradient: values only
+                value, want = value[D:], grid.heads[h].state_dict()[name][D:]
+            else:
+                want = grid.heads[h].state_dict()[name]
+            assert torch.allclose(value, want, atol=1e-5), (h, name)
+    assert calls_grid < 2 * enc.calls  # one encoder pass fed all three heads
+    assert [hd["lr"] for hd in r.heads] == [p["lr"] for p in POINTS] and r.chosen_head is not None
+
+
+class Recorded:
+    """An EpochBatches whose passes are logged, to see which split is read when."""
+
+    def __init__(self, data, name, log):
+        self.data, self.name, self.log = data, name, log
+        self.finish = data.finish
+        self.num_samples = data.num_samples
+
+    def micro_batches(self, *a):
+        self.log.append(self.name)
+        return self.data.micro_batches(*a)
+
+    def num_micro_batches(self):
+        return self.data.num_micro_batches()
+
+
+@pytest.mark.parametrize("selection", ["val", "eval_max"])
+def test_honest_selection_reads_the_evaluation_split_only_after_choosing(selection):
+    from probes.grid import ProbeGrid
+
+    torch.manual_seed(0)
+    grid = ProbeGrid(lambda: probes.build("linear", D, C), POINTS)
+    log = []
+    val = Recorded(epochs_of(ToyClips(12, seed=5), shuffle=False), "val", log)
+    test = Recorded(epochs_of(ToyClips(8, seed=6), shuffle=False), "test", log)
+    r = train_probe(PatchEncoder(), grid, epochs_of(ToyClips(24)), test, optim(epochs=2),
+                    progress=False, selection=selection,
+                    selection_data=val if selection == "val" else None)
+    if selection == "val":
+        assert log == ["val", "test"]  # chosen on val; the test split is read once, after
+        assert all("val_top1" in h for h in r.heads)
+    else:
+        assert log == ["test", "test"] and all("eval_max_top1" in h for h in r.heads)
+    best = max(range(len(r.heads)), key=lambda h: r.heads[h][f"{selection}_top1"])
+    assert r.chosen_head == best
+    with pytest.raises(ValueError, match="selection_data"):
+        train_probe(PatchEncoder(), grid, epochs_of(ToyClips(8)), test, optim(epochs=1),
+                    progress=False, selection="val")
