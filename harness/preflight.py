@@ -86,14 +86,14 @@ def preflight(task, eval_split: str, log_fn=None) -> dict:
     return summary
 
 
-def check_first_clip(dataset, split: str, tries: int = 5) -> None:
+def check_first_clip(dataset, split: str, tries: int = 5) -> str | None:
     """Decode (and augment) the first readable clip of a split: a data root holding files of
     the right names but the wrong content, or a missing decoder, is found now."""
     errors = []
     for i in range(min(tries, len(dataset))):
         item = dataset[i]
         if item.get("error") is None:
-            return
+            return item.get("backend")  # the decoder `auto` picked on this machine
         errors.append(f"{item['path']}: {item['error']}")
     raise DataError(f"none of the first {len(errors)} {split} videos could be read: "
                     + "; ".join(errors) + ". Check the files and the decoding backend")

@@ -167,7 +167,7 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     eval_set = task.dataset(split, train=False, frame_cache=frame_cache, device_finish=True,
                             **common)
     with torch.random.fork_rng(devices=[]):
-        check_first_clip(train_set, "train")
+        report["decode_backend"] = check_first_clip(train_set, "train")
     micro = c.get("micro_batch_size") or optim.micro_batch_size
     eval_micro = c.get("eval_batch_size") or micro or optim.batch_size
     # More loader processes than CPU cores only adds contention (and warnings).

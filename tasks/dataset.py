@@ -77,18 +77,20 @@ class VideoDataset(torch.utils.data.Dataset):
             return [i for seg in segments for i in seg]
 
         read = self.frame_cache.read if self.frame_cache is not None else read_frames
-        frames, _ = read(path, indices_fn, backend=self.backend)
+        decoded = read(path, indices_fn, backend=self.backend)
+        frames, backend = decoded.frames, decoded.backend
         T = self.sampler.frames_per_clip
         clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
         draw = getattr(self.transform, "draw", None)
         if self.device_finish:
             if draw is None:  # evaluation: deterministic views, nothing to draw
-                return {"frames": torch.stack(clips), "params": None}
+                return {"frames": torch.stack(clips), "params": None, "backend": backend}
             # Each segment gets its own random augmentation, as in the release.
             drawn = [draw(clip, int(torch.randint(0, 2**62, ()).item())) for clip in clips]
-            return {"frames": torch.stack([c for c, _ in drawn]), "params": [p for _, p in drawn]}
+            return {"frames": torch.stack([c for c, _ in drawn]), "params": [p for _, p in drawn],
+                    "backend": backend}
         views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
-        return {"video": torch.stack(views)}  # (S, V, 3, T, H, W)
+        return {"video": torch.stack(views), "backend": backend}  # (S, V, 3, T, H, W)
 
 
 def collate_clips(items: Sequence[dict]) -> dict:

