@@ -317,19 +317,9 @@ HF_MARKERS = ("embeddings.patch_embeddings.", "videomae.", "encoder.layer.")
 
 
 def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        orig = key
-        changed = True
-        while changed:
-            changed = False
-            for p in WRAPPER_PREFIXES:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
-        if key in out:
-            raise CheckpointError(f"checkpoint entries {orig!r} and another both map to {key!r}")
-        out[key] = value
-    return out
+    from .checkpoint import strip_prefixes
+
+    return strip_prefixes(state, WRAPPER_PREFIXES)
 
 
 def _is_hf_layout(state: Mapping[str, torch.Tensor]) -> bool:

@@ -61,6 +61,18 @@ def _trunc_normal_(tensor: torch.Tensor, std: float, mean: float = 0.0, a: float
     return tensor
 
 
+def init_release_weights(m: nn.Module, std: float) -> None:
+    """The releases' `_init_weights` (applied module by module): Linear weights trunc-normal
+    (the release's draw), biases 0; LayerNorm 1 and 0."""
+    if isinstance(m, nn.Linear):
+        _trunc_normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -182,13 +194,7 @@ class AttentivePooler(nn.Module):
         self._rescale_residual_branches()
 
     def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            _trunc_normal_(m.weight, std=self.init_std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        init_release_weights(m, self.init_std)
 
     @torch.no_grad()
     def _rescale_residual_branches(self) -> None:

@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from probes.attentive import MLP, Block, _merge_heads, _split_heads, _trunc_normal_
+from probes.attentive import (MLP, Block, _merge_heads, _split_heads, _trunc_normal_,
+                              init_release_weights)
 
 __all__ = ["AttentiveProbeV2", "build", "load_release_probe_checkpoint", "load_release_state_dict",
            "load_release_grid", "config_from_state_dict"]
@@ -123,13 +124,7 @@ class AttentivePoolerV2(nn.Module):
         self._rescale_residual_branches()
 
     def _init_weights(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            _trunc_normal_(m.weight, std=self.init_std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        init_release_weights(m, self.init_std)
 
     @torch.no_grad()
     def _rescale_residual_branches(self) -> None:
