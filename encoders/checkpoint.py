@@ -271,6 +271,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], info: di
             parts.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
             parts.append("(is --encoder the architecture this checkpoint was trained with?)")
         raise CheckpointError("\n  ".join(parts))
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:  # a diverged or corrupted run: every number the probe would report is meaningless
+        raise CheckpointError(f"checkpoint {info.get('path')} holds NaN or infinite values in "
+                              f"{len(bad)} tensor(s): {_listing(bad)}. The run that wrote it "
+                              f"diverged or the file is corrupt; use an earlier checkpoint")
     state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     meta = any(t.is_meta for t in expected.values())
     model.load_state_dict(state, strict=True, assign=meta)

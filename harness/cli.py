@@ -84,7 +84,9 @@ def _is_user_error(err: Exception) -> bool:
     # Errors whose message already tells the user what to do; anything else is a bug: traceback.
     names = {"ConfigError", "UnknownNameError", "CheckpointError", "DataError",
              "DataProblemError", "FileNotFoundError"}
-    return any(cls.__name__ in names for cls in type(err).__mro__) or isinstance(err, ValueError)
+    # FloatingPointError: a diverged probe (its message names the step and what to change).
+    return any(cls.__name__ in names for cls in type(err).__mro__) or isinstance(
+        err, (ValueError, FloatingPointError, PermissionError))
 
 
 if __name__ == "__main__":

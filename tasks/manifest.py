@@ -25,7 +25,9 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
         raise DataError(f"manifest not found: {path}")
     base = path.parent
     entries: list[tuple[str, int]] = []
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Windows editors write one) would otherwise glue itself to
+    # the first path, which then "does not exist".
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip():
@@ -84,7 +86,9 @@ def read_label_map(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"label map not found: {path}")
-    names = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    # A byte-order mark or trailing blanks are editor noise, not part of a class name: left in,
+    # they would silently change the label map's hash and so the protocol id.
+    names = [line.rstrip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     while names and not names[-1].strip():  # a trailing newline or two is harmless
         names.pop()
     for i, n in enumerate(names, start=1):

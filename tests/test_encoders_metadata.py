@@ -66,3 +66,26 @@ def test_key_alternatives_and_release_args_namespace(tmp_path):
     torch.save({"module": state, "hook": argparse.ArgumentParser}, path)
     with pytest.raises(CheckpointError, match="trust-checkpoint"):
         encoders.build("vjepa_tiny", checkpoint=path, checkpoint_key="module")
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path):
+    enc = encoders.build("vjepa_tiny", random_init=True)
+    state = {k: v.clone() for k, v in enc.backbone.state_dict().items()}
+    state["blocks.1.mlp.fc1.weight"][0, 0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="NaN or infinite.*blocks.1.mlp.fc1.weight"):
+        encoders.build("vjepa_tiny", checkpoint=path)
+
+
+def test_a_diverging_probe_is_one_clear_error(tmp_path, capsys):
+    from tasks.digits import make_digits
+
+    root = tmp_path / "digits"
+    make_digits(root, seed=0, per_class_train=2, per_class_val=1, per_class_test=1,
+                num_frames=20, size=32, progress=False)
+    rc = main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "digits_motion",
+               f"task.data.root={root}", "task.optim.epochs=2", "task.optim.lr=1e30",
+               "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "lower task.optim.lr" in err

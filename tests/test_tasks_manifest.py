@@ -81,3 +81,18 @@ def test_manifest_hash_relative_to_base_keeps_split_folders(tmp_path):
     assert manifest_sha256(val, tmp_path / "d") == manifest_sha256(moved, tmp_path / "e")
     # entries outside base fall back to their common folder
     assert manifest_sha256(val, tmp_path / "elsewhere") == manifest_sha256(val)
+
+
+def test_byte_order_marks_and_trailing_blanks_change_nothing(tmp_path):
+    from tasks.manifest import label_map_sha256, read_label_map, read_manifest
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_text("a.mp4 0\n", encoding="utf-8")
+    bom.write_text("\ufeffa.mp4 0\n", encoding="utf-8")
+    assert read_manifest(bom) == read_manifest(plain)
+    (tmp_path / "c1.txt").write_text("riding a bike\nabseiling\n", encoding="utf-8")
+    (tmp_path / "c2.txt").write_text("\ufeffriding a bike  \nabseiling\t\n", encoding="utf-8")
+    a, b = read_label_map(tmp_path / "c1.txt"), read_label_map(tmp_path / "c2.txt")
+    assert a == b == ["riding a bike", "abseiling"]
+    assert label_map_sha256(a) == label_map_sha256(b)
