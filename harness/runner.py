@@ -237,13 +237,14 @@ def find_finished(records_dir: Path, run_id: str) -> Path | None:
 
 
 def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
-                   log_fn=None) -> RunOutcome:
+                   log_fn=None, stop=None) -> RunOutcome:
     """Train and evaluate the probe `cfg` describes; write and return its record.
 
     `frame_cache` (a `tasks.decode.FrameCache`): decoded videos shared across runs in one process,
     so a caller running many evaluations on the same videos (`harness demo`) decodes each once.
     It changes no number: the clips are sliced from the same decoded frames.
     `overrides`: the command line's overrides, for the record's reproduce command.
+    `stop()`: polled by the trainer; True (a SIGTERM) saves state and raises `probes.Preempted`.
     A run whose record already exists (same encoder, weights, protocol and seed) is not redone:
     its record is returned (`RunOutcome.reused`), unless resume=false.
     """
@@ -357,6 +358,7 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
             cache_seed=seed,
             selection=c["probe"].get("selection") or "val",
             selection_data=plan.selection_data,
+            stop=stop,
         )
     if result.precision != plan.precision:  # the plan promised what the protocol says
         raise RuntimeError(f"ran in {result.precision} but planned {plan.precision}")

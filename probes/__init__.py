@@ -14,6 +14,7 @@ _LAZY = {
     "LinearProbe": "probes.linear",
     "OptimConfig": "probes.trainer",
     "ProbeResult": "probes.trainer",
+    "Preempted": "probes.trainer",
     "train_probe": "probes.trainer",
     "evaluate": "probes.trainer",
     "evaluate_full": "probes.trainer",

@@ -116,6 +116,18 @@ class OptimConfig:
         return d
 
 
+class Preempted(Exception):
+    """Training stopped on request (a SIGTERM from SLURM): state saved, re-run to resume."""
+
+    def __init__(self, epoch: int, step: int, state_path):
+        self.epoch, self.step, self.state_path = epoch, step, state_path
+        where = f"epoch {epoch}" + (f", step {step}" if step else "")
+        saved = (f"training state saved after {where} in {state_path}" if state_path is not None
+                 else "no state path was given, nothing was saved")
+        super().__init__(f"stopped on request (SIGTERM): {saved}; re-run the same command to "
+                         f"resume")
+
+
 @dataclass
 class ProbeResult:
     metrics: dict[str, float]
@@ -533,6 +545,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 cache_copies: int = 0, cache_seed: int | None = None,
                 save_every_s: float = SAVE_EVERY_S,
                 selection: str = "val", selection_data=None,
+                stop: Callable[[], bool] | None = None,
                 on_epoch_end: Callable[[int, dict], None] | None = None,
                 on_step_end: Callable[[int, int], None] | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
@@ -554,6 +567,9 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
     - a `probes.grid.ProbeGrid` trains all its heads on each encoder pass; `selection` "val"
       chooses the head on `selection_data` (held out from training) before the evaluation split
       is read, "eval_max" on the evaluation split itself. The result keeps every head's score.
+    - `stop()`: polled after every step; when it returns True (a SIGTERM arrived), state is saved
+      at that step (mid-epoch where the data resumes exactly, else the last epoch's save stands)
+      and `Preempted` is raised.
     - `on_epoch_end(epoch, stats)` / `on_step_end(epoch, step)`: hooks (tests), after any save.
     The test split is evaluated once, after the last epoch: no selection on it.
     """
@@ -569,15 +585,15 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                             encoder_chunk=encoder_chunk, cache_features=cache_features,
                             cache_copies=cache_copies, cache_seed=cache_seed,
                             save_every_s=save_every_s, selection=selection,
-                            selection_data=selection_data, on_epoch_end=on_epoch_end,
-                            on_step_end=on_step_end)
+                            selection_data=selection_data, stop=stop,
+                            on_epoch_end=on_epoch_end, on_step_end=on_step_end)
     finally:
         torch.set_flush_denormal(False)  # back to the process default
 
 
 def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, max_failure_fraction,
                  topk, state_path, progress, log, encoder_chunk, cache_features, cache_copies,
-                 cache_seed, save_every_s, selection, selection_data, on_epoch_end,
+                 cache_seed, save_every_s, selection, selection_data, stop, on_epoch_end,
                  on_step_end) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
@@ -670,13 +686,18 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             carried = partial if epoch == start_epoch else None
 
             def step_done(step: int, stats: dict) -> None:
-                if state_path is not None and getattr(data, "mid_epoch_resume", False) \
-                        and step < steps_per_epoch \
-                        and time.perf_counter() - clock["last_save"] >= save_every_s:
+                stopping = stop is not None and stop()
+                resumable = getattr(data, "mid_epoch_resume", False) and step < steps_per_epoch
+                if state_path is not None and resumable and (
+                        stopping or time.perf_counter() - clock["last_save"] >= save_every_s):
                     clock["last_save"] = time.perf_counter()
                     save(epoch, step, stats)
                 if on_step_end is not None:
                     on_step_end(epoch, step)
+                if stopping and step < steps_per_epoch:
+                    if resumable:
+                        raise Preempted(epoch, step, state_path)
+                    raise Preempted(epoch, 0, state_path)  # the last epoch's save stands
 
             stats = _train_epoch(encoder, probe, opt, schedule, data, optim=optim, epoch=epoch,
                                  start_step=first, carried=carried,
@@ -694,6 +715,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                 save(epoch + 1, 0, None)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, stats)
+            if stop is not None and stop() and epoch + 1 < optim.epochs:
+                raise Preempted(epoch + 1, 0, state_path)
         heads, chosen = None, None
         if is_grid:
             # Honest selection: the evaluation split is not read until the head is chosen

@@ -187,3 +187,27 @@ def test_any_timm_image_model_runs_frame_by_frame(digits_root, tmp_path):
     assert rec["encoder"]["modality"] == "image" and rec["encoder"]["spec"]["resolution"] == 32
     assert rec["encoder"]["config"]["mean"] == [0.5, 0.5, 0.5]  # timm's pretrained config
     assert rec["encoder"]["spec"]["depth"] == 2 and "encoder.arch.depth=2" in rec["extra"]["command"]
+
+
+def test_sigterm_saves_state_exits_143_and_the_rerun_resumes(digits_root, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "harness", "run", "--encoder", "vjepa_tiny", "--random-init",
+            "--task", "digits_motion", "--out", str(out), "--no-progress",
+            f"task.data.root={digits_root}", "task.optim.epochs=40", "task.optim.batch_size=4",
+            "cache_features=false"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((out / "state").glob("*.pt")) and time.time() < deadline:  # epoch 1 saved
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "training state saved after epoch" in err and "re-run the same command" in err
+    assert not list((out / "records").glob("*.json"))
+    assert _run(args[3:] + ["task.optim.epochs=40"]) == 0  # the same command: resumes, finishes
+    rec = json.loads(next((out / "records").glob("*.json")).read_text())
+    assert rec["timings"]["resumed_from_epoch"] >= 1

@@ -543,3 +543,26 @@ def test_honest_selection_reads_the_evaluation_split_only_after_choosing(selecti
     with pytest.raises(ValueError, match="selection_data"):
         train_probe(PatchEncoder(), grid, epochs_of(ToyClips(8)), test, optim(epochs=1),
                     progress=False, selection="val")
+
+
+def test_a_stop_request_saves_at_that_step_and_resumes_identically(tmp_path):
+    from probes.trainer import Preempted as Stopped
+
+    def run(state, stop=None, seed=0):
+        torch.manual_seed(seed)
+        probe = probes.build("attentive", D, C, num_heads=2)
+        return train_probe(PatchEncoder(), probe, epochs_of(AugmentedClips(24), batch_size=6),
+                           epochs_of(ToyClips(8), shuffle=False), optim(epochs=2, batch_size=6),
+                           progress=False, state_path=state, save_every_s=1e9, stop=stop)
+
+    full = run(tmp_path / "a.pt")
+    calls = {"n": 0}
+
+    def stop():  # a SIGTERM arriving during step 3 of epoch 1
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    with pytest.raises(Stopped, match="epoch 0, step 3"):
+        run(tmp_path / "b.pt", stop=stop)
+    resumed = run(tmp_path / "b.pt", seed=9)
+    assert resumed.timings["resumed_from_step"] == 3 and resumed.metrics == full.metrics

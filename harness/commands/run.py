@@ -25,8 +25,10 @@ is read.
 
 Where things go: the record is written atomically to <out>/records/; the probe's training state
 is saved to <out>/state/ after every epoch and, within an epoch, at the first step boundary
-after 5 minutes since the last save. Re-running an interrupted command resumes from that state
-(to identical numbers); re-running a finished command prints its record and does nothing.
+after 5 minutes since the last save; on SIGTERM (what SLURM sends before preemption) it is saved
+at the next step and the run exits with status 143. Re-running an interrupted command resumes
+from that state (to identical numbers); re-running a finished command prints its record and
+does nothing.
 """
 
 
@@ -112,9 +114,28 @@ def main(args) -> int:
 
         estimate(plan_run(cfg, log_fn=say, estimate_only=True), say=print)
         return 0
-    from harness.runner import run_evaluation
+    import signal
 
-    outcome = run_evaluation(cfg, overrides=overrides, log_fn=say)
+    from harness.runner import run_evaluation
+    from probes import Preempted
+
+    # SLURM (and most schedulers) send SIGTERM before preempting or at the time limit: save the
+    # training state at the next step and exit, so a requeued job resumes instead of restarting.
+    requested = {"stop": False}
+
+    def on_term(signum, frame):
+        requested["stop"] = True
+        say("SIGTERM: saving the training state at the next step, then stopping")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        outcome = run_evaluation(cfg, overrides=overrides, log_fn=say,
+                                 stop=lambda: requested["stop"])
+    except Preempted as stopped:
+        say(str(stopped))
+        return 143  # 128 + SIGTERM, what a scheduler expects of a terminated job
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     metrics = ", ".join(f"{k} {v:.2f}" for k, v in outcome.record["metrics"].items()
                         if isinstance(v, float))
