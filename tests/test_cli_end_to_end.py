@@ -211,3 +211,15 @@ def test_sigterm_saves_state_exits_143_and_the_rerun_resumes(digits_root, tmp_pa
     assert _run(args[3:] + ["task.optim.epochs=40"]) == 0  # the same command: resumes, finishes
     rec = json.loads(next((out / "records").glob("*.json")).read_text())
     assert rec["timings"]["resumed_from_epoch"] >= 1
+
+
+def test_listings_piped_print_every_name_whole():
+    import encoders
+    import tasks
+
+    for what, names in (("encoders", encoders.names()), ("tasks", tasks.names())):
+        out = subprocess.run([sys.executable, "-m", "harness", what], capture_output=True,
+                             text=True, cwd=REPO, check=True).stdout  # stdout is a pipe here
+        first_words = {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
+        assert set(names) <= first_words, set(names) - first_words
+        assert "…" not in out

@@ -8,8 +8,9 @@ import argparse
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=["rich", "markdown", "csv"], default="rich",
-                   help="output format (default: rich table)")
+    p.add_argument("--format", choices=["rich", "plain", "markdown", "csv"], default="rich",
+                   help="output format (default: a rich table on a terminal, plain aligned "
+                        "text when piped)")
     if name == "encoders":
         p.add_argument("--verbose", "-v", action="store_true",
                        help="every entry's paper, published weights, licence, pretraining data, "
@@ -53,9 +54,10 @@ def task_rows() -> tuple[list[str], list[list[str]]]:
 
 
 def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> None:
+    import sys
+
     if fmt == "csv":
         import csv
-        import sys
 
         w = csv.writer(sys.stdout)
         w.writerow(header)
@@ -65,6 +67,13 @@ def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> No
         print("|" + "---|" * len(header))
         for r in rows:
             print("| " + " | ".join(r) + " |")
+    elif fmt == "plain" or not sys.stdout.isatty():
+        # Piped or redirected: whole names in aligned columns, nothing cut to a terminal width
+        # (`harness encoders | grep vjepa_vith384` must find it).
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+                  for i, h in enumerate(header)]
+        for line in [header, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
     else:
         from rich.console import Console
         from rich.table import Table
