@@ -121,7 +121,7 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
             overrides.append(f"checkpoint='{entry.checkpoint}'")
         console.print(f"[bold]{entry.label}[/] on {task}, seed {run_seed}")
         outcome = run_evaluation(compose_run(overrides), frame_cache=frame_cache)
-        records.append(outcome.record)
+        records.append({**outcome.record, "_path": str(outcome.path)})
     timings["probe_s"] = time.time() - t2
 
     console.rule("[bold]4/4 leaderboard")
@@ -219,6 +219,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         "", results.render(lb, "markdown").rstrip(),
         *([] if lb.notes else ["", "Every encoder ran under the same protocol per task."]), "",
         *_standard_error_lines(records),
+        *_paired_lines(records),
         *(_seed_lines(table, spread, settings["seeds"]) if n_seeds > 1 else []),
         *_pretraining_lines(pretraining or []),
         f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
@@ -229,6 +230,42 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
             "top1_sd": spread.round(2).to_dict() if n_seeds > 1 else None,
             "seeds": settings.get("seeds"),
             "pretraining": pretraining or []}
+
+
+def _paired_lines(records: list[dict]) -> list[str]:
+    """Each encoder against the random-init floor on the same test videos (same task, protocol
+    and probe seed): top-1 with its bootstrap interval, the paired difference and McNemar."""
+    from results.predictions import correct, read_predictions
+    from results.stats import align, bootstrap_ci, paired
+
+    def label(r):
+        return (r.get("extra") or {}).get("label") or r["encoder"]["name"]
+
+    lines = []
+    for r in records:
+        if "random init" in label(r) or not r.get("_path"):
+            continue
+        floor = next((f for f in records if "random init" in label(f) and f["task"] == r["task"]
+                      and f["protocol_id"] == r["protocol_id"] and f["seed"] == r["seed"]), None)
+        if floor is None:
+            continue
+        try:
+            pa, pb = read_predictions(r["_path"]), read_predictions(floor["_path"])
+            ia, ib = align(pa, pb)
+        except (OSError, ValueError):
+            continue  # records made before predictions were saved
+        a, b = correct(pa)[ia], correct(pb)[ib]
+        res = paired(a, b)
+        lo, hi = bootstrap_ci(a)
+        lines.append(f"- {r['task']}, {label(r)}: {100 * a.mean():.1f} (95% CI {100 * lo:.1f} to "
+                     f"{100 * hi:.1f}); minus random init {100 * res.diff:+.1f} points (paired 95% CI "
+                     f"{100 * res.ci[0]:+.1f} to {100 * res.ci[1]:+.1f}; McNemar p = {res.p_mcnemar:.2g}): "
+                     f"{'significant' if res.significant else 'not significant'}")
+    if not lines:
+        return []
+    return ["Against the random-init floor, paired on the same test videos (bootstrap of the "
+            "videos, 2000 resamples; `harness compare` gives the same for any two records):", "",
+            *lines, ""]
 
 
 def _standard_error_lines(records: list[dict]) -> list[str]:
