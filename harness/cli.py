@@ -12,12 +12,18 @@ import sys
 # subcommand -> (module in harness.commands, one-line help)
 COMMANDS = {
     "run": ("run", "train a probe on a frozen encoder for one task and write a record"),
+    "launch": ("launch", "submit runs or a sweep (job array) to SLURM through submitit"),
     "encoders": ("listing", "list the encoder registry"),
     "tasks": ("listing", "list the task registry with their protocol facts"),
     "leaderboard": ("leaderboard", "encoders x tasks from the records, matched by protocol"),
     "compare": ("compare", "paired test of two runs on the same evaluation samples"),
+    "table": ("table", "a paper's table: published numbers beside ours, with fill-in commands"),
+    "results": ("results", "the result store as one file: export, import, schema"),
+    "plot": ("plot", "PNG charts: per-task bars with confidence intervals, checkpoint series"),
+    "audit": ("audit", "transfer audit: is a video encoder's temporal gain worth its cost?"),
     "data": ("data", "make datasets (the synthetic digits videos)"),
     "pretrain": ("pretrain", "JEPA pretraining in this repo (V-JEPA, pixel and image variants)"),
+    "watch": ("watch", "evaluate each checkpoint a pretraining run writes, as it appears"),
     "demo": ("demo", "the whole loop on CPU in minutes, on data it makes"),
 }
 
@@ -40,9 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere on the line (`harness run ... --debug`), not only first.
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     # `key=value` overrides may stand before, between and after the flags: argparse takes the
     # first run of them as the positional list, the later runs come back as extras.
     args, extra = parser.parse_known_args(argv)
+    args.debug = debug
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
@@ -66,24 +77,53 @@ def main(argv: list[str] | None = None) -> int:
               "one: re-run the same command to resume from the last save (work since then is "
               "redone)", file=sys.stderr)
         return 130
-    except Exception as err:  # user-facing errors get one clear message; --debug for the rest
-        if args.debug or not _is_user_error(err):
+    except Exception as err:  # one line for every error; the traceback with --debug
+        if args.debug:
             raise
-        from rich.console import Console
+        if _is_user_error(err):
+            _say_error("error:", str(err))
+            return 2
+        # A bug of ours, not the user's input: one line, and the full traceback kept on disk.
+        where = _write_traceback(err)
+        _say_error("internal error:", f"{type(err).__name__}: {err}. This is a bug in harness, "
+                   f"not in your input; the full traceback is in {where} (re-run with --debug "
+                   f"to print it)")
+        return 70  # EX_SOFTWARE
 
-        from rich.markup import escape
 
-        # The message is the user's text (paths, SSv2 templates with [brackets]): never markup,
-        # and never hard-wrapped mid-path when stderr is a file or a pipe.
-        Console(stderr=True, soft_wrap=not sys.stderr.isatty()).print(
-            f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-        return 2
+def _say_error(label: str, text: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    # The message is the user's text (paths, SSv2 templates with [brackets]): never markup,
+    # and never hard-wrapped mid-path when stderr is a file or a pipe.
+    Console(stderr=True, soft_wrap=not sys.stderr.isatty()).print(
+        f"[bold red]{label}[/] {escape(text)}", highlight=False)
+
+
+def _write_traceback(err: Exception) -> str:
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    folder = os.environ.get("HARNESS_LOG_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                "harness-tracebacks")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("harness " + " ".join(sys.argv[1:]) + "\n\n")
+            traceback.print_exception(type(err), err, err.__traceback__, file=f)
+        return path
+    except OSError:
+        return "(nowhere: the log folder is not writable; set HARNESS_LOG_DIR)"
 
 
 def _is_user_error(err: Exception) -> bool:
     # Errors whose message already tells the user what to do; anything else is a bug: traceback.
     names = {"ConfigError", "UnknownNameError", "CheckpointError", "DataError",
-             "DataProblemError", "FileNotFoundError"}
+             "DataProblemError", "FileNotFoundError", "StateInUseError"}
     # FloatingPointError: a diverged probe (its message names the step and what to change).
     return any(cls.__name__ in names for cls in type(err).__mro__) or isinstance(
         err, (ValueError, FloatingPointError, PermissionError))

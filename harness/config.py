@@ -7,6 +7,7 @@ place that knows where, and puts those folders on Hydra's search path so that
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,37 +37,60 @@ def check_name(group: str, name: str) -> None:
 
 
 def compose_run(overrides: list[str] = ()) -> "DictConfig":  # noqa: F821
-    """Compose harness/configs/run.yaml with the given Hydra overrides."""
+    """Compose harness/configs/run.yaml with the given Hydra overrides, each overridden value
+    type- and range-checked against the value it replaces (`check_override_types`)."""
+    overrides = list(overrides)
+    cfg = _compose(overrides)
+    selections = [o for o in overrides if _is_selection(o)]
+    if len(selections) < len(overrides):
+        check_override_types(cfg, _compose(selections), overrides)
+    return cfg
+
+
+def _is_external(group: str, value: str) -> bool:
+    if group == "encoder":
+        return value.startswith("timm:")
+    return group == "task" and value not in group_names("task")
+
+
+def _compose(overrides: list[str]) -> "DictConfig":  # noqa: F821
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
-    # `encoder=timm:<model>` is not a file of the encoder group: compose with the default and
-    # put timm's config in its place, then re-apply the encoder.* overrides on top of it.
-    timm_name = None
+    # A group value that is no file of its group comes from the registry itself:
+    # `encoder=timm:<model>` (timm's config) and `task=path/to/my_task.yaml` or a task on
+    # HARNESS_INCLUDE_PATH. Compose with the defaults, put the registry's node in its place, then
+    # re-apply that group's dotted overrides on top.
+    external = {}
     for item in list(overrides):
         key, _, value = item.partition("=")
-        if key == "encoder" and value.strip("'\"").startswith("timm:"):
-            timm_name = value.strip("'\"")
+        value = value.strip("'\"")
+        if value and _is_external(key, value):
+            external[key] = value
             overrides.remove(item)
-    if timm_name is not None:
-        cfg = compose_run([o for o in overrides if not o.startswith("encoder.")])
+    if external:
+        import importlib
+
+        import yaml
         from omegaconf import OmegaConf, open_dict
 
-        import encoders
+        def inside(item: str) -> bool:
+            return any(item.startswith(f"{group}.") for group in external)
 
-        try:
-            node = encoders.config(timm_name)
-        except Exception as err:  # UnknownNameError lists close timm names
-            raise ConfigError(str(err)) from None
+        cfg = _compose([o for o in overrides if not inside(o)])
         with open_dict(cfg):
-            cfg.encoder = OmegaConf.create(node)
+            for group, value in external.items():
+                registry = importlib.import_module("encoders" if group == "encoder" else "tasks")
+                try:
+                    node = registry.config(value)
+                except Exception as err:  # UnknownNameError lists close names
+                    raise ConfigError(str(err)) from None
+                cfg[group] = OmegaConf.create(node)
             for item in overrides:
-                if item.startswith("encoder."):
+                if inside(item):
                     key, _, value = item.partition("=")
-                    import yaml
-
                     OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None,
                                      force_add=True)
         return cfg
@@ -90,3 +114,127 @@ def to_container(cfg) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ----- typed values ---------------------------------------------------------------------------
+# Keys whose default is null, and what they take otherwise.
+NULLABLE = {
+    "checkpoint": str, "checkpoint_key": str, "probe_checkpoint": str, "label": str,
+    "micro_batch_size": int, "eval_batch_size": int, "encoder_chunk": int,
+    "task.optim.micro_batch_size": int,
+}
+# Keys that take more than their default's type: (what to say, test).
+SPECIAL = {
+    "cache_features": ("true, false or auto", lambda v: isinstance(v, bool) or v == "auto"),
+    "device": ("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str)),
+}
+# Ranges of the values that change a number; (low, low inclusive, high, high inclusive, why).
+RANGES = {
+    "seed": (0, True, None, False, ""),
+    "task.optim.epochs": (1, True, None, False, ""),
+    "task.optim.batch_size": (1, True, None, False, ""),
+    "task.optim.lr": (0, False, 1, True, "AdamW probes train at 1e-5 to 1e-2; the paper uses 1e-3"),
+    "task.optim.final_lr": (0, True, 1, True, ""),
+    "task.optim.weight_decay": (0, True, None, False, ""),
+    "task.optim.final_weight_decay": (0, True, None, False, ""),
+    "task.optim.warmup_epochs": (0, True, None, False, ""),
+    "task.optim.num_workers": (0, True, None, False, ""),
+    "task.optim.micro_batch_size": (1, True, None, False, ""),
+    "task.max_failure_fraction": (0, True, 1, True, "a fraction"),
+    "micro_batch_size": (1, True, None, False, ""),
+    "eval_batch_size": (1, True, None, False, ""),
+    "encoder_chunk": (1, True, None, False, ""),
+}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "a mapping"}
+
+
+def _is_selection(override: str) -> bool:
+    """`task=ssv2`: a group choice, which changes the defaults rather than one value."""
+    key = override.partition("=")[0].lstrip("+~")
+    return key in GROUP_DIRS
+
+
+def _kind(value) -> type | None:
+    for t in (bool, int, float, str, list, dict):  # bool before int: True is an int in Python
+        if isinstance(value, t):
+            return t
+    return None
+
+
+def _fits(value, expected: type) -> bool:
+    if value is None:  # null: the code that uses the key says whether it may be unset
+        return True
+    got = _kind(value)
+    return got is expected or (expected is float and got is int)
+
+
+def check_override_types(cfg, defaults, overrides: list[str]) -> None:
+    """Each overridden value must have its default's type (an int where an int was, a number
+    where a float was, true/false for a flag), and the values that change a number must be in
+    range. One line per problem, naming the key, the value and what it takes. A string key given
+    a number (`out=2024`) takes the text as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    last: dict[str, tuple[str, object]] = {}  # a key given twice: the later value is the one used
+    for text in overrides:
+        if not _is_selection(text):
+            parsed = parser.parse_override(text)
+            last.pop(parsed.key_or_group, None)
+            last[parsed.key_or_group] = (text, parsed)
+    for key, (text, parsed) in last.items():
+        if parsed.is_delete():
+            continue
+        if key.startswith("hydra"):
+            continue
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        default = OmegaConf.select(defaults, key, throw_on_missing=False)
+        default = (OmegaConf.to_container(default, resolve=True) if OmegaConf.is_config(default)
+                   else default)
+        _check_value(cfg, key, value, default, raw=text.partition("=")[2])
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else repr(value) if not isinstance(value, bool) else (
+        "true" if value else "false")
+
+
+def _check_value(cfg, key: str, value, default, raw: str) -> None:
+    from omegaconf import OmegaConf
+
+    shown = raw.strip() or _show(value)  # as the user typed it (`1e6`, not 1000000.0)
+    if key in SPECIAL:
+        what, ok = SPECIAL[key]
+        if not ok(value):
+            raise ConfigError(f"{key}={shown}: expected {what}")
+        return
+    expected = _kind(default) if default is not None else NULLABLE.get(key)
+    if expected is dict and isinstance(value, dict):
+        for sub, v in value.items():
+            if sub in default:
+                _check_value(cfg, f"{key}.{sub}", v, default[sub], raw=_show(v))
+        return
+    if expected is not None and not _fits(value, expected):
+        if expected is str and _kind(value) in (int, float):
+            # `out=2024`, `label=2`: Hydra read a number where a path or a name is meant.
+            OmegaConf.update(cfg, key, raw.strip().strip("'\""), merge=False)
+            return
+        like = f" (default {_show(default)})" if default is not None else ""
+        got = ("a number with a fraction" if expected is int and _kind(value) is float
+               else _TYPE_WORDS.get(_kind(value), type(value).__name__))
+        raise ConfigError(f"{key}={shown}: expected {_TYPE_WORDS[expected]}{like}, got {got}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={shown}: expected a finite number")
+    if key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, low_in, high, high_in, why = RANGES[key]
+        below = low is not None and (value < low or (value == low and not low_in))
+        above = high is not None and (value > high or (value == high and not high_in))
+        if below or above:
+            lo = "" if low is None else f"{low} {'<=' if low_in else '<'} "
+            hi = "" if high is None else f" {'<=' if high_in else '<'} {high}"
+            name = key.rsplit(".", 1)[-1]
+            raise ConfigError(f"{key}={shown} is out of range: expected {lo}{name}{hi}"
+                              f"{' (' + why + ')' if why else ''}")

@@ -195,7 +195,8 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
     first = [r for r in records if r["seed"] == settings["seeds"][0]] if settings.get("seeds") else records
     frame = results.records_frame(first)
     lb = results.leaderboard(frame, tasks=list(TASKS), metric="top1")
-    console.print(results.render(lb, "rich") or "", soft_wrap=True)  # already laid out at 120 columns
+    # already laid out at 120 columns; run labels are text, never markup
+    console.print(results.render(lb, "rich") or "", soft_wrap=True, markup=False)
     protocol_ids = sorted({r["protocol_id"] for r in records})
 
     runs = pd.DataFrame(
@@ -211,6 +212,13 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
     chart = out_dir / "demo.png"
     _plot(table, chart, protocol_ids, spread if n_seeds > 1 else None)
 
+    from results.audit import describe, verdict
+
+    # The transfer audit of the seed material: is the video encoder's gain on the temporal task
+    # significant (and past the margin) where the image encoder holds up on the static one?
+    audit = verdict(first, image="image, latent targets (I-JEPA-style)",
+                    video="video, latent targets (V-JEPA)",
+                    static_task="digits_appearance", temporal_task="digits_motion")
     lines = [
         "# harness demo report", "",
         f"Pretraining: {settings['pretrain_steps']} steps per variant; attentive probe under "
@@ -222,6 +230,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         *_paired_lines(records),
         *(_seed_lines(table, spread, settings["seeds"]) if n_seeds > 1 else []),
         *_pretraining_lines(pretraining or []),
+        "## Transfer audit", "", *describe(audit), "",
         f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
         f"![results]({chart.name})", "",
     ]
@@ -229,7 +238,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
     return {"top1": table.round(2).to_dict(), "protocol_ids": protocol_ids,
             "top1_sd": spread.round(2).to_dict() if n_seeds > 1 else None,
             "seeds": settings.get("seeds"),
-            "pretraining": pretraining or []}
+            "pretraining": pretraining or [], "audit": audit}
 
 
 def _paired_lines(records: list[dict]) -> list[str]:

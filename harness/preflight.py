@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +18,29 @@ log = logging.getLogger("harness.preflight")
 _EXAMPLES = 5
 
 
+def check_out_writable(out) -> None:
+    """The results root must take files: `<out>/records` (the record) and `<out>/state` (the
+    resumable training state) are created and a file is written and removed in each, before any
+    data is read or any epoch trained (else a read-only --out surfaced when the first state
+    save or the record was written, after the work)."""
+    from harness.config import ConfigError
+
+    out = Path(os.path.expanduser(str(out)))
+    for sub in ("records", "state"):
+        folder = out / sub
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):
+                pass
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise ConfigError(f"cannot write to the results folder {folder} (--out {out}): {reason}; "
+                              f"pass a writable --out (records go to <out>/records, resumable "
+                              f"state to <out>/state)") from None
+
+
 def _missing_files(entries) -> list[str]:
-    return [path for path, _ in entries if not os.path.isfile(path)]
+    return [path for path, _ in entries if not os.path.exists(path)]  # frame folders (Jester) are videos too
 
 
 def check_label_folders(task, split: str, entries, class_names) -> None:

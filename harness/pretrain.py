@@ -10,6 +10,12 @@ sees exactly the clips the uninterrupted run would have seen, whatever `num_work
 Unreadable videos are skipped, counted, logged and written to `<out>/data_problems.json`; past
 `data.max_failure_fraction` the run stops with an error that names examples.
 
+Several manifests with `data.manifest_weights` (the release's `datasets` + `datasets_weights`,
+e.g. K710 + SSv2 + HowTo100M for VideoMix2M) are a weighted mix: each epoch's clips are drawn
+with replacement, manifest d's videos each with probability w_d / (sum(w) * n_d), so d gives a
+w_d / sum(w) share of the clips whatever its size. `<out>/config.json` holds the mix under
+`data_mix`: each manifest's path, videos, weight, share and hashes.
+
     from harness.pretrain import run_pretrain
     run_pretrain("vjepa_tiny", ["optim.total_steps=200", "data.root=data/digits"])
     # multi-process: torchrun --nproc_per_node 2 -m harness pretrain --config vjepa_tiny
@@ -46,26 +52,56 @@ def compose_pretrain_config(config: str, overrides: Sequence[str] = ()) -> dict:
     return resolve(OmegaConf.to_container(merged, resolve=True))
 
 
-def read_pretrain_entries(cfg: dict) -> list[tuple[str, int]]:
-    """All videos of `data.manifests` (relative to `data.root`), in manifest order."""
+def read_pretrain_manifests(cfg: dict) -> list[dict]:
+    """Each manifest of `data.manifests` (relative to `data.root`): its entries, weight, hashes."""
+    from encoders.checkpoint import file_sha256
     from tasks.errors import DataError
-    from tasks.manifest import read_manifest
+    from tasks.manifest import manifest_sha256, read_manifest
 
     data = cfg["data"]
     root = Path(os.path.expanduser(str(data.get("root") or ".")))
-    entries: list[tuple[str, int]] = []
     manifests = list(data.get("manifests") or [])
     if not manifests:
         raise DataError(f"pretraining config {cfg.get('name')!r} lists no data.manifests")
-    for m in manifests:
+    weights = data.get("manifest_weights")
+    parts = []
+    for i, m in enumerate(manifests):
         path = Path(os.path.expanduser(str(m)))
         path = path if path.is_absolute() else root / path
         if not path.is_file():
             hint = (" Make the digits videos with `harness data make digits --out data/digits` "
                     "(or set data.root=...)." if "digits" in str(path) else " Set data.root=... or data.manifests=[...].")
             raise DataError(f"pretraining manifest not found: {path}.{hint}")
-        entries += read_manifest(path)
-    return entries
+        entries = read_manifest(path)
+        if not entries:
+            raise DataError(f"pretraining manifest {path} lists no videos; drop it from data.manifests")
+        parts.append({"manifest": str(m), "path": str(path.resolve()), "entries": entries,
+                      "weight": None if weights is None else float(weights[i]),
+                      "sha256": manifest_sha256(entries, base=path.parent),
+                      "file_sha256": file_sha256(path)})
+    return parts
+
+
+def read_pretrain_entries(cfg: dict) -> list[tuple[str, int]]:
+    """All videos of `data.manifests` (relative to `data.root`), in manifest order."""
+    return [e for part in read_pretrain_manifests(cfg) for e in part["entries"]]
+
+
+def sample_weights(parts: list[dict]) -> list[float] | None:
+    """Per-video sampling weights of a weighted mix (w_d / n_d each, as the release); None if unweighted."""
+    if any(p["weight"] is None for p in parts):
+        return None
+    return [p["weight"] / len(p["entries"]) for p in parts for _ in p["entries"]]
+
+
+def data_mix(parts: list[dict]) -> list[dict]:
+    """What config.json records of the mix (no entries)."""
+    total = sum(p["weight"] for p in parts) if all(p["weight"] is not None for p in parts) else None
+    n_all = sum(len(p["entries"]) for p in parts)
+    return [{"manifest": p["manifest"], "path": p["path"], "videos": len(p["entries"]),
+             "weight": p["weight"],
+             "share": (p["weight"] / total) if total else len(p["entries"]) / n_all,
+             "sha256": p["sha256"], "file_sha256": p["file_sha256"]} for p in parts]
 
 
 class SeededClips:
@@ -99,8 +135,12 @@ class PretrainData:
     """
 
     def __init__(self, dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
-                 num_workers: int = 0, max_failure_fraction: float = 0.1):
+                 num_workers: int = 0, max_failure_fraction: float = 0.1,
+                 weights: Sequence[float] | None = None):
         self.dataset = dataset
+        if weights is not None and len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} sampling weights for {len(dataset)} videos")
+        self.weights = None if weights is None else list(weights)
         self.batch_size, self.rank, self.world = int(batch_size), int(rank), int(world_size)
         self.seed, self.num_workers = int(seed), int(num_workers)
         self.max_failure_fraction = float(max_failure_fraction)
@@ -118,8 +158,12 @@ class PretrainData:
         import torch
 
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
-        perm = perm[: self.steps_per_epoch * self.batch_size * self.world]
+        n = self.steps_per_epoch * self.batch_size * self.world
+        if self.weights is not None:  # a weighted mix: draws with replacement (same on every rank)
+            w = torch.tensor(self.weights, dtype=torch.float64)
+            perm = torch.multinomial(w, n, replacement=True, generator=g).tolist()
+        else:
+            perm = torch.randperm(len(self.dataset), generator=g).tolist()[:n]
         return perm[self.rank:: self.world]
 
     def __call__(self, epoch: int, start_batch: int) -> Iterator:
@@ -160,10 +204,11 @@ class PretrainData:
                 "examples": [{"path": p, "error": e} for p, e in self.failures[:50]]}
 
 
-def build_pretrain_dataset(cfg: dict, encoder_cfg: dict, frame_cache=None):
+def build_pretrain_dataset(cfg: dict, encoder_cfg: dict, frame_cache=None, parts: list[dict] | None = None):
     """The tasks package's training VideoDataset over the manifests, with the pretraining transform.
 
-    `frame_cache`: a shared `FrameCache` to use instead of one sized by `data.cache_decoded_mb`."""
+    `frame_cache`: a shared `FrameCache` to use instead of one sized by `data.cache_decoded_mb`;
+    `parts`: the manifests as `read_pretrain_manifests` read them (read here when None)."""
     from tasks.dataset import VideoDataset
     from tasks.decode import FrameCache
     from tasks.sampling import ClipSampler
@@ -179,7 +224,9 @@ def build_pretrain_dataset(cfg: dict, encoder_cfg: dict, frame_cache=None):
     cache = frame_cache
     if cache is None and cache_mb > 0:
         cache = FrameCache(int(cache_mb * 2**20))
-    return VideoDataset(read_pretrain_entries(cfg), sampler=sampler, transform=transform,
+    parts = read_pretrain_manifests(cfg) if parts is None else parts
+    entries = [e for part in parts for e in part["entries"]]
+    return VideoDataset(entries, sampler=sampler, transform=transform,
                         split="pretrain", backend=str(data.get("backend") or "auto"),
                         frame_cache=cache)
 
@@ -193,42 +240,58 @@ def _train_aug(aug: dict) -> dict:
 
 
 def run_pretrain(config: str, overrides: Sequence[str] = (), out_dir: str | os.PathLike | None = None,
-                 resume: bool = True, progress: bool = True, frame_cache=None) -> Path:
+                 resume: bool = True, progress: bool = True, frame_cache=None,
+                 resume_from: str | os.PathLike | None = None) -> Path:
     """Pretrain with a config from encoders/jepa/configs (or a YAML path); returns the final checkpoint.
 
     Re-running with the same `out_dir` resumes from `<out_dir>/latest.pth.tar` (unless
     `resume=False`). Under torchrun each process trains its shard (DDP); rank 0 writes.
     `frame_cache`: decoded videos shared with other runs in this process (see `harness demo`).
+    `resume_from`: a checkpoint (ours, or one the release's trainer wrote) to start from when
+    `out_dir` holds none of its own.
     """
     import torch.distributed as dist
 
-    from encoders.jepa.distributed import init_distributed
+    from parallel import init_distributed
 
     cfg = compose_pretrain_config(config, overrides)
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise FileNotFoundError(f"--resume-from {resume_from}: no such checkpoint file")
     out = Path(out_dir) if out_dir is not None else Path("runs") / "pretrain" / str(cfg["name"])
     joined_here = not dist.is_initialized()
     info = init_distributed(cfg["device"])
     try:
-        return _train(cfg, out, info, resume=resume, progress=progress, frame_cache=frame_cache)
+        return _train(cfg, out, info, resume=resume, progress=progress, frame_cache=frame_cache,
+                      resume_from=resume_from)
     finally:
         if joined_here and dist.is_initialized():  # leave the process as we found it
             dist.destroy_process_group()
 
 
-def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_cache=None) -> Path:
-    from encoders.jepa.distributed import gather_objects
+def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_cache=None,
+           resume_from=None) -> Path:
+    from parallel import gather_objects
     from encoders.jepa.trainer import JepaTrainer, build_encoder_config
 
     encoder_cfg = build_encoder_config(cfg)
+    parts = read_pretrain_manifests(cfg)
     data = PretrainData(
-        build_pretrain_dataset(cfg, encoder_cfg, frame_cache), batch_size=int(cfg["data"]["batch_size"]),
+        build_pretrain_dataset(cfg, encoder_cfg, frame_cache, parts=parts),
+        batch_size=int(cfg["data"]["batch_size"]),
         rank=info.rank, world_size=info.world_size, seed=int(cfg["seed"]),
         num_workers=int(cfg["data"]["num_workers"]),
-        max_failure_fraction=float(cfg["data"]["max_failure_fraction"]))
+        max_failure_fraction=float(cfg["data"]["max_failure_fraction"]),
+        weights=sample_weights(parts))
     trainer = JepaTrainer(cfg, data.steps_per_epoch, out, progress=progress, dist_info=info)
     if info.is_main:
+        from results.record import atomic_write
+
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(trainer.cfg, indent=2))
+        text = json.dumps(dict(trainer.cfg, data_mix=data_mix(parts)), indent=2)
+        atomic_write(out / "config.json", lambda f: f.write(text.encode("utf-8")))
+    if resume_from is not None and not (resume and trainer.checkpoint_path.is_file()):
+        trainer.load(resume_from)
+        log.info("starting from %s at step %d", resume_from, trainer.step)
     path = trainer.fit(data, resume=resume)
     per_rank = gather_objects(data.problems())  # collective: every rank reports its shard
     if info.is_main:
@@ -236,5 +299,8 @@ def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_ca
                     "unreadable": sum(p["unreadable"] for p in per_rank),
                     "examples": [e for p in per_rank for e in p["examples"]][:50],
                     "world_size": info.world_size}
-        (out / "data_problems.json").write_text(json.dumps(problems, indent=2))
+        from results.record import atomic_write
+
+        text = json.dumps(problems, indent=2)
+        atomic_write(out / "data_problems.json", lambda f: f.write(text.encode("utf-8")))
     return path

@@ -20,7 +20,7 @@ log = logging.getLogger("harness.run")
 @dataclass
 class RunOutcome:
     record: dict
-    path: Path
+    path: Path | None  # None on the ranks other than 0 of a DDP run (rank 0 writes the record)
     reused: bool = False  # the run had finished before: its existing record
 
 
@@ -70,7 +70,14 @@ def build_protocol(cfg: dict, task, split: str, cache_features: bool = False,
         # Cached features mean fixed centred training clips with no augmentation: a different
         # protocol from online augmentation, so it must change the protocol id.
         task_protocol["train_aug"] = "none: fixed centred clips, cached frozen features"
+    if cache_features and _feature_store_root(cfg) is not None:
+        # Tokens on disk are float16 (the in-memory cache keeps float32): a borderline sample
+        # can flip, so the two are different protocols.
+        task_protocol.setdefault("feature_cache", {})["stored_as"] = "float16"
     probe = {k: v for k, v in cfg["probe"].items()}
+    if probe.get("kind") == "knn":  # block sizes bound memory, they do not change the votes
+        for key in ("bank_chunk", "query_chunk"):
+            probe.pop(key, None)
     if not probe.get("grid"):  # one head: nothing is selected, the keys mean nothing
         for key in ("grid", "selection", "val_fraction"):
             probe.pop(key, None)
@@ -103,6 +110,9 @@ class RunPlan:
     copies: int
     preflight: dict
     selection_data: object = None
+    rank: int = 0
+    world_size: int = 1
+    image_frames: int | None = None  # image tasks: how many frames each image is repeated to
 
 
 def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) -> RunPlan:
@@ -118,8 +128,18 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     from harness.preflight import check_first_clip, preflight
     from tasks.loading import ClipFinisher, EpochBatches
 
+    import parallel
+
     c = to_container(cfg)
     device = resolve_device(c["device"], require_present=not estimate_only)
+    rank, world = 0, 1
+    if parallel.launched_world_size() > 1 and not estimate_only:
+        # Under torchrun / SLURM: join the group; each rank drives cuda:LOCAL_RANK (or the CPU,
+        # gloo) and loads an exact share of every batch. Only rank 0 speaks and writes.
+        info = parallel.init_distributed(device)
+        device, rank, world = str(info.device), info.rank, info.world_size
+        if rank != 0:
+            log_fn = None
     seed = c["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -136,8 +156,16 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     report = preflight(task, split, log_fn=log_fn)
     resolution = task.spec.resolution or arch.get("resolution")
     common = dict(mean=tuple(enc["mean"]), std=tuple(enc["std"]), resolution=resolution)
+    image_frames = None
+    if task.spec.kind == "image":
+        # An image encoder sees the image once; a video encoder the image repeated to a clip, as
+        # the release feeds it. Like the resolution this is the encoder's input, not protocol.
+        image_frames = 1 if enc.get("modality") == "image" else task.spec.sampling.frames_per_clip
+        common["num_frames"] = image_frames
     cache = task.spec.cache_features if c["cache_features"] == "auto" else bool(c["cache_features"])
     copies = task.spec.cached_train_copies if cache else 0
+    if c["probe"]["kind"] == "knn":  # its bank: one fixed, unaugmented clip per training video
+        cache, copies = True, 0
     # Cached copies keep the task's random augmentation; a single cached clip must be fixed.
     probe_c = c["probe"]
     grid = probe_c.get("grid")
@@ -173,7 +201,7 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     # More loader processes than CPU cores only adds contention (and warnings).
     workers = min(optim.num_workers, os.cpu_count() or 1)
     loader = dict(num_workers=workers, collate_fn=tasks.collate_clips,
-                  pin_memory=device.startswith("cuda"))
+                  pin_memory=device.startswith("cuda"), rank=rank, world_size=world)
     # Augmented copies are cached pass by pass and must line up sample by sample: no shuffling
     # there (the cached tokens are shuffled every epoch instead).
     train_data = EpochBatches(train_set, batch_size=optim.batch_size, micro_batch_size=micro,
@@ -193,7 +221,8 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
                               precision=precision)
     if select_info is not None:
         protocol["task"]["selection_split"] = select_info
-    return RunPlan(selection_data=selection_data, c=c, device=device, precision=precision, seed=seed, task=task, split=split,
+    return RunPlan(selection_data=selection_data, rank=rank, world_size=world,
+                   image_frames=image_frames, c=c, device=device, precision=precision, seed=seed, task=task, split=split,
                    train_data=train_data, eval_data=eval_data, optim=optim, protocol=protocol,
                    protocol_id=results.protocol_id(protocol), cache=cache, copies=copies,
                    preflight=report)
@@ -222,6 +251,27 @@ def _checkpoint_identity(c: dict) -> dict:
     return {"random_init": False, "sha256": file_sha256(path)}
 
 
+def run_id(plan: RunPlan, *, checkpoint_identity: dict | None = None,
+           probe_sha256: str | None = None) -> str:
+    """The run's identity (encoder, weights, protocol, seed), decided without loading the
+    encoder. A sweep that hashed the files already passes the hashes (`harness launch`)."""
+    c = plan.c
+    ident = checkpoint_identity or _checkpoint_identity(c)
+    bits = {"encoder": dict(c["encoder"]), "checkpoint": ident["sha256"],
+            "random_init": ident["random_init"], "protocol_id": plan.protocol_id,
+            "seed": plan.seed}
+    probe_ckpt = c.get("probe_checkpoint")
+    if probe_ckpt:
+        if probe_sha256 is None:
+            from encoders.checkpoint import file_sha256
+
+            if not Path(probe_ckpt).is_file():
+                raise FileNotFoundError(f"probe checkpoint not found: {probe_ckpt}")
+            probe_sha256 = file_sha256(probe_ckpt)
+        bits["probe_checkpoint"] = probe_sha256
+    return run_identity(bits)
+
+
 def find_finished(records_dir: Path, run_id: str) -> Path | None:
     """A record already written by the run with this identity, if any."""
     if not records_dir.is_dir():
@@ -248,33 +298,38 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
     A run whose record already exists (same encoder, weights, protocol and seed) is not redone:
     its record is returned (`RunOutcome.reused`), unless resume=false.
     """
+    import contextlib
+
+    with contextlib.ExitStack() as held:
+        return _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held)
+
+
+def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutcome:
     import torch
 
     import encoders
     import probes
     import results
+    from harness.preflight import check_out_writable
 
+    check_out_writable(cfg.out)  # a read-only --out is found before any data is read
     plan = plan_run(cfg, frame_cache=frame_cache, log_fn=log_fn)
     c, device, seed = plan.c, plan.device, plan.seed
+    main_rank = plan.rank == 0
+    show_progress = bool(c["progress"]) and main_rank
     encoder_cfg = dict(c["encoder"])
     pid = plan.protocol_id
     probe_ckpt = c.get("probe_checkpoint")
-    ident = _checkpoint_identity(c)
-    identity_bits = {"encoder": encoder_cfg, "checkpoint": ident["sha256"],
-                     "random_init": ident["random_init"], "protocol_id": pid, "seed": seed}
-    if probe_ckpt:
-        from encoders.checkpoint import file_sha256
-
-        if not Path(probe_ckpt).is_file():
-            raise FileNotFoundError(f"probe checkpoint not found: {probe_ckpt}")
-        identity_bits["probe_checkpoint"] = file_sha256(probe_ckpt)
-    identity = run_identity(identity_bits)
+    identity = run_id(plan)
     out = Path(c["out"])
     done = find_finished(out / "records", identity) if c["resume"] else None
     if done is not None:
         log.info("run %s already finished: %s", identity, done)
         return RunOutcome(record=results.read_record(done), path=done, reused=True)
 
+    from probes import failpoints
+
+    failpoints.hit("startup")
     torch.manual_seed(seed)
     encoder = encoders.from_config(
         encoder_cfg,
@@ -312,8 +367,17 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
     except OSError as err:
         raise ValueError(f"cannot create the run folder {state_path.parent}: {err}; pass a "
                          f"writable --out") from None
-    if not c["resume"] and state_path.exists():
+    # Held until the record is written: a second identical run refuses to start (it would
+    # train on the same state file) rather than removing or sharing the first one's state.
+    held.enter_context(probes.state_lock(state_path if main_rank else None))
+    done = find_finished(out / "records", identity) if c["resume"] else None
+    if done is not None:  # the run it waited on finished while this one built its encoder
+        return RunOutcome(record=results.read_record(done), path=done, reused=True)
+    if not c["resume"] and state_path.exists() and main_rank:
         state_path.unlink()
+    import parallel
+
+    parallel.barrier()  # no rank reads the state before rank 0 has removed it
 
     log.info("run %s: encoder %s, task %s, protocol %s", identity, spec.name, task.spec.name, pid)
     started = time.time()
@@ -340,18 +404,21 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
         metrics, problems, info = probes.evaluate_full(
             encoder, probe, plan.eval_data, device=device, bf16=plan.optim.bf16,
             encoder_chunk=chunk, max_failure_fraction=task.spec.max_failure_fraction,
-            progress=bool(c["progress"]))
+            progress=show_progress)
         result = probes.ProbeResult(metrics=metrics, probe=probe, data_problems=problems,
                                     timings={"eval_s": info["eval_s"]},
                                     precision=info["precision"], num_evaluated=info["samples"],
                                     predictions=info["predictions"])
     else:
+        store, fkey = _feature_store(c, plan, encoder, out) if plan.cache else (None, None)
         result = probes.train_probe(
             encoder, probe, plan.train_data, plan.eval_data, plan.optim,
             device=device,
             max_failure_fraction=task.spec.max_failure_fraction,
             state_path=state_path,
-            progress=bool(c["progress"]),
+            save_every_s=float(c.get("state_save_every_s", 300.0)),
+            progress=show_progress,
+            log=None if main_rank else (lambda _: None),
             encoder_chunk=chunk,
             cache_features=plan.cache,
             cache_copies=plan.copies,
@@ -359,6 +426,8 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
             selection=c["probe"].get("selection") or "val",
             selection_data=plan.selection_data,
             stop=stop,
+            feature_store=store,
+            feature_key=fkey,
         )
     if result.precision != plan.precision:  # the plan promised what the protocol says
         raise RuntimeError(f"ran in {result.precision} but planned {plan.precision}")
@@ -385,17 +454,24 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
         timings=timings,
         seed=seed,
         device=device,
-        world_size=1,
+        world_size=plan.world_size,
         precision=result.precision,
         extra={"label": c.get("label"), "run_id": identity,
                "command": reproduce_command(c, overrides), "history": result.history,
                "preflight": plan.preflight, "probe_checkpoint": probe_info,
                "micro_batch_size": plan.train_data.micro_batch_size,
-               "grid": result.heads, "chosen_head": result.chosen_head},
+               "grid": result.heads, "chosen_head": result.chosen_head,
+               "image_frames": plan.image_frames},
     )
+    if not main_rank:  # every rank holds the same record; rank 0 writes it
+        return RunOutcome(record=record, path=None)
     records_dir = out / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
-    filename = results.record_filename(record)
+    # The name's last 6 characters are the run identity's: a run killed between its predictions
+    # and its record leaves predictions no record claims, which its re-run (holding the
+    # identity's lock) recognises as its own and replaces.
+    filename = results.record_filename(record)[:-len("xxxxxx.json")] + identity[:6] + ".json"
+    _remove_unclaimed_predictions(records_dir, filename)
     predictions = result.predictions
     if predictions:
         from results.predictions import predictions_path, write_predictions
@@ -403,11 +479,64 @@ def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
         pred_path = predictions_path(records_dir / filename)
         write_predictions(pred_path, predictions, [p for p, _ in task.entries(plan.split)])
         record["extra"]["predictions"] = pred_path.name
+        from probes import failpoints
+
+        failpoints.hit("record")  # between the predictions and the record
     path = results.write_record(record, records_dir, filename=filename)
     return RunOutcome(record=record, path=path)
 
 
+def _remove_unclaimed_predictions(records_dir: Path, filename: str) -> None:
+    """Predictions of this identity (same encoder, task, protocol, run-id suffix) whose record was
+    never written: left by a run killed between the two files."""
+    head, _, rest = filename.rpartition("__")
+    suffix = rest[-len("xxxxxx.json"):-len(".json")]
+    import glob
+
+    for npz in records_dir.glob(f"{glob.escape(head)}__*-{suffix}.predictions.npz"):
+        if not npz.with_name(npz.name[:-len(".predictions.npz")] + ".json").exists():
+            npz.unlink(missing_ok=True)
+
+
+def _feature_store_root(c: dict) -> Path | None:
+    """Where `feature_store` keeps cached tokens: None when off (the default)."""
+    where = c.get("feature_store", "off")
+    if where in (None, False) or str(where).lower() in ("off", "false", "none"):
+        return None
+    if where is True or str(where).lower() == "auto":
+        return Path(c["out"]) / "features"
+    return Path(os.path.expanduser(str(where)))
+
+
+def _feature_store(c: dict, plan: RunPlan, encoder, out: Path):
+    """(FeatureStore, key) of the run's cached training tokens, or (None, None) when
+    `feature_store=off`. The key is the weights' digest (taken before any bf16 cast), what
+    changes the clips and the training manifest actually used (after any selection hold-out)."""
+    root = _feature_store_root(c)
+    if root is None:
+        return None, None
+    from probes.feature_store import FeatureStore, feature_key, state_dict_digest, token_fields
+    from tasks.manifest import manifest_sha256
+
+    task, data = plan.task, plan.train_data
+    fields = token_fields(task.protocol(plan.split), split="train",
+                          resolution=task.spec.resolution or encoder.spec.resolution,
+                          precision=plan.precision,
+                          encoder={"name": encoder.spec.name,
+                                   "arch": dict(c["encoder"].get("arch") or {}),
+                                   "mean": list(c["encoder"]["mean"]),
+                                   "std": list(c["encoder"]["std"])},
+                          copies=plan.copies, seed=plan.seed,
+                          random_clips=bool(plan.copies) or data.shuffle, views=1)
+    key = feature_key(encoder_digest=state_dict_digest(encoder), fields=fields,
+                      manifest_hash=manifest_sha256(data.dataset.entries, task.root))
+    return FeatureStore(root), key
+
+
 def _supported(kind: str, cfg: dict) -> dict:
+    if kind == "knn":  # not a network: only its own keys (probes/configs/probe/knn.yaml)
+        return {k: v for k, v in cfg.items() if k in ("k", "temperature", "bank_chunk",
+                                                      "query_chunk")}
     # The linear probe has no heads/queries; keep one probe YAML schema without failing on them.
     if kind == "linear":
         return {k: v for k, v in cfg.items() if k not in ("num_heads", "num_queries", "depth",

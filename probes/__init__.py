@@ -15,6 +15,8 @@ _LAZY = {
     "OptimConfig": "probes.trainer",
     "ProbeResult": "probes.trainer",
     "Preempted": "probes.trainer",
+    "StateInUseError": "probes.trainer",
+    "state_lock": "probes.trainer",
     "train_probe": "probes.trainer",
     "evaluate": "probes.trainer",
     "evaluate_full": "probes.trainer",

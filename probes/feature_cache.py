@@ -11,6 +11,9 @@ tokens. `encode_copies` keeps augmentation without paying the encoder every epoc
 augmented draws of every training clip once (`(n, K, L, D)`), and `TokenBatches(pick_copy=True)`
 gives each sample one of its copies at random every time it is drawn. With K = 4 the same probe
 reached 35.5% test (57% train) in the same 50 epochs, with K = 8 38% (49% train).
+
+`probes.feature_store` keeps such caches on disk (fp16, memory-mapped, keyed by the weights, the
+token-changing protocol fields and the manifest) so they are also shared across runs.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ import torch
 
 @dataclass
 class TokenCache:
-    tokens: torch.Tensor      # (n, V, L, D) float32 on CPU
+    tokens: torch.Tensor      # (n, V, L, D) on CPU: float32 in memory, or a memory-mapped
+                              # float16 file of probes.feature_store
     labels: torch.Tensor      # (n,) long
     failures: list            # [(path, error)] met while encoding
     seconds: float
+    paths: list | None = None  # (n,) sample paths, where known (per-sample predictions)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -78,6 +83,8 @@ class TokenBatches:
                 tokens = self.cache.tokens[idx, copy[idx]].unsqueeze(1)
             else:
                 tokens = self.cache.tokens[idx]
+            if tokens.dtype == torch.float16:  # the on-disk store's fp16: probes train in fp32
+                tokens = tokens.float()
             yield {"tokens": tokens, "label": self.cache.labels[idx], "failures": []}
 
     def __iter__(self) -> Iterator[dict]:
@@ -107,7 +114,7 @@ def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callab
     import time
 
     start = time.perf_counter()
-    tokens, labels, failures = [], [], []
+    tokens, labels, failures, paths = [], [], [], []
     with torch.no_grad():
         for batch in _batches_of(loader, epoch):
             failures.extend(batch.get("failures") or [])
@@ -116,12 +123,14 @@ def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callab
             if n:
                 tokens.append(out.cpu())
                 labels.append(torch.as_tensor(batch["label"]).long())
+                paths.extend(str(p) for p in list(batch.get("path") or [""] * n)[:n])
             if on_batch is not None:
                 on_batch(n, batch.get("failures") or [])
     if not tokens:
         return TokenCache(torch.empty(0), torch.empty(0, dtype=torch.long), failures,
                           time.perf_counter() - start)
-    return TokenCache(torch.cat(tokens), torch.cat(labels), failures, time.perf_counter() - start)
+    return TokenCache(torch.cat(tokens), torch.cat(labels), failures, time.perf_counter() - start,
+                      paths=paths)
 
 
 def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Callable,
@@ -144,16 +153,23 @@ def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Ca
             passes.append(encode_loader(encoder, loader, device=device, encode=encode,
                                         on_batch=on_batch if k == 0 else None,
                                         epoch=k if hasattr(loader, "micro_batches") else None))
+    return merge_copies(passes, time.perf_counter() - start)
+
+
+def merge_copies(passes: list[TokenCache], seconds: float,
+                 error: type[Exception] = RuntimeError) -> TokenCache:
+    """K passes of one clip per sample -> one cache (n, K, L, D); the passes must hold the same
+    samples in the same order."""
     first = passes[0]
     for k, p in enumerate(passes[1:], start=1):
         if not torch.equal(p.labels, first.labels):
-            raise RuntimeError(
+            raise error(
                 f"augmented copy {k} of the training split has other samples or another order "
                 "than copy 0; the caching loader must not shuffle")
     if len(first) == 0:
         return first
     if first.tokens.shape[1] != 1:
-        raise ValueError(f"encode_copies needs one clip per sample and pass, got tokens "
+        raise ValueError(f"augmented copies need one clip per sample and pass, got tokens "
                          f"{tuple(first.tokens.shape)}")
     tokens = torch.cat([p.tokens for p in passes], dim=1)
-    return TokenCache(tokens, first.labels, first.failures, time.perf_counter() - start)
+    return TokenCache(tokens, first.labels, first.failures, seconds, paths=first.paths)

@@ -49,6 +49,10 @@ def build(kind: str, embed_dim: int, num_classes: int, **kw):
         from probes.attentive_v2 import build as build_attentive_v2
 
         return build_attentive_v2(embed_dim, num_classes, **kw)
+    if kind == "knn":  # not trained: the trainer fits it on the training features (KNNProbe)
+        from probes.knn import KNNProbe
+
+        return KNNProbe(embed_dim, num_classes, **kw)
     if kind == "linear":
         from probes.linear import LinearProbe
 

@@ -31,7 +31,6 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,13 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import parallel
+from probes import failpoints
+from probes.digest import content_digest
 from probes.feature_cache import TokenBatches, encode_copies, encode_loader
 from probes.optim import CosineSchedule, build_adamw, cosine_value
 from probes.problems import DataProblemError, DataProblems
 
 _log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: states carry the digest of their contents
 # Besides after every epoch, state is saved mid-epoch when this many seconds have passed since
 # the last save (at a step boundary): a K400 epoch takes hours.
 SAVE_EVERY_S = 300.0
@@ -116,15 +118,19 @@ class OptimConfig:
         return d
 
 
+class StateInUseError(RuntimeError):
+    """A second run of the same identity while the first still trains on its state file."""
+
+
 class Preempted(Exception):
-    """Training stopped on request (a SIGTERM from SLURM): state saved, re-run to resume."""
+    """Training stopped on request (SIGTERM / SIGUSR1 from SLURM): state saved, re-run to resume."""
 
     def __init__(self, epoch: int, step: int, state_path):
         self.epoch, self.step, self.state_path = epoch, step, state_path
         where = f"epoch {epoch}" + (f", step {step}" if step else "")
         saved = (f"training state saved after {where} in {state_path}" if state_path is not None
                  else "no state path was given, nothing was saved")
-        super().__init__(f"stopped on request (SIGTERM): {saved}; re-run the same command to "
+        super().__init__(f"stopped on request (SIGTERM or SIGUSR1): {saved}; re-run the same command to "
                          f"resume")
 
 
@@ -202,14 +208,31 @@ def merge_views(logits: torch.Tensor) -> torch.Tensor:
 
 
 class _PassCounter:
+    """Samples seen / failed over one pass, and the stop threshold.
+
+    In one process each micro-batch is counted as it arrives, and a pass stops as soon as its
+    failures exceed the threshold of the whole pass (e.g. a wrong data root). Under DDP a rank
+    sees only its share: micro-batches are counted where all ranks meet (`settle`, after a
+    step, or at the end of an evaluation pass), in the order one process would have met them,
+    so counts, the failure list and the verdict are global and the same on every rank."""
+
     def __init__(self, problems: DataProblems, phase: str, where: str, loader,
                  max_fraction: float):
         self.problems, self.phase, self.where = problems, phase, where
         self.max_fraction = max_fraction
         self.seen = self.failed = 0
         self.expected = _expected_samples(loader)
+        self.distributed = parallel.world_size() > 1
+        self.pending: list = []
 
     def add(self, num_ok: int, failures: list) -> None:
+        if self.distributed:
+            self.pending.append((num_ok, list(failures)))
+        else:
+            self.count(num_ok, failures)
+
+    def count(self, num_ok: int, failures: list) -> None:
+        """Count a micro-batch that every rank knows of (already gathered)."""
         self.problems.add(self.phase, num_ok, failures)
         self.seen += num_ok + len(failures)
         self.failed += len(failures)
@@ -217,6 +240,14 @@ class _PassCounter:
         # stop now rather than after decoding the rest (e.g. a wrong data root).
         if self.expected and self.failed > self.max_fraction * self.expected:
             self.problems.check(self.where, self.expected, self.failed, self.max_fraction)
+
+    def settle(self, num_micro: int) -> None:
+        """Count every rank's pending micro-batches (collective; a no-op in one process)."""
+        if not self.distributed:
+            return
+        mine, self.pending = self.pending, []
+        for num_ok, failures in parallel.unshard(parallel.gather_objects(mine), num_micro):
+            self.count(num_ok, failures)
 
     def finish(self) -> None:
         self.problems.check(self.where, self.seen, self.failed, self.max_fraction)
@@ -313,14 +344,27 @@ def _len_or_none(loader) -> int | None:
 def _metric_set(num_classes: int, topk: Iterable[int], device: torch.device) -> dict:
     from torchmetrics.classification import MulticlassAccuracy
 
+    # No sync inside compute(): the progress bar computes on rank 0 alone, mid-pass; the states
+    # (integer counts, so their sum is exact) are summed over the ranks once, at the end.
+    opts = dict(sync_on_compute=False, compute_with_cache=False)
     metrics = {}
     for k in topk:
         k = min(int(k), num_classes)  # top-k beyond the class count is meaningless; name the k used
         metrics.setdefault(f"top{k}", MulticlassAccuracy(num_classes=num_classes, top_k=k,
-                                                         average="micro"))
+                                                         average="micro", **opts))
     metrics["mean_class_acc"] = MulticlassAccuracy(num_classes=num_classes, top_k=1,
-                                                   average="macro")
+                                                   average="macro", **opts)
     return {name: m.to(device) for name, m in metrics.items()}
+
+
+def _pass_size(data) -> int:
+    """Micro-batches of one evaluation pass over every rank (this rank's share in one process)."""
+    if parallel.world_size() > 1:
+        if getattr(data, "world_size", 1) != parallel.world_size():
+            raise ValueError("under DDP the data must be sharded over the ranks "
+                             "(tasks.loading.EpochBatches with rank= and world_size=)")
+        return data.num_micro_batches(all_ranks=True)
+    return _num_micro_batches(data) or 0
 
 
 @torch.no_grad()
@@ -328,20 +372,28 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
               max_failure_fraction, bar: _Progress, predictions: dict | None = None,
               head: int | None = None) -> tuple[dict[str, float], float, int]:
     """Metrics over one pass; with `predictions` (a dict), fills it with per-sample `path`,
-    `label`, `topk_index` and `topk_prob` (top 5 of the view-merged probabilities)."""
+    `label`, `topk_index` and `topk_prob` (top 5 of the view-merged probabilities).
+
+    Under DDP every rank scores its share of the micro-batches; the metric states are summed and
+    the predictions gathered back into the order of one process, so every number and every
+    per-sample prediction equals a single-process run's (same micro-batches, same maths)."""
     encoder.eval()
     probe.eval()
     autocast = _autocast(device, precision)
     finish = getattr(data, "finish", None)
     counter = _PassCounter(problems, "eval", "evaluation", data, max_failure_fraction)
+    total_micro = _pass_size(data)
     metrics = None
     task = bar.start("eval", _num_micro_batches(data))
     start, samples = time.perf_counter(), 0
-    kept = predictions if predictions is not None else {}
+    kept = []  # per micro-batch: (paths, label, topk_index, topk_prob)
     for batch in _micro_batches(data):
+        failpoints.hit("eval")
         video, label, failures = _unpack(batch, device, finish)
         counter.add(0 if video is None else video.shape[0], failures)
-        if video is not None:
+        if video is None:
+            kept.append(None)
+        else:
             tokens = video if "tokens" in batch else encode_views(
                 encoder, video, chunk=encoder_chunk, autocast=autocast)
             probs = merge_views(probe_views(probe, tokens, autocast))
@@ -355,27 +407,47 @@ def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, p
                 m.update(probs, label)
             samples += video.shape[0]
             if predictions is not None:  # per-sample, for statistics after the fact
-                k = min(5, probs.shape[-1])
-                top = probs.topk(k, dim=-1)
-                kept.setdefault("path", []).extend(batch.get("path") or [""] * video.shape[0])
-                kept.setdefault("label", []).append(label.cpu())
-                kept.setdefault("topk_index", []).append(top.indices.cpu())
-                kept.setdefault("topk_prob", []).append(top.values.float().cpu())
+                top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+                kept.append((list(batch.get("path") or [""] * video.shape[0]), label.cpu(),
+                             top.indices.cpu(), top.values.float().cpu()))
         elapsed = time.perf_counter() - start
         if bar.bar is not None:  # compute() syncs the device: only when someone watches
             first = next(iter(metrics)) if metrics else None
             info = f"{first} {100 * metrics[first].compute().item():.1f}" if first else ""
             bar.update(task, rate=samples / max(elapsed, 1e-9), info=info)
+    counter.settle(total_micro)
     counter.finish()
+    if parallel.world_size() > 1:
+        metrics, samples, kept = _merge_ranks(metrics, samples, kept, total_micro, topk, device)
     if metrics is None:
         raise DataProblemError("evaluation saw no readable sample (the loader was empty or every "
                                "sample failed); check the evaluation split and its data root",
                                problems)
     result = {name: 100.0 * m.compute().item() for name, m in metrics.items()}
     if predictions is not None:
-        for key in ("label", "topk_index", "topk_prob"):
-            predictions[key] = torch.cat(predictions[key]).numpy()
+        parts = [k for k in kept if k is not None]
+        if parts:
+            predictions["path"] = [p for part in parts for p in part[0]]
+            for i, key in enumerate(("label", "topk_index", "topk_prob"), start=1):
+                predictions[key] = torch.cat([part[i] for part in parts]).numpy()
     return result, time.perf_counter() - start, samples
+
+
+def _merge_ranks(metrics, samples, kept, total_micro, topk, device):
+    """Sum the ranks' metric states and gather their predictions in single-process order."""
+    classes = [c for c in parallel.gather_objects(
+        None if metrics is None else next(iter(metrics.values())).num_classes) if c is not None]
+    if not classes:  # no rank read anything: the caller reports it
+        return None, 0, []
+    if metrics is None:  # this rank owned no readable micro-batch: empty states, same shapes
+        metrics = _metric_set(classes[0], topk, device)
+        for m in metrics.values():
+            m._update_count = 1  # its (empty) share is complete: compute() need not warn
+    for m in metrics.values():
+        m.sync(should_sync=True)  # all-gather of integer counts, summed: exact
+    samples = sum(parallel.gather_objects(samples))
+    kept = parallel.unshard(parallel.gather_objects(kept), total_micro)
+    return metrics, samples, kept
 
 
 @torch.no_grad()
@@ -386,7 +458,10 @@ def _evaluate_heads(encoder, probe, data, *, device, precision, encoder_chunk, p
     finish = getattr(data, "finish", None)
     counter = _PassCounter(problems, phase, f"head selection on {phase}", data,
                            max_failure_fraction)
-    correct, seen = None, 0
+    total_micro = _pass_size(data)
+    heads = len(getattr(probe, "heads", ())) or 1
+    correct = torch.zeros(heads, dtype=torch.float64, device=device)
+    seen = torch.zeros(1, dtype=torch.float64, device=device)
     for batch in _micro_batches(data):
         video, label, failures = _unpack(batch, device, finish)
         counter.add(0 if video is None else video.shape[0], failures)
@@ -395,11 +470,13 @@ def _evaluate_heads(encoder, probe, data, *, device, precision, encoder_chunk, p
         tokens = video if "tokens" in batch else encode_views(
             encoder, video, chunk=encoder_chunk, autocast=autocast)
         probs = merge_views(probe_views(probe, tokens, autocast))  # (B, H, C)
-        hits = (probs.argmax(-1) == label[:, None]).sum(0).double()
-        correct = hits if correct is None else correct + hits
+        correct += (probs.argmax(-1) == label[:, None]).sum(0).double()
         seen += label.shape[0]
+    counter.settle(total_micro)
     counter.finish()
-    if not seen:
+    parallel.all_sum_(correct)  # counts: their sum is exact in any order
+    parallel.all_sum_(seen)
+    if not seen.item():
         raise DataProblemError(f"head selection saw no readable sample in {phase}", problems)
     return (100.0 * correct / seen).tolist()
 
@@ -459,26 +536,20 @@ def _fingerprint(probe: nn.Module, optim: OptimConfig, steps_per_epoch: int) -> 
 
 
 def _save_state(path: Path, state: dict) -> None:
+    from results.record import atomic_write  # the project's one atomic writer (torch-free)
+
+    state = {**state, "checksum": content_digest(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: a preempted job leaves the old state or the new one
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # atomic: a preempted job leaves the old state or the new one, never a torn file
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _load_state(path: Path, fingerprint: dict) -> dict:
+    start_over = "Delete the file to start the probe training over."
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read probe training state {path}: {exc}. Delete the file to "
-                         f"start the probe training over.") from exc
+        raise ValueError(f"cannot read probe training state {path}: {exc}. {start_over}") from exc
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION \
             or state.get("fingerprint") != fingerprint:
         theirs = (state.get("fingerprint") if isinstance(state, dict) else None) or {}
@@ -487,7 +558,43 @@ def _load_state(path: Path, fingerprint: dict) -> dict:
         raise ValueError(f"probe training state {path} was written by a different run or "
                          f"version (differs in {differ or ['version']}); delete it or use another "
                          f"state path to start over.")
+    stored = state.pop("checksum", None)
+    if stored != content_digest(state):
+        raise ValueError(f"probe training state {path} is corrupt: its contents do not match the "
+                         f"checksum saved with them (a damaged disk or a partial copy). "
+                         f"{start_over}")
     return state
+
+
+@contextlib.contextmanager
+def state_lock(path: Path | None):
+    """Hold an exclusive lock beside the state file for the run's lifetime: a second identical
+    run (same state file) refuses to start instead of training on the same state. The kernel
+    drops the lock when the process dies, so a killed run never leaves it stale."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StateInUseError(f"another run with the same identity is training on {path} "
+                               f"({holder}); wait for it to finish (re-running the command then "
+                               f"reuses its record) or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _rng_state() -> dict:
@@ -547,7 +654,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 selection: str = "val", selection_data=None,
                 stop: Callable[[], bool] | None = None,
                 on_epoch_end: Callable[[int, dict], None] | None = None,
-                on_step_end: Callable[[int, int], None] | None = None) -> ProbeResult:
+                on_step_end: Callable[[int, int], None] | None = None,
+                feature_store=None, feature_key: str | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
 
     - `train_loader`: an `EpochBatches`-like object (steps of micro-batches, exact resume
@@ -562,6 +670,10 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
     - `cache_features`: encode the training split once and train every epoch on those tokens
       (`probes.feature_cache`); only sound when the training data draws fixed clips without
       random augmentation, which the caller arranges (and records in the protocol).
+    - `feature_store` + `feature_key` (with `cache_features`): the cached tokens live on disk
+      (`probes.feature_store`, fp16): read back when present, only missing rows encoded.
+    - a probe with `trainable = False` (`probes.knn.KNNProbe`) is fitted on the cached training
+      tokens instead of trained (no epochs, no state file), then evaluated.
     - `cache_copies` (with `cache_features`): instead, encode this many augmented passes of an
       augmenting, unshuffled training set and train each step on one copy per sample.
     - a `probes.grid.ProbeGrid` trains all its heads on each encoder pass; `selection` "val"
@@ -586,7 +698,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                             cache_copies=cache_copies, cache_seed=cache_seed,
                             save_every_s=save_every_s, selection=selection,
                             selection_data=selection_data, stop=stop,
-                            on_epoch_end=on_epoch_end, on_step_end=on_step_end)
+                            on_epoch_end=on_epoch_end, on_step_end=on_step_end,
+                            feature_store=feature_store, feature_key=feature_key)
     finally:
         torch.set_flush_denormal(False)  # back to the process default
 
@@ -594,9 +707,21 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
 def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, max_failure_fraction,
                  topk, state_path, progress, log, encoder_chunk, cache_features, cache_copies,
                  cache_seed, save_every_s, selection, selection_data, stop, on_epoch_end,
-                 on_step_end) -> ProbeResult:
+                 on_step_end, feature_store=None, feature_key=None) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
+    fit_only = getattr(probe, "trainable", True) is False  # k-NN: a bank of training features
+    cache_features = cache_features or fit_only
+    if feature_store is not None and not feature_key:
+        raise ValueError("feature_store needs feature_key (probes.feature_store.feature_key)")
+    if parallel.world_size() > 1:
+        if cache_features:
+            raise ValueError("cached features are not supported under DDP yet: run the cached "
+                             "protocol in one process (its encoder cost is one pass over the "
+                             "training split)")
+        if getattr(train_loader, "world_size", 1) != parallel.world_size():
+            raise ValueError("under DDP the training data must be sharded over the ranks "
+                             "(tasks.loading.EpochBatches with rank= and world_size=)")
     device = torch.device(device)
     precision = resolve_precision(device, optim.bf16)
     _prepare_encoder(encoder, device, precision)
@@ -611,6 +736,7 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
         finish = getattr(train_loader, "finish", None)
 
         def encode(enc, batch):
+            failpoints.hit("cache")
             video, _, _ = _unpack(batch, device, finish)
             if video is None:
                 return None
@@ -618,7 +744,17 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                                 autocast=autocast).float()
 
         seed = torch.initial_seed() if cache_seed is None else int(cache_seed)
-        if cache_copies > 0:
+        if feature_store is not None:
+            from probes.feature_store import cached_copies, cached_tokens
+
+            if cache_copies > 0:
+                cache = cached_copies(feature_store, feature_key, lambda b: encode(encoder, b),
+                                      train_loader, cache_copies, seed=seed,
+                                      on_batch=counter.add)
+            else:
+                cache = cached_tokens(feature_store, feature_key, lambda b: encode(encoder, b),
+                                      train_loader, on_batch=counter.add)
+        elif cache_copies > 0:
             cache = encode_copies(encoder, train_loader, cache_copies, seed=seed,
                                   device=device, encode=encode, on_batch=counter.add)
         else:
@@ -631,6 +767,11 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
         copies = f" x {cache_copies} augmented copies" if cache_copies > 0 else ""
         log(f"cached training features: {len(cache)} clips{copies} in {cache.seconds:.1f} s "
             f"({cache_stats['megabytes']} MB)")
+        if fit_only:
+            return _fit_and_evaluate(encoder, probe, cache, eval_loader, device=device,
+                                     topk=topk, precision=precision, encoder_chunk=encoder_chunk,
+                                     problems=problems, max_failure_fraction=max_failure_fraction,
+                                     progress=progress, log=log, cache_stats=cache_stats)
         train_loader = TokenBatches(cache, optim.batch_size, shuffle=True,
                                     pick_copy=cache_copies > 0, seed=seed)
     data = _as_steps(train_loader)
@@ -671,11 +812,18 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
         log(f"resuming probe training from {state_path} after {where}")
 
     def save(epoch: int, step: int, partial_stats: dict | None) -> None:
+        # Every rank holds the same state; rank 0 writes it, the others wait until it is on disk
+        # (a rank that stopped first could otherwise end the job while the file is written).
+        if parallel.rank() != 0:
+            parallel.barrier()
+            return
         _save_state(state_path, {
             "version": STATE_VERSION, "fingerprint": fingerprint,
             "probe": probe.state_dict(), "optimizer": opt.state_dict(),
             "epoch": epoch, "step": step, "partial": partial_stats, "history": history,
             "data_problems": problems.to_dict(), "rng": _rng_state()})
+        failpoints.hit("saved")
+        parallel.barrier()
 
     t_start = time.perf_counter()
     train_seconds, train_samples = 0.0, 0
@@ -685,11 +833,11 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             first = start_step if epoch == start_epoch else 0
             carried = partial if epoch == start_epoch else None
 
-            def step_done(step: int, stats: dict) -> None:
-                stopping = stop is not None and stop()
+            def step_done(step: int, stats: dict, *, stopping: bool, save_due: bool) -> None:
+                # `stopping` and `save_due` are the same on every rank (see _train_epoch).
+                failpoints.hit("step")
                 resumable = getattr(data, "mid_epoch_resume", False) and step < steps_per_epoch
-                if state_path is not None and resumable and (
-                        stopping or time.perf_counter() - clock["last_save"] >= save_every_s):
+                if state_path is not None and resumable and (stopping or save_due):
                     clock["last_save"] = time.perf_counter()
                     save(epoch, step, stats)
                 if on_step_end is not None:
@@ -704,7 +852,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                                  steps_per_epoch=steps_per_epoch, device=device,
                                  autocast=autocast, encoder_chunk=encoder_chunk,
                                  problems=problems, max_failure_fraction=max_failure_fraction,
-                                 bar=bar, step_done=step_done)
+                                 bar=bar, step_done=step_done, stop=stop, clock=clock,
+                                 save_every_s=save_every_s)
             train_seconds += stats["seconds"]
             train_samples += stats["samples"]
             history.append(stats)
@@ -715,7 +864,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                 save(epoch + 1, 0, None)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, stats)
-            if stop is not None and stop() and epoch + 1 < optim.epochs:
+            if stop is not None and epoch + 1 < optim.epochs and \
+                    any(parallel.gather_objects(bool(stop()))):
                 raise Preempted(epoch + 1, 0, state_path)
         heads, chosen = None, None
         if is_grid:
@@ -754,9 +904,64 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                        predictions=predictions, heads=heads, chosen_head=chosen)
 
 
+class _GradSum:
+    """The float64 sum of a step's micro-batch gradients, over every rank, rounded once.
+
+    Adding float32 gradients in float64 is exact unless two terms differ by more than 2**28 in
+    magnitude, so the total does not depend on how the micro-batches were grouped on ranks;
+    rounded to float32 it is the same in one process and on any number of ranks."""
+
+    def __init__(self, params: list, device):
+        self.params = params
+        self.sizes = [p.numel() for p in params]
+        self.total = torch.zeros(sum(self.sizes), dtype=torch.float64, device=device)
+        self.touched = torch.zeros(len(params), dtype=torch.float64, device=device)
+
+    def add(self) -> None:
+        """Move the gradients of the last backward() into the sum."""
+        for i, (part, p) in enumerate(zip(self.total.split(self.sizes), self.params)):
+            if p.grad is not None:
+                part.add_(p.grad.reshape(-1))
+                self.touched[i] = 1
+                p.grad = None
+
+    def finish(self) -> None:
+        """Sum over the ranks and hand each parameter its gradient (None where no rank had one,
+        as AdamW then leaves the parameter alone, like a single process)."""
+        parallel.all_sum_(self.total)
+        parallel.all_sum_(self.touched)
+        for part, p, touched in zip(self.total.split(self.sizes), self.params, self.touched.tolist()):
+            p.grad = part.view_as(p).to(p.dtype) if touched else None
+
+
+def _fit_and_evaluate(encoder, probe, cache, eval_loader, *, device, topk, precision,
+                      encoder_chunk, problems, max_failure_fraction, progress, log,
+                      cache_stats) -> ProbeResult:
+    """A probe that is fitted, not trained (k-NN): its bank is the cached training tokens; the
+    evaluation is the trainer's own (views merged by the mean of their softmaxes)."""
+    start = time.perf_counter()
+    probe.fit(cache.tokens, cache.labels)
+    fit_s = time.perf_counter() - start
+    predictions: dict = {}
+    with _Progress(progress) as bar:
+        metrics, eval_seconds, eval_samples = _evaluate(
+            encoder, probe, eval_loader, device=device, topk=topk, precision=precision,
+            encoder_chunk=encoder_chunk, problems=problems,
+            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions)
+    timings = {"total_s": round(time.perf_counter() - start, 3), "train_s": round(fit_s, 3),
+               "eval_s": round(eval_seconds, 3), "train_samples_per_s": 0.0,
+               "eval_samples_per_s": round(eval_samples / eval_seconds, 2) if eval_seconds else 0.0,
+               "resumed_from_epoch": 0, "resumed_from_step": 0, "feature_cache": cache_stats}
+    log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    return ProbeResult(metrics=metrics, probe=probe, data_problems=problems, timings=timings,
+                       history=[], precision=precision, num_evaluated=eval_samples,
+                       predictions=predictions)
+
+
 def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_step, carried,
                  steps_per_epoch, device, autocast, encoder_chunk, problems,
-                 max_failure_fraction, bar: _Progress, step_done) -> dict[str, Any]:
+                 max_failure_fraction, bar: _Progress, step_done, stop, clock,
+                 save_every_s) -> dict[str, Any]:
     probe.train()
     encoder.eval()  # frozen: dropout/BN of the encoder must stay in inference behaviour
     counter = _PassCounter(problems, "train", f"training epoch {epoch + 1}", data,
@@ -775,6 +980,7 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
     heads = getattr(probe, "heads", None)
     clip_groups = ([[p for p in h.parameters() if p.requires_grad] for h in heads]
                    if heads is not None else [params])
+    world = parallel.world_size()
     for step in data.steps(epoch, start_step):
         g = epoch * steps_per_epoch + step.index
         # The release steps its schedulers before each update: update g uses the value at g+1.
@@ -787,11 +993,16 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
                 group["weight_decay"] = cosine_value(g + 1, total, base,
                                                      min(optim.final_weight_decay, base))
         opt.zero_grad(set_to_none=True)
-        n_ok = 0
+        num_micro = getattr(step, "num_micro", 1)
+        # A step of several micro-batches (or ranks) sums their gradients in float64 and rounds
+        # once: the sum is then the same in any order, so micro-batches spread over any number
+        # of ranks give the weights of one process (float32 accumulation depends on the order).
+        grads = _GradSum(params, device) if world > 1 or num_micro > 1 else None
+        local = []  # per micro-batch of this rank: (n_ok, failures, loss, correct, finite)
         for batch in step.micro_batches:
             video, label, failures = _unpack(batch, device, finish)
-            counter.add(0 if video is None else video.shape[0], failures)
             if video is None:
+                local.append((0, failures, 0.0, 0.0, True))
                 continue
             if "tokens" in batch:  # cached features: (B, V, L, D), already encoded
                 tokens = video[:, :1]
@@ -807,20 +1018,37 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
                                        label.repeat_interleave(heads_n), reduction="sum") / step.size
             else:
                 loss = F.cross_entropy(logits, label, reduction="sum") / step.size
-            if not torch.isfinite(loss):
+            n = label.shape[0]
+            if not torch.isfinite(loss):  # reported once every rank has finished the step
+                local.append((n, failures, loss.item(), 0.0, False))
+                continue
+            loss.backward()
+            if grads is not None:
+                grads.add()
+            per_head = logits.shape[1] if logits.ndim == 3 else 1
+            hits = logits.argmax(dim=-1) == (label[:, None] if logits.ndim == 3 else label)
+            local.append((n, failures, loss.item() * step.size / per_head,
+                          hits.float().sum().item() / per_head, True))
+        flags = (stop is not None and stop(), time.perf_counter() - clock["last_save"] >= save_every_s)
+        if world > 1:  # every rank's micro-batches, in one process's order, and the flags
+            mine = parallel.gather_objects((local, flags))
+            local = parallel.unshard([part for part, _ in mine], num_micro)
+            flags = (any(f[0] for _, f in mine), mine[0][1][1])  # stop: any rank; save: rank 0's clock
+        n_ok = 0
+        for n, failures, loss_value, correct, finite in local:
+            counter.count(n, failures)
+            if not finite:
                 raise FloatingPointError(
-                    f"probe loss is {loss.item()} at epoch {epoch + 1}, step {step.index}: the "
+                    f"probe loss is {loss_value} at epoch {epoch + 1}, step {step.index}: the "
                     f"encoder's tokens or the probe diverged. Check that the checkpoint loads "
                     f"finite weights; if it does, lower task.optim.lr (now {lr:g})")
-            loss.backward()
-            n = label.shape[0]
             n_ok += n
-            per_head = logits.shape[1] if logits.ndim == 3 else 1
-            acc["loss_sum"] += loss.item() * step.size / per_head  # mean over heads
-            hits = logits.argmax(dim=-1) == (label[:, None] if logits.ndim == 3 else label)
-            acc["correct"] += hits.float().sum().item() / per_head
+            acc["loss_sum"] += loss_value
+            acc["correct"] += correct
             acc["samples"] += n
         acc["failed"] = counter.failed
+        if grads is not None:
+            grads.finish()  # summed over ranks, float64 -> the parameters' dtype
         if n_ok:
             if n_ok != step.size:  # unreadable samples: the mean over those that loaded
                 for p in params:
@@ -834,7 +1062,8 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
         bar.update(task, rate=acc["samples"] / max(elapsed + acc["seconds"], 1e-9),
                    info=f"loss {acc['loss_sum'] / max(acc['samples'], 1):.4f}")
         step_done(step.index + 1, {**acc, "seen": counter.seen,
-                                   "seconds": acc["seconds"] + time.perf_counter() - start})
+                                   "seconds": acc["seconds"] + time.perf_counter() - start},
+                  stopping=flags[0], save_due=flags[1])
     counter.finish()
     seconds = acc["seconds"] + time.perf_counter() - start
     samples = acc["samples"]

@@ -158,6 +158,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f"{path.suffix}.part")
     try:
+        # mkstemp makes the file 0600; a results folder shared by a team needs the mode any
+        # other new file of this user gets (0666 less the umask).
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -174,6 +178,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def _umask() -> int:
+    # Read without changing it where Linux says it (os.umask can only be read by setting it,
+    # which races with other threads creating files).
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:

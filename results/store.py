@@ -1,16 +1,84 @@
-"""ResultStore: every record JSON under a root folder, as records or as one DataFrame."""
+"""ResultStore: the run records under a results folder, as records or as one pandas frame.
+
+Where: `--results DIR`, else the environment variable HARNESS_RESULTS, else `runs`
+(`default_root()`). A results folder holds record files (`<out>/records/*.json`, written
+atomically by `results.record.write_record`, so many concurrent jobs can write into one folder)
+beside files that are not records (`config.json`, `demo_summary.json`, `*.predictions.npz`).
+
+Which files are records: a JSON file whose top level has `record_version`. Files named as
+`record_filename` names them (`ENC__TASK__PID__STAMP.json`) are records by name: if one cannot be
+read it is reported as a problem, once per call. Any other JSON file that is not a record is not
+ours and is ignored without a word.
+
+One row per run: a run's identity is `extra.run_id` (the runner's hash of encoder, weights,
+protocol and seed) or, for records without one, the same facts read from the record. A re-run's
+newer record replaces the older one; runs that differ in seed are different runs and all stay
+(the leaderboard aggregates them as mean +- std with their count).
+
+The frame's schema (`SCHEMA`, version `SCHEMA_VERSION`) is documented column by column below;
+older record versions still load (missing fields become empty cells). `export_store` /
+`import_store` move a whole store between machines as one Parquet or CSV file.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from results.record import read_record
+from results.record import RECORD_VERSION, atomic_write, read_record, record_protocol_version
 
-# Columns of `ResultStore.frame()` before the metric columns.
-BASE_COLUMNS = ["encoder", "checkpoint", "checkpoint_sha256", "task", "split", "probe",
-                "protocol_id", "created", "label", "seed", "device", "world_size", "path",
-                "protocol"]
+ENV_VAR = "HARNESS_RESULTS"
+DEFAULT_ROOT = "runs"
+
+# Version of the frame's columns (and of exported stores). History:
+#   1: encoder .. protocol (BASE_COLUMNS of the first releases) + one column per metric.
+#   2: + checkpoint_step, protocol_version, precision, run_id, num_samples, split_size, the cost
+#      columns and `record` (the whole record as JSON text: exports round-trip through it).
+SCHEMA_VERSION = 2
+
+# column -> what it holds. Order is the frame's column order; metric columns follow.
+SCHEMA: dict[str, str] = {
+    "encoder": "encoder registry name (record.encoder.name)",
+    "checkpoint": "how the weights are shown: 'random-init', the checkpoint file name, or 'none'",
+    "checkpoint_sha256": "sha256 of the checkpoint file (None for random init)",
+    "task": "task name",
+    "split": "evaluated split",
+    "probe": "probe kind (attentive, attentive_v2, linear)",
+    "protocol_id": "short hash of the resolved protocol; numbers are comparable only when equal",
+    "created": "when the record was written (UTC timestamp)",
+    "label": "the run's display name (extra.label), when given",
+    "seed": "probe seed",
+    "device": "device the run used",
+    "world_size": "processes in the run",
+    "path": "record file the row was read from (None for records held in memory)",
+    "protocol": "the resolved protocol (dict)",
+    "checkpoint_step": "pretraining step of the checkpoint, when known",
+    "protocol_version": "protocol version (1 for records made before the field existed)",
+    "precision": "compute precision that ran (fp32, bf16; None for version-1 records)",
+    "run_id": "identity of the run: re-runs share it, other seeds do not",
+    "num_samples": "evaluation samples the metrics were computed on",
+    "split_size": "samples the evaluated split's manifest lists (protocol.task.manifests.eval)",
+    "params": "encoder parameters (record.encoder.metadata)",
+    "gflops_per_clip": "encoder GFLOPs per clip at the run's input size",
+    "clips_per_s": "evaluation clips per second (timings.eval_samples_per_s)",
+    "device_hours": "wall-clock hours x world size",
+    "record": "the whole record as JSON text",
+}
+BASE_COLUMNS = list(SCHEMA)
+# Schema-1 exports lacked these; they load with the columns empty (then filled from `protocol`).
+_ADDED_IN_2 = BASE_COLUMNS[BASE_COLUMNS.index("checkpoint_step"):]
+
+_RECORD_NAME = re.compile(r".+__.+__[0-9a-f]{12}__\d{8}T\d{6}_\d{6}Z-[0-9a-f]{6}\.json$")
+
+
+def default_root(explicit: str | os.PathLike | None = None) -> Path:
+    """`explicit` (a --results value), else $HARNESS_RESULTS, else ./runs."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_ROOT)
 
 
 def checkpoint_label(checkpoint: dict | None) -> str:
@@ -24,43 +92,100 @@ def checkpoint_label(checkpoint: dict | None) -> str:
     return Path(str(path)).name
 
 
-class ResultStore:
-    """Reads records under `root` (recursively, `*.json`); never crashes on a bad file.
+def looks_like_record_name(path: str | os.PathLike) -> bool:
+    return bool(_RECORD_NAME.match(Path(path).name))
 
-    Unreadable, corrupt or non-record JSON files are skipped and listed in `.problems` as
-    (path, reason) after each `records()` / `frame()` call.
+
+def run_identity(rec: dict) -> str:
+    """The run a record belongs to: its runner-made `extra.run_id`, else a hash of what the
+    runner hashes (encoder, weights, task, split, protocol, seed, label)."""
+    run_id = (rec.get("extra") or {}).get("run_id")
+    if run_id:
+        return str(run_id)
+    checkpoint = rec.get("checkpoint") or {}
+    bits = {"encoder": (rec.get("encoder") or {}).get("name"),
+            "weights": checkpoint.get("sha256") or checkpoint_label(checkpoint),
+            "task": rec.get("task"), "split": rec.get("split"),
+            "protocol_id": rec.get("protocol_id"), "seed": rec.get("seed"),
+            "label": (rec.get("extra") or {}).get("label")}
+    blob = json.dumps(bits, sort_keys=True, default=str).encode()
+    return "r" + hashlib.sha256(blob).hexdigest()[:15]
+
+
+class ResultStore:
+    """Reads the records under `root` (recursively); never crashes on a bad file.
+
+    `.problems`: (path, reason) of record files that could not be read, after each `records()` /
+    `frame()` call; `.replaced`: how many older records of a re-run were left out.
     """
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = default_root(root)
         self.problems: list[tuple[str, str]] = []
+        self.replaced = 0
 
     def paths(self) -> list[Path]:
-        # Hidden files are in-flight temporary writes (see write_record) or not ours.
+        # Hidden files are in-flight temporary writes (see atomic_write) or not ours.
+        if not self.root.is_dir():
+            return []
         return sorted(p for p in self.root.rglob("*.json")
                       if p.is_file() and not any(part.startswith(".")
                                                  for part in p.relative_to(self.root).parts))
 
-    def records(self) -> list[dict[str, Any]]:
-        """All readable records; each gets a `_path` key (where it was read from)."""
-        self.problems = []
+    def records(self, latest_only: bool = True) -> list[dict[str, Any]]:
+        """The readable records, each with a `_path` key; with `latest_only`, one per run
+        identity (the newest)."""
+        self.problems, self.replaced = [], 0
         if not self.root.is_dir():
             self.problems.append((str(self.root), "results root does not exist"))
             return []
         out = []
         for path in self.paths():
-            try:
-                record = read_record(path)
-            except (OSError, ValueError) as exc:
-                self.problems.append((str(path), str(exc)))
-                continue
-            record["_path"] = str(path)
-            out.append(record)
+            rec = self._read(path)
+            if rec is not None:
+                rec["_path"] = str(path)
+                out.append(rec)
+        if latest_only:
+            kept = latest_per_run(out)
+            self.replaced = len(out) - len(kept)
+            out = kept
         return out
 
-    def frame(self):
-        """One row per record: BASE_COLUMNS, then one column per metric name (top1, top5, ...)."""
-        return records_frame(self.records(), problems=self.problems)
+    def _read(self, path: Path) -> dict | None:
+        by_name = looks_like_record_name(path)
+        try:
+            return read_record(path)
+        except OSError as exc:
+            self.problems.append((str(path), f"cannot be read: {exc}"))
+        except ValueError as exc:
+            if by_name or _claims_to_be_a_record(path):
+                self.problems.append((str(path), str(exc)))
+        return None
+
+    def frame(self, latest_only: bool = True):
+        """One row per run (see SCHEMA): BASE_COLUMNS, then one column per metric name."""
+        return records_frame(self.records(latest_only=latest_only), problems=self.problems)
+
+
+def _claims_to_be_a_record(path: Path) -> bool:
+    # A JSON file that is not valid but begins like a record (a torn copy of one) is reported;
+    # other unreadable JSON (an editor's file, a half-written config) is not ours.
+    try:
+        head = path.read_bytes()[:4096].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return '"record_version"' in head
+
+
+def latest_per_run(records: list[dict]) -> list[dict]:
+    """Of several records of one run identity, the newest (by `created`); order kept."""
+    newest: dict[str, dict] = {}
+    for rec in records:
+        key = run_identity(rec)
+        if key not in newest or str(rec.get("created", "")) >= str(newest[key].get("created", "")):
+            newest[key] = rec
+    keep = {id(r) for r in newest.values()}
+    return [r for r in records if id(r) in keep]
 
 
 def records_frame(records: list[dict], problems: list | None = None):
@@ -78,19 +203,39 @@ def records_frame(records: list[dict], problems: list | None = None):
             if problems is None:
                 raise ValueError(f"record {where} lacks expected fields: {exc!r}") from exc
             problems.append((where, f"record lacks expected fields: {exc!r}"))
-    frame = pd.DataFrame(rows)
+    return _finish(pd.DataFrame(rows))
+
+
+def _finish(frame):
+    import pandas as pd
+
     if frame.empty:
         return pd.DataFrame(columns=BASE_COLUMNS)
+    for col in BASE_COLUMNS:
+        if col not in frame:
+            frame[col] = None
     metric_cols = [c for c in frame.columns if c not in BASE_COLUMNS]
-    frame = frame[BASE_COLUMNS + metric_cols]
+    frame = frame[BASE_COLUMNS + metric_cols].copy()
     frame["created"] = pd.to_datetime(frame["created"], utc=True, format="ISO8601")
     return frame.sort_values(["task", "encoder", "created"], kind="stable", ignore_index=True)
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _row(rec: dict) -> dict[str, Any]:
     protocol = rec.get("protocol") or {}
     probe = protocol.get("probe") if isinstance(protocol, dict) else None
     checkpoint = rec.get("checkpoint") or {}
+    metrics = rec.get("metrics") or {}
+    manifests = ((protocol.get("task") or {}).get("manifests") or {}) if isinstance(protocol, dict) else {}
+    eval_manifest = manifests.get("eval") if isinstance(manifests, dict) else None
+    metadata = (rec["encoder"].get("metadata") or {}) if isinstance(rec["encoder"], dict) else {}
+    at_run = metadata.get("at_run_input") or {}
+    timings = rec.get("timings") or {}
+    wall = _number(timings.get("wall_seconds"))
+    record_text = {k: v for k, v in rec.items() if not k.startswith("_")}
     row = {
         "encoder": rec["encoder"]["name"],
         "checkpoint": checkpoint_label(checkpoint),
@@ -106,9 +251,129 @@ def _row(rec: dict) -> dict[str, Any]:
         "world_size": rec.get("world_size"),
         "path": rec.get("_path"),
         "protocol": protocol,
+        "checkpoint_step": checkpoint.get("step"),
+        "protocol_version": record_protocol_version(rec),
+        "precision": rec.get("precision") or (protocol.get("precision") if isinstance(protocol, dict) else None),
+        "run_id": run_identity(rec),
+        "num_samples": _number(metrics.get("num_samples")),
+        "split_size": _number(eval_manifest.get("videos")) if isinstance(eval_manifest, dict) else None,
+        "params": _number(at_run.get("parameters", metadata.get("parameters"))),
+        "gflops_per_clip": _number(at_run.get("gflops_per_clip", metadata.get("gflops_per_clip"))),
+        "clips_per_s": _number(timings.get("eval_samples_per_s")),
+        "device_hours": wall * int(rec.get("world_size") or 1) / 3600 if wall is not None else None,
+        "record": json.dumps(record_text, sort_keys=True, default=str),
     }
-    for name, value in (rec.get("metrics") or {}).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    for name, value in metrics.items():
+        if name == "num_samples":
+            continue
+        if _number(value) is not None:
             # A metric named like a base column keeps a prefix instead of overwriting it.
             row[f"metric.{name}" if name in BASE_COLUMNS else name] = float(value)
     return row
+
+
+# --------------------------------------------------------------------------------------------
+# sharing a whole store
+
+
+def export_store(store: ResultStore, path: str | os.PathLike) -> int:
+    """Write every record of `store` (re-runs included: the receiver dedupes the same way) as
+    one file, `.parquet` or `.csv`, atomically. Returns the number of records."""
+    path = Path(path)
+    kind = _kind(path)
+    frame = store.frame(latest_only=False)
+    out = frame.drop(columns=["protocol", "path"]).copy()
+    out.insert(0, "record_name", [Path(p).name if isinstance(p, str) else None for p in frame["path"]])
+    out["created"] = out["created"].map(lambda t: t.isoformat() if t is not None else None)
+    out.attrs = {}
+    out.insert(0, "schema_version", SCHEMA_VERSION)
+    if kind == "parquet":
+        _need_pyarrow()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(out, preserve_index=False)
+        atomic_write(path, lambda f: pq.write_table(table, f))
+    else:
+        text = out.to_csv(index=False)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return len(out)
+
+
+def import_store(path: str | os.PathLike, root: str | os.PathLike) -> tuple[int, int]:
+    """Recreate the record files of an exported store under `root/records/` (atomically, under
+    their original names, so importing twice or from two machines never duplicates a record).
+    Returns (written, already present)."""
+    import pandas as pd
+
+    path = Path(path)
+    kind = _kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported store at {path}")
+    if kind == "parquet":
+        _need_pyarrow()
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "record" not in frame.columns:
+        raise ValueError(f"{path} is not an exported result store (no 'record' column); make one "
+                         f"with `harness results export FILE`")
+    version = int(frame["schema_version"].iloc[0]) if "schema_version" in frame and len(frame) else 1
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema_version {version}, newer than this code understands "
+                         f"({SCHEMA_VERSION}); update harness")
+    out_dir = Path(root) / "records"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = present = 0
+    from results.record import write_record
+
+    for i, text in enumerate(frame["record"]):
+        try:
+            rec = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: row {i} holds no record JSON ({exc})") from None
+        if not isinstance(rec, dict) or "record_version" not in rec:
+            raise ValueError(f"{path}: row {i} is not a result record")
+        if rec["record_version"] > RECORD_VERSION:
+            raise ValueError(f"{path}: row {i} has record_version {rec['record_version']}, newer "
+                             f"than this code understands; update harness")
+        name = _original_name(frame, i) or _stable_name(rec, text)
+        if (out_dir / name).exists():
+            present += 1
+            continue
+        write_record(rec, out_dir, filename=name)
+        written += 1
+    return written, present
+
+
+def _stable_name(rec: dict, text: str) -> str:
+    # A record that had no record-style name gets one from its content: importing it again
+    # finds the same file instead of writing a second copy.
+    from results.record import record_filename
+
+    name = record_filename(rec)
+    return name[: -len("xxxxxx.json")] + hashlib.sha256(text.encode()).hexdigest()[:6] + ".json"
+
+
+def _original_name(frame, i: int) -> str | None:
+    # Exports keep no paths (they are another machine's); the record's own stem is its name.
+    if "record_name" not in frame.columns:
+        return None
+    name = frame["record_name"].iloc[i]
+    return name if isinstance(name, str) and looks_like_record_name(name) else None
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"{path}: export/import works on .parquet or .csv files")
+
+
+def _need_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ValueError("Parquet needs pyarrow: `pip install pyarrow`, or use a .csv file") from None

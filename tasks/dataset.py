@@ -21,7 +21,32 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransfo
 log = logging.getLogger(__name__)
 
 
-class VideoDataset(torch.utils.data.Dataset):
+class ManifestItems(torch.utils.data.Dataset):
+    """Items of a `path label` manifest: `dict(label, path, error)` plus what `_load(path)`
+    returns. A file that cannot be read gives `video=None` and the reason in `error`; it is never
+    replaced by another sample (the release does that silently, in evaluation too): the consumer
+    counts failures (see `collate_clips`) and decides whether the run may go on."""
+
+    entries: list
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        path, label = self.entries[index]
+        item = {"label": int(label), "path": path, "error": None}
+        try:
+            item.update(self._load(path))
+        except Exception as e:  # any failure is this sample's problem, reported, not hidden
+            item.update(video=None, error=f"{type(e).__name__}: {e}")
+            log.debug("skipping unreadable %s: %s", path, item["error"])
+        return item
+
+    def _load(self, path: str) -> dict:
+        raise NotImplementedError
+
+
+class VideoDataset(ManifestItems):
     """Items: `dict(video=(S, V, 3, T, H, W) float32 | None, label=int, path=str, error=str|None)`.
 
     A video that cannot be read gives `video=None` and the reason in `error`. It is never
@@ -40,8 +65,11 @@ class VideoDataset(torch.utils.data.Dataset):
         class_names: Sequence[str] | None = None,
         frame_cache: FrameCache | None = None,
         device_finish: bool = False,
+        decode_isolation: str = "none",
+        decode_timeout_s: float | None = 60.0,
     ):
         self.entries = list(entries)
+        self.decode = {"isolation": decode_isolation, "timeout_s": decode_timeout_s}
         # device_finish: items carry uint8 frames plus the random parameters drawn for them, and
         # `tasks.loading.ClipFinisher` applies the transform on the compute device.
         self.device_finish = bool(device_finish)
@@ -51,19 +79,6 @@ class VideoDataset(torch.utils.data.Dataset):
         self.split = split
         self.backend = backend
         self.class_names = list(class_names) if class_names is not None else None
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict:
-        path, label = self.entries[index]
-        item = {"label": int(label), "path": path, "error": None}
-        try:
-            item.update(self._load(path))
-        except Exception as e:  # any failure is this sample's problem, reported, not hidden
-            item.update(video=None, error=f"{type(e).__name__}: {e}")
-            log.debug("skipping unreadable video %s: %s", path, item["error"])
-        return item
 
     def _load(self, path: str) -> dict:
         # Every draw of this item comes from torch's generator, which the caller seeds per item
@@ -76,8 +91,13 @@ class VideoDataset(torch.utils.data.Dataset):
             segments[:] = self.sampler.indices(num_frames, rng)
             return [i for seg in segments for i in seg]
 
-        read = self.frame_cache.read if self.frame_cache is not None else read_frames
-        decoded = read(path, indices_fn, backend=self.backend)
+        if os.path.isdir(path):  # a folder of numbered frames (Jester) is a video too
+            from .native.frames import read_frame_folder
+
+            decoded = read_frame_folder(path, indices_fn, backend=self.backend)
+        else:
+            read = self.frame_cache.read if self.frame_cache is not None else read_frames
+            decoded = read(path, indices_fn, backend=self.backend, **self.decode)
         frames, backend = decoded.frames, decoded.backend
         T = self.sampler.frames_per_clip
         clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
@@ -160,6 +180,11 @@ class Task:
                 f"point data.root at the folder holding the {self.spec.name} files "
                 "(`tasks.build(name, root=...)` or the override `task.data.root=...`)"
             )
+            from .native import PREPARERS
+
+            if self.spec.name in PREPARERS:
+                hint += (f", or make them from the publisher's files with `harness data prepare "
+                         f"{self.spec.name} --root DIR`")
         return DataError(f"task {self.spec.name!r}: {what} not found: {path}; {hint}")
 
     def manifest_path(self, split: str) -> Path:
@@ -209,8 +234,15 @@ class Task:
             placement=s.train_placement if train else s.eval_placement,
         )
 
-    def transform(self, *, train: bool, resolution: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def transform(self, *, train: bool, resolution: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  num_frames: int | None = None):
         res = self.resolve_resolution(resolution)
+        if self.spec.kind == "image":
+            from .image_transforms import build_image_transform
+
+            return build_image_transform(train, res, mean, std, num_frames=self.image_frames(num_frames),
+                                         train_aug=self.spec.train_aug,
+                                         eval_transform=self.spec.eval_transform)
         if train:
             return TrainTransform(res, mean, std, **self.spec.train_aug)
         return EvalTransform(res, mean, std, views=self.spec.sampling.eval_views, **self.spec.eval_transform)
@@ -227,6 +259,7 @@ class Task:
         frame_cache: FrameCache | None = None,
         device_finish: bool = False,
         entries: Sequence[tuple[str, int]] | None = None,
+        num_frames: int | None = None,
     ) -> VideoDataset:
         """Clips of `split`; `train` (default: split == 'train') picks random sampling + augmentation.
 
@@ -238,8 +271,14 @@ class Task:
         `device_finish=True`: items are uint8 frames + drawn parameters, finished on the compute
         device by `tasks.loading.ClipFinisher(dataset.transform)`.
         `entries`: a subset of the split's (path, label) list (a carved split, `tasks.splits`).
+        `num_frames` (image tasks): how many times each image is repeated, the encoder's frame
+        count (1 for an image encoder); default the task's `sampling.frames_per_clip`.
         """
         train = (split == "train") if train is None else bool(train)
+        if self.spec.kind == "image":
+            return self._image_dataset(split, train=train and not fixed, mean=mean, std=std,
+                                       resolution=resolution, device_finish=device_finish,
+                                       entries=entries, num_frames=num_frames)
         if fixed and train:
             s = self.spec.sampling
             sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, placement="center")
@@ -257,7 +296,23 @@ class Task:
             class_names=self.class_names if self.paths.get("labels") else None,
             frame_cache=frame_cache,
             device_finish=device_finish,
+            decode_isolation=self.spec.decode_isolation,
+            decode_timeout_s=self.spec.decode_timeout_s,
         )
+
+    def image_frames(self, num_frames: int | None) -> int:
+        return int(num_frames) if num_frames is not None else self.spec.sampling.frames_per_clip
+
+    def _image_dataset(self, split, *, train, mean, std, resolution, device_finish, entries, num_frames):
+        # `fixed` (cached features) needs no branch: the evaluation transform is already fixed.
+        from .image_dataset import ImageDataset
+
+        return ImageDataset(
+            self.entries(split) if entries is None else list(entries),
+            transform=self.transform(train=train, resolution=resolution, mean=mean, std=std,
+                                     num_frames=num_frames),
+            split=split, class_names=self.class_names if self.paths.get("labels") else None,
+            device_finish=device_finish)
 
     def protocol(self, split: str | None = None, *, resolution: int | None = None) -> dict:
         """Everything that makes two numbers on this task comparable, as a JSON-able dict.

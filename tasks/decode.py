@@ -15,13 +15,28 @@ are therefore computed by the caller's `indices_fn(num_frames)` against a frame 
 fetching fails the count is corrected to the frames PyAV really decodes (sequential decoding is
 the one reliable judge; decord's own answers vary after a decode error) and the indices are
 recomputed, rather than failing the sample or silently reading another one.
+
+Native decoders can take the whole process down: decord throws `std::bad_alloc` and aborts
+(SIGABRT) on an mp4 whose time-to-sample table claims 0x7FFFFFF0 samples. Two defences, each
+turning such a file into one DecodeError (counted like any unreadable file, so
+`max_failure_fraction` applies): `check_container` reads the MP4 box tree / the WebM EBML header
+first and refuses sample tables that cannot fit in the file, naming the reason; and
+`isolation="subprocess"` decodes in a child process that is restarted after a crash and stopped
+after `timeout_s` (a hang), at the cost `benchmarks/decode.py` prints.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-from collections.abc import Callable, Sequence
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +49,15 @@ BACKENDS = ("auto", "torchcodec", "decord", "pyav")
 # 0.54x decord's clips/s overall (about 10x slower on 176x144 files, faster on 640 px ones);
 # it stays available as backend=torchcodec, and where decord is missing it comes next.
 AUTO_ORDER = ("decord", "torchcodec", "pyav")
+# "none" is the default: measured with `benchmarks/decode.py --rounds 3` (4 sample videos, 2
+# loaded CPU cores), decoding in a child gave 0.76x / 0.56x the clips/s of decord / PyAV in
+# process on the K400 protocol and 0.63x / 0.51x on SSv2 (the frames travel back through a
+# socket: 354 MB per 720p K400 sample), plus a child start-up of seconds per process; the header
+# check that stops the known crash costs under 1 ms a file.
+ISOLATION = ("none", "subprocess")
+# Default per-video limit under isolation: the slowest real sample here (a 720p K400-protocol
+# read, 8x16 frames, PyAV) takes a few seconds; a minute is a hang, not a slow file.
+DEFAULT_TIMEOUT_S = 60.0
 IndicesFn = Callable[[int], Sequence[int]]
 
 
@@ -105,6 +129,9 @@ def read_frames(
     *,
     backend: str = "auto",
     num_threads: int = 1,
+    isolation: str = "none",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    check_header: bool = True,
 ) -> Decoded:
     """Decode the frames `indices_fn(num_frames)` selects; returns `Decoded(frames, num_frames)`.
 
@@ -112,15 +139,30 @@ def read_frames(
     passes it to the next, ending with PyAV, whose sequential decoding also corrects a lying
     header), or one of them alone ('torchcodec' and 'decord' then retry once with the frame count
     corrected). Raises DecodeError with the reason when the file cannot be decoded.
+
+    `check_header`: refuse MP4/WebM files whose container header cannot be true
+    (`check_container`) before any decoder sees them. `isolation`: 'none' decodes in this
+    process; 'subprocess' in a child process (one per process, reused), so that a decoder that
+    crashes or runs past `timeout_s` seconds (None: no limit) costs this sample, not the run.
+    `timeout_s` applies only under 'subprocess': a native hang cannot be interrupted in-process.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isolation not in ISOLATION:
+        raise ValueError(f"decode isolation must be one of {ISOLATION}, got {isolation!r}")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"decode timeout_s must be positive or None, got {timeout_s!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DecodeError(f"video not found: {path}")
     if os.path.getsize(path) == 0:
         # decord can hang on empty files; there is nothing to decode anyway.
         raise DecodeError(f"video file is empty: {path}")
+    if check_header:
+        check_container(path)
+    if isolation == "subprocess":
+        return _isolated_worker().read(path, indices_fn, backend=backend, num_threads=num_threads,
+                                       timeout_s=timeout_s)
 
     if backend != "auto":
         problem = backend_problem(backend)
@@ -323,15 +365,18 @@ class FrameCache:
         return len(self._videos)
 
     def read(self, path: str | os.PathLike, indices_fn: IndicesFn, *, backend: str = "auto",
-             num_threads: int = 1) -> Decoded:
-        """As `read_frames`, served from memory when the whole video is cached (`.backend` is
-        the backend that decoded it)."""
+             num_threads: int = 1, **isolation) -> Decoded:
+        """As `read_frames` (the same keyword arguments: `isolation`, `timeout_s`,
+        `check_header`), served from memory when the whole video is cached (`.backend` is the
+        backend that decoded it)."""
         path = os.path.abspath(os.fspath(path))  # one entry per file, however it was named
         hit = self._videos.get(path)
         if hit is None:
             if self.full:
-                return read_frames(path, indices_fn, backend=backend, num_threads=num_threads)
-            hit = read_frames(path, lambda n: range(n), backend=backend, num_threads=num_threads)
+                return read_frames(path, indices_fn, backend=backend, num_threads=num_threads,
+                                   **isolation)
+            hit = read_frames(path, lambda n: range(n), backend=backend, num_threads=num_threads,
+                              **isolation)
             size = hit[0].numel() * hit[0].element_size()
             if self.used + size <= self.max_bytes:
                 self._videos[path] = hit
@@ -342,3 +387,374 @@ class FrameCache:
                          "per read", self.used / 2**20, len(self._videos))
         frames, n = hit
         return Decoded(frames[_checked(indices_fn(n), n)], n, hit.backend)
+
+
+# ----- container sanity, before any decoder sees the file -------------------------------------
+# Top-level ISO-BMFF (MP4/MOV) box types a file may start with.
+_ISO_FIRST = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"styp", b"pnot", b"uuid"}
+# Boxes whose payload is a list of boxes, on the way from moov down to the sample tables.
+_ISO_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
+_MAX_MOOV = 1 << 30  # a moov holds tables of a few bytes per sample; 1 GiB is hours of video
+
+
+def check_container(path: str | os.PathLike) -> None:
+    """Refuse an MP4 or WebM file whose container header cannot be true, naming the reason.
+
+    MP4: the box tree from `moov` down to each track's sample tables (`stts`, `stsz`, `stsc`,
+    `stco`/`co64`, `stss`, `ctts`) is read; entry counts must fit in their boxes, the time-to-
+    sample and composition tables may not count more samples than the sample-size table sizes,
+    and no table may claim more samples than the file has bytes. These are the counts decoders allocate for up front (decord
+    aborts the process on 0x7FFFFFF0). WebM/Matroska: the EBML header and the Segment's
+    top-level elements before the first Cluster must parse and fit in the file. Other formats,
+    and truncated media data (the decoders handle those), pass; the decoders judge the rest.
+    Reads only headers (the moov box, a few KiB per minute of video).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        if len(head) >= 8 and head[4:8] in _ISO_FIRST:
+            _check_isobmff(f, size, path)
+        elif head[:4] == b"\x1a\x45\xdf\xa3":
+            _check_ebml(f, size, path)
+
+
+def _corrupt(path: str, reason: str) -> DecodeError:
+    return DecodeError(f"corrupt or crafted container header in {path}: {reason}; the file was "
+                       f"not handed to a decoder")
+
+
+def _iso_boxes(read_at: Callable[[int, int], bytes], start: int, end: int, path: str,
+               where: str) -> Iterator[tuple[bytes, int, int, int]]:
+    """(type, offset, header length, size) of the boxes in [start, end); size 0 runs to `end`."""
+    pos = start
+    while pos + 8 <= end:
+        size, typ = struct.unpack(">I4s", read_at(pos, 8))
+        header = 8
+        if size == 1:
+            raw = read_at(pos + 8, 8)
+            if len(raw) < 8:
+                return
+            size, header = struct.unpack(">Q", raw)[0], 16
+        elif size == 0:
+            size = end - pos
+        name = typ.decode("latin-1")
+        if size < header:
+            raise _corrupt(path, f"box {name!r} at byte {pos} {where} has size {size}, less than its "
+                                 f"own header")
+        yield typ, pos, header, size
+        pos += size
+
+
+def _check_isobmff(f, file_size: int, path: str) -> None:
+    def read_file(pos: int, n: int) -> bytes:
+        f.seek(pos)
+        return f.read(n)
+
+    moov = None
+    for typ, pos, header, size in _iso_boxes(read_file, 0, file_size, path, "at the top level"):
+        if typ == b"moov":
+            if pos + size > file_size:
+                raise _corrupt(path, f"the moov box (the index of every sample) claims {size} bytes "
+                                     f"but only {file_size - pos} remain in the file: truncated")
+            if size > _MAX_MOOV:
+                raise _corrupt(path, f"the moov box claims {size} bytes")
+            moov = read_file(pos + header, size - header)
+            break
+    if moov is None:  # fragmented or truncated files: the decoders say what they make of them
+        return
+
+    def read_moov(pos: int, n: int) -> bytes:
+        return moov[pos : pos + n]
+
+    track = 0
+
+    def walk(start: int, end: int, trail: str) -> None:
+        nonlocal track
+        tables: dict[bytes, tuple[int, int]] = {}
+        for typ, pos, header, size in _iso_boxes(read_moov, start, end, path, f"in {trail or 'moov'}"):
+            if pos + size > end:
+                raise _corrupt(path, f"box {typ.decode('latin-1')!r} in {trail or 'moov'} claims "
+                                     f"{size} bytes, more than its parent holds ({end - pos})")
+            if typ == b"trak":
+                track += 1
+            if typ in _ISO_CONTAINERS:
+                walk(pos + header, pos + size, f"{trail}/{typ.decode()}" if trail else typ.decode())
+            else:
+                tables[typ] = (pos + header, pos + size)
+        if trail.endswith("stbl"):
+            _check_sample_tables(moov, tables, file_size, path, f"track {track}")
+
+    walk(0, len(moov), "moov")
+
+
+def _check_sample_tables(moov: bytes, tables: dict, file_size: int, path: str, track: str) -> None:
+    """The counts of one track's sample tables, against their boxes and against each other."""
+
+    def counted(name: bytes, entry_bytes: int, count_at: int = 4) -> tuple[int, int, int] | None:
+        if name not in tables:
+            return None
+        start, end = tables[name]
+        if end - start < count_at + 4:
+            raise _corrupt(path, f"{track}: the {name.decode()} box is too short for its entry count")
+        count = struct.unpack_from(">I", moov, start + count_at)[0]
+        room = end - start - count_at - 4
+        if entry_bytes and count * entry_bytes > room:
+            raise _corrupt(path, f"{track}: the {name.decode()} table claims {count} entries of "
+                                 f"{entry_bytes} bytes but its box holds {room} bytes")
+        return count, start + count_at + 4, end
+
+    sizes = None
+    if b"stsz" in tables:
+        start, end = tables[b"stsz"]
+        if end - start < 12:
+            raise _corrupt(path, f"{track}: the stsz box is too short")
+        constant, n = struct.unpack_from(">II", moov, start + 4)
+        if constant == 0 and n * 4 > end - start - 12:
+            raise _corrupt(path, f"{track}: the sample-size table (stsz) claims {n} samples but its "
+                                 f"box holds sizes for {(end - start - 12) // 4}")
+        if constant and n * constant > file_size:
+            raise _corrupt(path, f"{track}: the sample-size table (stsz) claims {n} samples of "
+                                 f"{constant} bytes, more than the file's {file_size} bytes")
+        sizes = n
+    elif b"stz2" in tables:
+        sizes = counted(b"stz2", 0, count_at=8)[0]
+
+    stts = counted(b"stts", 8)
+    if stts is not None:
+        count, at, _ = stts
+        total = sum(struct.unpack_from(">I", moov, at + 8 * i)[0] for i in range(count))
+        # More times than sizes: the count a decoder allocates for cannot be real. (Fewer is
+        # left to the decoders: muxers get the tail wrong and FFmpeg copes.)
+        if sizes is not None and total > sizes:
+            raise _corrupt(path, f"{track}: the time-to-sample table (stts) counts {total} samples "
+                                 f"but the sample-size table (stsz) lists {sizes}")
+        if total > file_size:
+            raise _corrupt(path, f"{track}: the time-to-sample table (stts) counts {total} samples, "
+                                 f"more than the file's {file_size} bytes")
+    ctts = counted(b"ctts", 8)
+    if ctts is not None and sizes is not None:
+        count, at, _ = ctts
+        total = sum(struct.unpack_from(">I", moov, at + 8 * i)[0] for i in range(count))
+        if total > sizes:
+            raise _corrupt(path, f"{track}: the composition-offset table (ctts) counts {total} "
+                                 f"samples but the sample-size table (stsz) lists {sizes}")
+    for name, entry in ((b"stsc", 12), (b"stco", 4), (b"co64", 8), (b"stss", 4)):
+        got = counted(name, entry)
+        if got is not None and sizes is not None and name == b"stss" and got[0] > sizes:
+            raise _corrupt(path, f"{track}: the sync-sample table (stss) lists {got[0]} keyframes "
+                                 f"of only {sizes} samples")
+
+
+def _ebml_vint(f, *, is_id: bool) -> tuple[int | None, int]:
+    """An EBML variable-length integer at the file's position: (value, length); None: unknown
+    size (all value bits set). Raises ValueError on an invalid leading byte or end of file."""
+    first = f.read(1)
+    if not first:
+        raise ValueError("the file ends inside an element header")
+    b = first[0]
+    length = 1
+    while length <= 8 and not b & (0x80 >> (length - 1)):
+        length += 1
+    if length > 8:
+        raise ValueError(f"invalid EBML length byte 0x{b:02x}")
+    rest = f.read(length - 1)
+    if len(rest) < length - 1:
+        raise ValueError("the file ends inside an element header")
+    raw = int.from_bytes(first + rest, "big")
+    if is_id:
+        return raw, length
+    value = raw & ((1 << (7 * length)) - 1)
+    return (None if value == (1 << (7 * length)) - 1 else value), length
+
+
+def _check_ebml(f, file_size: int, path: str) -> None:
+    try:
+        f.seek(0)
+        _, _ = _ebml_vint(f, is_id=True)
+        header_size, _ = _ebml_vint(f, is_id=False)
+        if header_size is None or f.tell() + header_size > file_size:
+            raise _corrupt(path, f"the EBML header claims {header_size} bytes, more than the file")
+        f.seek(f.tell() + header_size)
+        seg_id, _ = _ebml_vint(f, is_id=True)
+        if seg_id != 0x18538067:
+            raise _corrupt(path, f"the EBML header is followed by element 0x{seg_id:x}, not a Segment")
+        _ebml_vint(f, is_id=False)  # a truncated file's Segment may overrun; the decoders cope
+        # Top-level elements up to the first Cluster (SeekHead, Info, Tracks, Cues, ...): the
+        # headers a decoder reads before any frame, so they must lie inside the file.
+        while f.tell() < file_size:
+            at = f.tell()
+            eid, _ = _ebml_vint(f, is_id=True)
+            if eid == 0x1F43B675:  # Cluster: media data from here on
+                return
+            esize, _ = _ebml_vint(f, is_id=False)
+            if esize is None:
+                raise _corrupt(path, f"element 0x{eid:x} at byte {at} has an unknown size")
+            if f.tell() + esize > file_size:
+                raise _corrupt(path, f"element 0x{eid:x} at byte {at} claims {esize} bytes, more "
+                                     f"than the {file_size - f.tell()} left in the file")
+            f.seek(f.tell() + esize)
+    except ValueError as e:
+        raise _corrupt(path, f"invalid EBML ({e})") from None
+
+
+# ----- decoding in a child process ------------------------------------------------------------
+# Test-only hook: seconds the child sleeps before decoding, to stand in for a decoder that hangs
+# (no real file is known here that makes one hang). Never set outside tests.
+TEST_ONLY_CHILD_STALL_S = 0.0
+_START_TIMEOUT_S = 120.0  # the child's imports, on a loaded machine
+
+
+class _IsolatedWorker:
+    """One decoding child process, started on first use and again after it crashed or was
+    stopped. It runs `read_frames(isolation='none')`; each `indices_fn(n)` call is a round trip
+    to this process, so the caller's index logic (header corrections included) runs unchanged.
+    Started with subprocess, not multiprocessing: DataLoader workers are daemonic processes,
+    which multiprocessing forbids to have children."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.conn = None
+        self.stderr = None
+        self.starts = 0
+
+    def _start(self) -> None:
+        import socket
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        self.stderr = tempfile.TemporaryFile()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [repo, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from tasks.decode import _child_main; "
+                                   "_child_main(int(sys.argv[1]))", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self.stderr, env=env, close_fds=True)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.starts += 1
+        # The child imports torch and the decoders first (seconds); that is not the file's time.
+        try:
+            ready = self.conn.poll(_START_TIMEOUT_S) and self.conn.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            tail = self._stderr_tail()
+            self.close()
+            raise DecodeError(f"the isolated decoder process did not start"
+                              f"{': ' + tail if tail else ''}")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.conn is not None:
+            self.conn.close()
+        if self.stderr is not None:
+            self.stderr.close()
+        self.proc = self.conn = self.stderr = None
+
+    def _stderr_tail(self) -> str:
+        try:
+            self.stderr.seek(0)
+            lines = [ln.strip() for ln in self.stderr.read().decode("utf-8", "replace").splitlines()]
+        except (OSError, ValueError, AttributeError):
+            return ""
+        lines = [ln for ln in lines if ln]
+        return lines[-1][:200] if lines else ""
+
+    def read(self, path: str, indices_fn: IndicesFn, *, backend: str, num_threads: int,
+             timeout_s: float | None) -> Decoded:
+        import torch
+
+        if self.proc is None or self.proc.poll() is not None:
+            self.close()
+            self._start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.conn.send((path, backend, num_threads, float(TEST_ONLY_CHILD_STALL_S)))
+        failed: BaseException | None = None
+        while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                ready = self.conn.poll(wait)
+                msg = self.conn.recv() if ready else None
+            except (EOFError, OSError):
+                msg, ready = None, True
+            if not ready:  # past the limit: the decoder hangs or crawls; stop it, lose this sample
+                self.close()
+                raise DecodeError(f"decoding {path} took longer than {timeout_s:g} s "
+                                  f"(decode_timeout_s); the decoder process was stopped")
+            if msg is None:  # the child died: a native crash (abort, segfault, out of memory)
+                code = self.proc.wait()
+                tail = self._stderr_tail()
+                self.close()
+                how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+                raise DecodeError(f"the decoder crashed on {path} ({how}"
+                                  f"{': ' + tail if tail else ''}); the decoder process is restarted "
+                                  f"for the next file")
+            kind = msg[0]
+            if kind == "indices":
+                try:
+                    reply = ("ok", [int(i) for i in indices_fn(msg[1])])
+                except Exception as e:  # the caller's bug: re-raised here once the child is idle
+                    failed, reply = e, ("fail", _short(e))
+                self.conn.send(reply)
+            elif kind == "frames":
+                return Decoded(torch.from_numpy(msg[1]), msg[2], msg[3])
+            else:
+                if failed is not None:
+                    raise failed
+                raise DecodeError(msg[1])
+
+
+_workers: dict[int, _IsolatedWorker] = {}
+
+
+def _isolated_worker() -> _IsolatedWorker:
+    # One per process: a DataLoader worker forked from a process holding a child must not talk
+    # to that process's child.
+    pid = os.getpid()
+    if pid not in _workers:
+        _workers[pid] = _IsolatedWorker()
+    return _workers[pid]
+
+
+@atexit.register
+def _stop_workers() -> None:
+    worker = _workers.pop(os.getpid(), None)
+    if worker is not None:
+        worker.close()
+
+
+def _child_main(fd: int) -> None:
+    """The decoding child: requests in, frames (numpy) or an error message out, until EOF."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    import torch  # noqa: F401  (imported before 'ready': the per-file clock starts after it)
+
+    conn.send(("ready",))
+    while True:
+        try:
+            path, backend, num_threads, stall = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if stall:
+            time.sleep(stall)
+
+        def remote_indices(n: int) -> list[int]:
+            conn.send(("indices", int(n)))
+            status, value = conn.recv()
+            if status != "ok":
+                raise RuntimeError(f"indices_fn failed in the caller: {value}")
+            return value
+
+        try:
+            out = read_frames(path, remote_indices, backend=backend, num_threads=num_threads,
+                              check_header=False)
+            conn.send(("frames", out.frames.numpy(), out.num_frames, out.backend))
+        except Exception as e:
+            conn.send(("error", str(e) if isinstance(e, DecodeError) else
+                       f"could not decode {path}: {_short(e)}"))

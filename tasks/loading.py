@@ -10,6 +10,11 @@ micro-batch size, the worker count or where an interrupted run restarts:
   derives its clip positions and augmentation draws (`tasks.dataset.VideoDataset`);
 * a resumed run starts the same epoch's order at the first global batch it had not finished.
 
+Under DDP (`rank`, `world_size`) every rank loads an exact share of each global batch's
+micro-batches, micro-batch j going to rank j % world_size: the micro-batches themselves are the
+ones a single process would form, so each sample's clip, and the probe's per-micro-batch
+gradients, are those of a one-process run; the trainer sums them across ranks.
+
 Clips leave the loader as uint8 frames (a quarter of float32, at their decoded size) and are
 cropped, resized and normalised on the compute device by `ClipFinisher`.
 """
@@ -49,7 +54,8 @@ class Step:
 
     index: int                 # step within the epoch
     size: int                  # samples the global batch holds (readable or not)
-    micro_batches: Iterator[dict]
+    micro_batches: Iterator[dict]   # this rank's share of them
+    num_micro: int = 1         # micro-batches of the whole global batch, over all ranks
 
 
 class EpochBatches:
@@ -66,7 +72,7 @@ class EpochBatches:
     def __init__(self, dataset, *, batch_size: int, micro_batch_size: int | None = None,
                  seed: int = 0, shuffle: bool = True, num_workers: int = 0,
                  collate_fn: Callable | None = None, pin_memory: bool = False,
-                 finish: Callable | None = None):
+                 finish: Callable | None = None, rank: int = 0, world_size: int = 1):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         micro = int(micro_batch_size or batch_size)
@@ -77,6 +83,9 @@ class EpochBatches:
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
         self.collate_fn, self.finish = collate_fn, finish
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def __len__(self) -> int:
         """Optimiser steps per epoch (the last global batch may be smaller: no sample dropped)."""
@@ -106,23 +115,30 @@ class EpochBatches:
         globals_ = globals_[int(start_step):]
         micro = [[g[j:j + self.micro_batch_size] for j in range(0, len(g), self.micro_batch_size)]
                  for g in globals_]
-        flat = [m for ms in micro for m in ms]
-        if not flat:
-            return
-        it = iter(self._loader(epoch, flat))
-        for k, (g, ms) in enumerate(zip(globals_, micro)):
+        mine = [ms[self.rank::self.world_size] for ms in micro]
+        flat = [m for ms in mine for m in ms]
+        it = iter(self._loader(epoch, flat)) if flat else iter(())
+        for k, (g, ms, own) in enumerate(zip(globals_, micro, mine)):
             # The same loader streams every micro-batch (workers prefetch across steps); each
-            # Step hands out exactly its own.
-            yield Step(int(start_step) + k, len(g), (next(it) for _ in range(len(ms))))
+            # Step hands out exactly its own. A rank may own none of a small step's.
+            yield Step(int(start_step) + k, len(g), (next(it) for _ in range(len(own))),
+                       num_micro=len(ms))
 
-    def micro_batches(self, epoch: int = EVAL_EPOCH) -> Iterator[dict]:
+    def micro_batches(self, epoch: int = EVAL_EPOCH, start: int = 0) -> Iterator[dict]:
+        """This rank's micro-batches of one pass, in order (all of them in one process), from
+        its `start`-th on (items are seeded by index, so skipping changes nothing after)."""
         order = self.order(epoch)
         flat = [order[i:i + self.micro_batch_size] for i in range(0, len(order), self.micro_batch_size)]
+        flat = flat[self.rank::self.world_size][int(start):]
         if flat:
             yield from self._loader(epoch, flat)
 
-    def num_micro_batches(self) -> int:
-        return -(-len(self.dataset) // self.micro_batch_size)
+    def num_micro_batches(self, all_ranks: bool = False) -> int:
+        """Micro-batches of one pass on this rank (`all_ranks`: over every rank)."""
+        total = -(-len(self.dataset) // self.micro_batch_size)
+        if all_ranks:
+            return total
+        return len(range(self.rank, total, self.world_size))
 
 
 class ClipFinisher:

@@ -7,10 +7,13 @@ so the label is whatever follows the LAST space on the line.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
@@ -25,10 +28,13 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
         raise DataError(f"manifest not found: {path}")
     base = path.parent
     entries: list[tuple[str, int]] = []
+    first_line: dict[str, int] = {}
+    duplicates: list[str] = []
     # utf-8-sig: a byte-order mark (Windows editors write one) would otherwise glue itself to
     # the first path, which then "does not exist".
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, raw in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw_bytes in enumerate(f, start=1):
+            raw = _utf8(raw_bytes, path, lineno, first=lineno == 1, what="manifest")
             line = raw.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -49,8 +55,27 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
             video = video.rstrip()  # tolerate several spaces before the label
             if not os.path.isabs(video):
                 video = str(base / video)
+            if video in first_line:
+                # Kept (dropping it would change the set the manifest hash covers), but a video
+                # listed twice weighs twice in training and in the metric: worth a warning.
+                duplicates.append(f"line {lineno} repeats line {first_line[video]} ({video})")
+            first_line.setdefault(video, lineno)
             entries.append((video, label))
+    if duplicates:
+        log.warning("%s: %d duplicate line(s), kept as listed: %s%s", path, len(duplicates),
+                    "; ".join(duplicates[:5]), " ..." if len(duplicates) > 5 else "")
     return entries
+
+
+def duplicate_lines(entries: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """(entry index, index of its first occurrence) for every entry whose video is listed before."""
+    first: dict[str, int] = {}
+    out = []
+    for i, (video, _) in enumerate(entries):
+        if video in first:
+            out.append((i, first[video]))
+        first.setdefault(video, i)
+    return out
 
 
 def write_manifest(path: str | os.PathLike, entries: list[tuple[str, int]]) -> None:
@@ -81,6 +106,15 @@ def manifest_sha256(entries: list[tuple[str, int]], base: str | os.PathLike | No
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
+def _utf8(raw: bytes, path, lineno: int, *, first: bool, what: str) -> str:
+    """A line as text; a byte that is not UTF-8 is an error naming the line and the byte."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1}); save the {what} as UTF-8") from None
+
+
 def read_label_map(path: str | os.PathLike) -> list[str]:
     """One class name per line; the class index is the line number (0-based). No blank lines."""
     path = Path(path)
@@ -88,7 +122,10 @@ def read_label_map(path: str | os.PathLike) -> list[str]:
         raise DataError(f"label map not found: {path}")
     # A byte-order mark or trailing blanks are editor noise, not part of a class name: left in,
     # they would silently change the label map's hash and so the protocol id.
-    names = [line.rstrip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    data = path.read_bytes()
+    lines = data.splitlines()
+    names = [_utf8(b, path, i, first=i == 1, what="label map").rstrip()
+             for i, b in enumerate(lines, start=1)]
     while names and not names[-1].strip():  # a trailing newline or two is harmless
         names.pop()
     for i, n in enumerate(names, start=1):

@@ -9,7 +9,8 @@ from typing import Any
 
 from .errors import DataError
 
-KINDS = ("video",)
+# Task kinds served here; `multilabel` and `detection` (AVA) need the trainer's task-kind seam.
+KINDS = ("video", "image")
 METRICS = ("top1", "top5")
 PLACEMENTS = ("random", "start", "center")
 
@@ -88,6 +89,12 @@ class TaskSpec:
     train_aug: dict = field(default_factory=dict)
     eval_transform: dict = field(default_factory=dict)
     max_failure_fraction: float = 0.05
+    # How videos are decoded (not protocol: they change no number). "subprocess" decodes in a
+    # child process that a native crash or hang cannot take down (tasks.decode.read_frames);
+    # off by default: the container header check already refuses the known crafted files, and
+    # the child costs 25-50% of decoding speed (benchmarks/decode.py).
+    decode_isolation: str = "none"
+    decode_timeout_s: float | None = 60.0
     optim: dict = field(default_factory=dict)
     description: str = ""
     # Train the probe on cached frozen features (fixed centred clips, no augmentation) unless the
@@ -135,6 +142,15 @@ class TaskSpec:
         if not 0.0 <= mff <= 1.0:
             raise DataError(f"{where}: max_failure_fraction must be within [0, 1], got {mff}")
 
+        isolation = cfg.get("decode_isolation", "none")
+        if isolation not in ("none", "subprocess"):
+            raise DataError(f"{where}: decode_isolation must be 'none' or 'subprocess', got {isolation!r}")
+        timeout = cfg.get("decode_timeout_s", 60.0)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise DataError(f"{where}: decode_timeout_s must be a positive number of seconds or "
+                            f"null, got {timeout!r}")
+
         copies = cfg.get("cached_train_copies", 0)
         if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
             raise DataError(f"{where}: cached_train_copies must be an integer >= 0, got {copies!r}")
@@ -150,6 +166,8 @@ class TaskSpec:
             train_aug=dict(cfg.get("train_aug") or {}),
             eval_transform=dict(cfg.get("eval_transform") or {}),
             max_failure_fraction=mff,
+            decode_isolation=isolation,
+            decode_timeout_s=None if timeout is None else float(timeout),
             optim=dict(cfg.get("optim") or {}),
             description=str(cfg.get("description", "")),
             cache_features=bool(cfg.get("cache_features", False)),

@@ -197,7 +197,7 @@ def test_sigterm_saves_state_exits_143_and_the_rerun_resumes(digits_root, tmp_pa
     out = tmp_path / "runs"
     args = [sys.executable, "-m", "harness", "run", "--encoder", "vjepa_tiny", "--random-init",
             "--task", "digits_motion", "--out", str(out), "--no-progress",
-            f"task.data.root={digits_root}", "task.optim.epochs=40", "task.optim.batch_size=4",
+            f"task.data.root={digits_root}", "task.optim.epochs=12", "task.optim.batch_size=4",
             "cache_features=false"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -208,7 +208,7 @@ def test_sigterm_saves_state_exits_143_and_the_rerun_resumes(digits_root, tmp_pa
     assert proc.returncode == 143, err
     assert "training state saved after epoch" in err and "re-run the same command" in err
     assert not list((out / "records").glob("*.json"))
-    assert _run(args[3:] + ["task.optim.epochs=40"]) == 0  # the same command: resumes, finishes
+    assert _run(args[3:] + ["task.optim.epochs=12"]) == 0  # the same command: resumes, finishes
     rec = json.loads(next((out / "records").glob("*.json")).read_text())
     assert rec["timings"]["resumed_from_epoch"] >= 1
 

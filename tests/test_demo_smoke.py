@@ -61,4 +61,4 @@ def test_demo_report_averages_seeds_and_keeps_one_seed_in_the_leaderboard(tmp_pa
     report = (tmp_path / "report.md").read_text()
     assert "| vjepa_tiny b | 71.0 +- 1.0 | 71.0 +- 1.0 |" in report
     assert "records, the latest is shown" not in report  # the leaderboard holds seed 0 only
-    assert "| 70.0 |" in report and (tmp_path / "demo.png").stat().st_size > 1000
+    assert "| **70.0** |" in report and (tmp_path / "demo.png").stat().st_size > 1000  # best: bold

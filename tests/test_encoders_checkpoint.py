@@ -156,6 +156,33 @@ def test_safetensors_checkpoint(tmp_path, model):
     assert loaded.checkpoint_info["format"] == "safetensors" and loaded.checkpoint_info["epoch"] == 7
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_integer_or_bool_tensors_where_floats_belong_are_named(tmp_path, model, fmt):
+    state = {k: v.clone().contiguous() for k, v in model.backbone.state_dict().items()}
+    state["pos_embed"] = state["pos_embed"].round().to(torch.int64)
+    state["blocks.1.norm1.weight"] = state["blocks.1.norm1.weight"] > 0
+    path = tmp_path / f"enc.{fmt}"
+    save_file(state, path) if fmt == "safetensors" else torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"2 non-float tensor\(s\) where the model has float "
+                                              r"weights: blocks\.1\.norm1\.weight \(bool\), "
+                                              r"pos_embed \(int64\)"):
+        encoders.build("vjepa_tiny", checkpoint=path, depth=2)
+
+
+def test_integer_buffers_the_model_has_still_load(tmp_path):
+    # BatchNorm's num_batches_tracked is int64 in the model and in its checkpoints: not refused.
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    state = mobilenet_v2(weights=None).state_dict()
+    ints = [k for k, v in state.items() if not v.is_floating_point()]
+    assert ints and all(k.endswith("num_batches_tracked") for k in ints)
+    path = tmp_path / "mnv2.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    enc = encoders.build("mobilenet_v2_imagenet", checkpoint=path)
+    assert enc(torch.randn(1, 3, 2, 64, 64)).shape == (1, 2 * 2 * 2, 320)
+
+
 def test_probe_checkpoint_is_recognised(tmp_path):
     probe_ck = {
         "classifier": {"module.pooler.query_tokens": torch.zeros(1, 1, 96),

@@ -58,7 +58,8 @@ def test_two_process_ddp_step_keeps_ranks_identical(tmp_path):
     assert len(ckpt["mask_rng"]) == 2 and not torch.equal(ckpt["mask_rng"][0], ckpt["mask_rng"][1])
     # the checkpoint holds the synchronised weights
     for k, v in ckpt["encoder"].items():
-        assert torch.equal(v, r0[f"online.encoder.{k}"])
+        assert k.startswith("module.backbone.")  # the release's DDP + wrapper names
+        assert torch.equal(v, r0[f"online.encoder.{k[len('module.backbone.'):]}"])
     # and training moved them: the encoder differs from the fresh (seeded) init
-    assert not torch.equal(ckpt["encoder"]["blocks.0.attn.qkv.weight"],
-                           ckpt["target_encoder"]["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(ckpt["encoder"]["module.backbone.blocks.0.attn.qkv.weight"],
+                           ckpt["target_encoder"]["module.backbone.blocks.0.attn.qkv.weight"])

@@ -32,11 +32,13 @@ def test_same_protocol_one_column_per_task(tmp_path):
     add(tmp_path, "videomae_vitl", "k400", 77.8)
     add(tmp_path, "videomae_vitl", "ssv2", 65.5)
     lb = board(tmp_path)
-    assert list(lb.table.columns) == ["k400", "ssv2"]
+    assert list(lb.table.columns) == ["k400 (attentive)", "ssv2 (attentive)"]
     # records without protocol_version are version 1, their precision unknown
-    assert lb.notes == ["protocol version and precision: k400 v1, ssv2 v1"]
-    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "ssv2"] == 69.5
-    assert lb.table.loc[("videomae_vitl", "videomae_vitl.pth"), "k400"] == 77.8
+    assert lb.notes == []
+    pid = ResultStore(tmp_path).frame()["protocol_id"].iloc[0]
+    assert lb.legend[0] == f"k400 (attentive): protocol {pid} (v1)"
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "ssv2 (attentive)"] == 69.5
+    assert lb.table.loc[("videomae_vitl", "videomae_vitl.pth"), "k400 (attentive)"] == 77.8
     assert list(lb.table.index.get_level_values("encoder")) == ["vjepa_vitl", "videomae_vitl"]
 
 
@@ -51,14 +53,15 @@ def test_different_protocol_gets_its_own_column_and_a_note(tmp_path):
     pid_att = frame[frame["probe"] == "attentive"]["protocol_id"].iloc[0]
     pid_lin = frame[frame["probe"] == "linear"]["protocol_id"].iloc[0]
     lb = leaderboard(frame)
-    assert list(lb.table.columns) == [f"k400 [{pid_att} v1]", f"k400 [{pid_lin} v1]", "ssv2"]
-    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), f"k400 [{pid_lin} v1]"] == 71.0
-    assert lb.table[f"k400 [{pid_lin} v1]"].isna().sum() == 1  # videomae has no linear record
-    versions, note = lb.notes
-    assert versions == "protocol version and precision: ssv2 v1"
-    assert "k400" in note and "not comparable" in note
-    assert "probe.kind: attentive vs linear" in note
-    assert "probe.depth: 1 vs <absent>" in note
+    assert list(lb.table.columns) == ["k400 (attentive)", "k400 (linear)", "ssv2 (attentive)"]
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "k400 (linear)"] == 71.0
+    assert lb.table["k400 (linear)"].isna().sum() == 1  # videomae has no linear record
+    assert [c.protocol_id for c in lb.columns][:2] == [pid_att, pid_lin]
+    (note,) = lb.notes
+    assert note.startswith("k400: 2 protocols, not comparable, split into columns: "
+                           "'k400 (attentive)' vs 'k400 (linear)': ")
+    assert "probe attentive vs linear (probe.kind)" in note
+    assert "probe depth 1 vs <absent> (probe.depth)" in note
     assert "optim" not in note  # only differing fields are named
 
 
@@ -73,9 +76,15 @@ def test_latest_duplicate_wins_with_a_note(tmp_path):
     add(tmp_path, "vjepa_vitl", "k400", 70.0)
     time.sleep(0.002)
     add(tmp_path, "vjepa_vitl", "k400", 80.8)
-    lb = board(tmp_path)
-    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "k400"] == 80.8
-    assert any("2 records, the latest is shown" in n for n in lb.notes)
+    store = ResultStore(tmp_path)
+    lb = leaderboard(store.frame())
+    assert store.replaced == 1  # the same run (encoder, weights, protocol, seed) re-run
+    assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "k400 (attentive)"] == 80.8
+    assert lb.cells[(("vjepa_vitl", "vjepa_vitl.pth"), "k400 (attentive)")].runs == 1
+    # records in memory (no store in between) are deduplicated by the leaderboard itself
+    from results import read_record
+    lb = leaderboard(records_frame([read_record(p) for p in sorted(tmp_path.glob("*.json"))]))
+    assert lb.table.iloc[0, 0] == 80.8 and any("re-run" in n for n in lb.notes)
 
 
 def test_same_file_name_different_checkpoints_stay_apart(tmp_path):
@@ -87,17 +96,17 @@ def test_same_file_name_different_checkpoints_stay_apart(tmp_path):
     lb = board(tmp_path)
     assert set(lb.table.index.get_level_values("checkpoint")) == {
         "latest.pth@11111111", "latest.pth@22222222", "random-init"}
-    assert list(lb.table["k400"]) == [50.0, 40.0, 10.0]  # best first
+    assert list(lb.table["k400 (attentive)"]) == [50.0, 40.0, 10.0]  # best first
 
 
 def test_task_filter_metric_choice_and_missing(tmp_path):
     add(tmp_path, "vjepa_vitl", "k400", 80.8, top5=94.0)
     add(tmp_path, "vjepa_vitl", "ssv2", 69.5)
     lb = board(tmp_path, tasks="ssv2,in1k")
-    assert list(lb.table.columns) == ["ssv2"]
+    assert list(lb.table.columns) == ["ssv2 (attentive)"]
     assert "in1k: no records" in lb.notes
     lb5 = board(tmp_path, metric="top5")
-    assert list(lb5.table.columns) == ["k400"] and lb5.table.iloc[0, 0] == 94.0
+    assert list(lb5.table.columns) == ["k400 (attentive)"] and lb5.table.iloc[0, 0] == 94.0
     assert any("without top5" in n for n in lb5.notes)
     assert "no record has metric 'map'" in board(tmp_path, metric="map").notes[0]
     assert board(tmp_path / "empty").notes == ["no result records found"]
@@ -111,26 +120,29 @@ def test_render_markdown_csv_rich(tmp_path):
     lb = board(tmp_path, tasks=["k400", "ssv2"])
     md = render(lb, "markdown")
     lines = md.splitlines()
-    assert lines[0] == "| encoder | checkpoint | k400 | ssv2 |"
-    assert lines[1] == "|---|---|---:|---:|"
-    assert lines[2] == "| vjepa_vitl | vjepa_vitl.pth | 80.8 | 69.5 |"
-    assert lines[3] == "| videomae_vitl | videomae_vitl.pth | 77.8 | - |"
+    assert lines[0] == "| encoder | checkpoint | k400 (attentive) | ssv2 (attentive) | mean rank |"
+    assert lines[1] == "|---|---|---:|---:|---:|"
+    # no sample counts in these records: one decimal; best bold; no test possible -> no tie
+    assert lines[2] == "| vjepa_vitl | vjepa_vitl.pth | **80.8** | **69.5** | 1.0 |"
+    assert lines[3] == "| videomae_vitl | videomae_vitl.pth | 77.8 | - | 2.0 (1/2) |"
 
     rows = list(csv.DictReader(io.StringIO(render(lb, "csv"))))
-    assert rows[0] == {"encoder": "vjepa_vitl", "checkpoint": "vjepa_vitl.pth", "k400": "80.84",
-                       "ssv2": "69.5"}
-    assert rows[1]["ssv2"] == ""
+    assert rows[0] == {"encoder": "vjepa_vitl", "checkpoint": "vjepa_vitl.pth",
+                       "k400 (attentive)": "80.8", "k400 (attentive) mark": "best",
+                       "ssv2 (attentive)": "69.5", "ssv2 (attentive) mark": "best",
+                       "mean rank": "1.00"}
+    assert rows[1]["ssv2 (attentive)"] == "" and rows[1]["k400 (attentive) mark"] == ""
 
     add(tmp_path, "videomae_vitl", "ssv2", 60.0, protocol=linear)
     lb = board(tmp_path)
     text = render(lb, "rich")
-    assert "vjepa_vitl" in text and "80.8" in text and "77.8" in text
-    for column in lb.table.columns:  # '[pid]' must not be swallowed as rich markup
-        assert column in text
-    assert "note: ssv2: records under 2 different protocols" in text
+    assert "vjepa_vitl" in text and "80.8*" in text and "77.8" in text
+    for column in lb.columns:  # '[pid]' in the legend must not be swallowed as rich markup
+        assert column.name in text and f"protocol {column.protocol_id}" in text
+    assert "note: ssv2: 2 protocols, not comparable" in text
     assert "probe.kind" in render(lb, "markdown").splitlines()[-1]
     with pytest.raises(ValueError, match="markdown"):
-        render(lb, "html")
+        render(lb, "pdf")
 
 
 def test_records_in_memory_give_the_same_frame(tmp_path):

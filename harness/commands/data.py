@@ -1,9 +1,17 @@
-"""`harness data make digits --out DIR`: the synthetic digit-video tasks, as real mp4 files."""
+"""`harness data ...`: make the synthetic digits, prepare and check datasets in their native formats.
+
+    harness data make digits --out data/digits
+    harness data prepare k400 --root /datasets/kinetics400 [--out DIR]
+    harness data check k400 --root DIR
+    harness data split k400 --root DIR --fraction 0.05,0.1,0.5 --seeds 0,1,2
+"""
 from __future__ import annotations
 
 import argparse
 
 DATASETS = ("digits",)
+NATIVE = ("k400", "ssv2", "in1k", "places205", "inat21", "diving48", "jester")  # tasks.native.PREPARERS
+_SHOWN = 20  # problems printed per kind; the report file holds them all
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
@@ -17,17 +25,112 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                       help="videos per class in each split (default 100 25 100)")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    prep = sub.add_parser("prepare", help="native layout -> manifests + label map (+ report)")
+    prep.add_argument("task", choices=NATIVE)
+    prep.add_argument("--root", required=True, help="the dataset as its publisher ships it")
+    prep.add_argument("--out", help="where manifests, classes.txt and prepare_report.json go "
+                      "(default: --root); then run with task.data.root=OUT")
+    prep.add_argument("--annotations", help="folder of the annotation files if not under --root")
+    prep.add_argument("--no-verify", action="store_true",
+                      help="do not open the files (only list missing ones): fast, less safe")
+    prep.add_argument("--workers", type=int, default=0, help="worker processes (default: cores, at most 8)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.add_argument("--all-problems", action="store_true", help="print every problem, not the first 20 per kind")
+
+    chk = sub.add_parser("check", help="open every file of a task's manifests and report problems")
+    chk.add_argument("task")
+    chk.add_argument("--root", help="the task's data.root (default: the task config's)")
+    chk.add_argument("--report", help="report file (default ROOT/check_report.json)")
+    chk.add_argument("--workers", type=int, default=0, help="worker processes (default: cores, at most 8)")
+    chk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    chk.add_argument("--all-problems", action="store_true", help="print every problem, not the first 20 per kind")
+
+    spl = sub.add_parser("split", help="label-efficiency folds drawn from the publisher's list")
+    spl.add_argument("task", choices=NATIVE)
+    spl.add_argument("--root", required=True, help="the dataset as its publisher ships it")
+    spl.add_argument("--out", help="where the fold manifests go (default: ROOT/splits)")
+    spl.add_argument("--annotations", help="folder of the annotation files if not under --root")
+    spl.add_argument("--fraction", default="0.05,0.1,0.5", help="comma-separated fractions of train")
+    spl.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+
+
+def _print_problems(console, report: dict, all_problems: bool) -> None:
+    from rich.markup import escape
+
+    shown: dict[str, int] = {}
+    for p in report["problems"]:
+        k = p["kind"]
+        shown[k] = shown.get(k, 0) + 1
+        if all_problems or shown[k] <= _SHOWN:
+            at = f" [{p['path']}]" if p.get("path") else ""
+            console.print(escape(f"  {k}: {p['where']}: {p['detail']}{at}"), highlight=False, soft_wrap=True)
+    for k, n in shown.items():
+        if not all_problems and n > _SHOWN:
+            console.print(f"  ... {n - _SHOWN} more {k} (all in the report)")
+
 
 def main(args) -> int:
+    from rich.console import Console
+
+    from results.record import atomic_write
+
+    console = Console(soft_wrap=True)
+    if args.action == "make":
+        return _make(args, console)
+    if args.action == "prepare":
+        from tasks.native import prepare
+
+        report = prepare(args.task, args.root, args.out, annotations=args.annotations,
+                         verify=not args.no_verify, workers=args.workers,
+                         progress=not args.no_progress, writer=atomic_write)
+        _print_problems(console, report, args.all_problems)
+        for note in report["notes"]:
+            console.print(f"  note: {note}", highlight=False)
+        counts = ", ".join(f"{s} {c['written']} of {c['listed']}" for s, c in report["splits"].items())
+        kinds = ", ".join(f"{n} {k}" for k, n in report["problem_counts"].items()) or "no problems"
+        console.print(f"[bold green]prepared[/] {args.task}: {report['num_classes']} classes; "
+                      f"{counts} samples written; {kinds}", highlight=False)
+        console.print(f"manifests and classes.txt in {report['out']}; report "
+                      f"{report['out']}/prepare_report.json. Run with task.data.root={report['out']}",
+                      highlight=False)
+        return 0
+    if args.action == "check":
+        from tasks.native import check
+
+        report = check(args.task, args.root, workers=args.workers, progress=not args.no_progress,
+                       report_path=args.report, writer=atomic_write)
+        _print_problems(console, report, args.all_problems)
+        for note in report["notes"]:
+            console.print(f"  note: {note}", highlight=False)
+        counts = ", ".join(f"{s} {c['usable']} of {c['entries']} usable" for s, c in report["splits"].items())
+        kinds = ", ".join(f"{n} {k}" for k, n in report["problem_counts"].items()) or "no problems"
+        console.print(f"[bold]checked[/] {args.task}: {counts}; {kinds}. Report {report['report_path']}",
+                      highlight=False)
+        return 0
+    if args.action == "split":
+        from tasks.native.splits import write_splits
+
+        fractions = [float(x) for x in str(args.fraction).split(",") if x.strip()]
+        seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+        summary = write_splits(args.task, args.root, args.out, fractions=fractions, seeds=seeds,
+                               annotations=args.annotations, writer=atomic_write)
+        for fold in summary["folds"]:
+            console.print(f"  {fold['name']}: {fold['drawn']} drawn, {fold['written']} written, "
+                          f"{fold['missing_locally']} missing locally  sha256 {fold['sha256'][:12]}",
+                          highlight=False)
+        console.print(f"[bold green]wrote[/] {len(summary['folds'])} folds in {summary['out']}; use one "
+                      f"with task.data.train={summary['out']}/<fold>.csv", highlight=False)
+        return 0
+    raise ValueError(f"unknown data action {args.action!r}")
+
+
+def _make(args, console) -> int:
     from tasks.digits import make_digits
 
     sizes = {}
     if args.per_class:
         sizes = dict(zip(("per_class_train", "per_class_val", "per_class_test"), args.per_class))
     summary = make_digits(args.out, seed=args.seed, progress=not args.no_progress, **sizes)
-    from rich.console import Console
-
-    console = Console()
     for task, info in summary["tasks"].items():
         counts = ", ".join(f"{split} {s['videos']}" for split, s in info["splits"].items())
         console.print(f"[bold green]wrote[/] {task}: {len(info['classes'])} classes; {counts} "

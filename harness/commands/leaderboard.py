@@ -3,31 +3,121 @@ from __future__ import annotations
 
 import argparse
 
+FORMATS = ("rich", "plain", "markdown", "csv", "json", "latex", "html")
+
+EPILOG = """\
+Rows are (encoder, checkpoint); columns are (task, protocol), named by what sets the protocol
+apart, e.g. `k400 (16x8x3, attentive)`, with each column's protocol id in the legend. Several
+runs of one cell (seeds, folds) show as mean ± std (n=runs); `[N/M]` means the run evaluated N
+of the split's M samples. `*` marks the best of a column, `~` a cell not significantly
+different from it (McNemar on the saved predictions where possible).
+
+  harness leaderboard --results runs/demo
+  harness leaderboard --tasks k400,ssv2 --encoder 'vjepa_*' --since 2026-11-01
+  harness leaderboard --format html --output board.html
+  harness leaderboard --series vjepa_tiny          # one encoder's checkpoints by step
+  harness leaderboard --export store.parquet       # the whole store as one file
+  harness leaderboard --import other_machine.csv   # its records merged into --results
+
+The results folder: --results DIR, else $HARNESS_RESULTS, else ./runs.
+"""
+
+
+def add_results_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default=None,
+                   help="results folder holding records/ (default: $HARNESS_RESULTS, else runs)")
+
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="runs",
-                   help="results root holding records/ (default: runs)")
+    p.epilog = EPILOG
+    add_results_argument(p)
     p.add_argument("--tasks", help="comma-separated task names (default: all)")
+    p.add_argument("--encoder", help="comma-separated encoder names or globs ('vjepa_*')")
+    p.add_argument("--protocol", help="comma-separated protocol id prefixes")
+    p.add_argument("--since", help="records created on or after this date (ISO, e.g. 2026-12-01)")
+    p.add_argument("--until", help="records created on or before this date")
     p.add_argument("--metric", default="top1", help="metric to show (default top1)")
-    p.add_argument("--format", choices=["rich", "markdown", "csv"], default="rich")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="default: rich on a terminal, plain text when piped, else from --output")
+    p.add_argument("--output", "-o", help="write to this file (format from its suffix: .html, "
+                                          ".md, .csv, .json, .tex, .txt)")
+    p.add_argument("--cost", action="store_true",
+                   help="add parameters, GFLOPs per clip, clips/s and device-hours columns")
+    p.add_argument("--series", metavar="ENCODER",
+                   help="one encoder's checkpoints as rows, ordered by pretraining step")
+    p.add_argument("--no-significance", action="store_true",
+                   help="skip the tests against each column's best (faster on huge stores)")
+    p.add_argument("--export", metavar="FILE", help="write the whole store as one .parquet or .csv")
+    p.add_argument("--import", dest="import_", metavar="FILE",
+                   help="merge an exported store's records into --results")
+
+
+def report_problems(store) -> None:
+    import sys
+
+    seen = set()
+    for path, why in store.problems:
+        if path in seen:
+            continue
+        seen.add(path)
+        print(f"skipped unreadable record: {path}: {why}", file=sys.stderr)
 
 
 def main(args) -> int:
+    import sys
     from pathlib import Path
 
     import results
+    from results.formats import format_for_path, render
+    from results.store import export_store, import_store
 
-    root = Path(args.results)
+    root = results.default_root(args.results)
+    if args.import_:
+        written, present = import_store(args.import_, root)
+        print(f"imported {written} record(s) into {root / 'records'} ({present} already there)")
+        return 0
     if not root.exists():
-        raise FileNotFoundError(f"no results at '{root}': run `harness run ...` first or pass "
-                                "--results DIR")
+        raise FileNotFoundError(f"no results at '{root}': run `harness run ...` first, pass "
+                                f"--results DIR or set HARNESS_RESULTS")
     store = results.ResultStore(root)
+    if args.export:
+        n = export_store(store, args.export)
+        report_problems(store)
+        print(f"exported {n} record(s) from {root} to {args.export}")
+        return 0
     frame = store.frame()
-    wanted = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    lb = results.leaderboard(frame, tasks=wanted, metric=args.metric)
-    text = results.render(lb, args.format)
-    if text:
-        print(text)
-    for problem in getattr(store, "problems", []) or []:
-        print(f"skipped unreadable record: {problem}")
+    report_problems(store)
+    encoders = args.encoder
+    if args.series:
+        from results.series import series_frame
+
+        frame, encoders = series_frame(frame, args.series), args.series
+    lb = results.leaderboard(frame, tasks=args.tasks, metric=args.metric, encoders=encoders,
+                             protocols=args.protocol, since=args.since, until=args.until,
+                             significance=not args.no_significance, cost=args.cost)
+    if args.series:
+        from results.series import order_by_step
+
+        order_by_step(lb)
+    fmt = args.format or (format_for_path(args.output) if args.output else None)
+    if fmt is None:
+        fmt = "rich" if sys.stdout.isatty() else "plain"
+    width = _terminal_width() if fmt == "rich" else 120
+    text = render(lb, fmt, width=width)
+    if args.output:
+        from results.record import atomic_write
+
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+        print(f"wrote {out} ({fmt})")
+        return 0
+    sys.stdout.write(text)
+    sys.stdout.flush()
     return 0
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns

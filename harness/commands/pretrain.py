@@ -8,10 +8,14 @@ Configs live in encoders/jepa/configs/ (vjepa_tiny: video latent targets, vjepa_
 VideoMAE-style pixel targets, ijepa_tiny: image latent targets, vjepa_vitl: the paper's ViT-L
 recipe). Any key can be overridden as key=value, e.g. optim.total_steps=200 data.batch_size=8.
 Checkpoints (release layout: encoder, predictor, target_encoder, opt, ...) are written atomically
-to <out>/latest.pth.tar; re-running the same command resumes. <out>/metrics.csv logs per step
-loss, lr, wd, EMA momentum, clips/s and target_rank, the effective rank of the latent targets: a
-fall to a few means the features collapsed (the run warns), which the loss alone does not show;
-and context_gain, the loss with the context features zeroed minus the loss: near zero means the
+to <out>/latest.pth.tar; re-running the same command resumes. With checkpoint_layout=release (the
+default) the release's app/vjepa/train.py resumes them, and --resume-from jepa-latest.pth.tar
+continues a run the release's trainer wrote (at the start of the epoch after its last).
+Several data.manifests with data.manifest_weights=[w1,w2,...] are a weighted mix (the release's
+datasets + datasets_weights); <out>/config.json records it under data_mix with each manifest's
+hash. <out>/metrics.csv logs per step loss, lr, wd, EMA momentum, clips/s and target_rank, the
+effective rank of the latent targets: a fall to a few means the features collapsed (the run
+warns), which the loss alone does not show; and context_gain, the loss with the context features zeroed minus the loss: near zero means the
 predictor ignores the context (raise optim.predictor_lr_scale).
 data.cache_decoded_mb=N keeps decoded videos in RAM (per process) for small datasets.
 Evaluate the result with:
@@ -27,6 +31,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="vjepa_tiny", help="pretraining config (default vjepa_tiny)")
     p.add_argument("--out", help="output folder (default runs/pretrain/<config>)")
     p.add_argument("--no-resume", action="store_true", help="start over, ignoring a checkpoint")
+    p.add_argument("--resume-from", metavar="CKPT",
+                   help="start from this checkpoint (ours or the release's) when <out> has none")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -35,6 +41,7 @@ def main(args) -> int:
     from harness.pretrain import run_pretrain
 
     path = run_pretrain(args.config, list(args.overrides), out_dir=args.out,
-                        resume=not args.no_resume, progress=not args.no_progress)
+                        resume=not args.no_resume, progress=not args.no_progress,
+                        resume_from=args.resume_from)
     print(f"checkpoint: {path}")
     return 0

@@ -25,10 +25,18 @@ is read.
 
 Where things go: the record is written atomically to <out>/records/; the probe's training state
 is saved to <out>/state/ after every epoch and, within an epoch, at the first step boundary
-after 5 minutes since the last save; on SIGTERM (what SLURM sends before preemption) it is saved
-at the next step and the run exits with status 143. Re-running an interrupted command resumes
-from that state (to identical numbers); re-running a finished command prints its record and
-does nothing.
+after 5 minutes (state_save_every_s) since the last save; on SIGTERM (what SLURM sends before
+preemption) or SIGUSR1 (its warning signal) it is saved at the next step and the run exits with
+status 143. Re-running an interrupted command resumes from that state (to identical numbers);
+re-running a finished command prints its record and does nothing; the same command started
+while it runs refuses. The state file carries a checksum: a damaged one is refused.
+
+Several GPUs: the same command under torchrun shards the batches and the evaluation split over
+the ranks (the record equals a one-process run's):
+
+  torchrun --nproc-per-node 8 -m harness.cli run --encoder vjepa_vitl --checkpoint vitl16.pth.tar --task k400
+
+A cluster: `harness launch` (or --launcher slurm) submits through submitit.
 """
 
 
@@ -37,7 +45,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", help="encoder name (see `harness encoders`)")
     p.add_argument("--task", help="task name (see `harness tasks`)")
     p.add_argument("--probe", choices=None, help="probe kind: attentive (default) or linear")
-    p.add_argument("--checkpoint", help="encoder checkpoint (.pth/.pth.tar/.pt/.safetensors)")
+    p.add_argument("--checkpoint", help="encoder checkpoint (.pth/.pth.tar/.pt/.safetensors); a "
+                   "quoted glob ('ckpts/*.pth.tar') evaluates each in step order, skipping those "
+                   "already recorded")
     p.add_argument("--checkpoint-key", help="top-level key in the checkpoint (default: the "
                    "encoder's, target_encoder for V-JEPA)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -58,6 +68,14 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-checkpoint",
                    help="evaluate this trained probe (the release's `classifier` file) without "
                         "training one")
+    p.add_argument("--split", help="train on a label-efficiency fold written by `harness data "
+                   "split` (e.g. 10pct:seed1); its manifest hash enters the protocol")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="also look for task configs (NAME.yaml) in DIR (repeatable; also "
+                        "$HARNESS_INCLUDE_PATH); `--task path/to/task.yaml` works too")
+    p.add_argument("--launcher", choices=("slurm", "local"),
+                   help="submit this run through submitit instead of running it here: slurm, or "
+                        "local (this machine); `harness launch` has the resource options")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Hydra overrides")
 
 
@@ -69,6 +87,10 @@ def overrides_from_args(args) -> list[str]:
         "probe_checkpoint": getattr(args, "probe_checkpoint", None),
     }
     out = [f"{k}={_quote(v)}" for k, v in flags.items() if v is not None]
+    if getattr(args, "split", None):
+        from tasks.native.splits import fold_override
+
+        out.append(f"task.data.train={_quote(fold_override(args.split)['data']['train'])}")
     if args.trust_checkpoint:
         out.append("trust_checkpoint=true")
     if args.random_init:
@@ -89,6 +111,52 @@ def _quote(value) -> str:
 
 
 def main(args) -> int:
+    if getattr(args, "include_path", None):
+        import os
+
+        os.environ["HARNESS_INCLUDE_PATH"] = os.pathsep.join(
+            [*args.include_path, *filter(None, [os.environ.get("HARNESS_INCLUDE_PATH")])])
+    if getattr(args, "launcher", None):
+        from harness.commands import launch
+
+        return launch.main(args)
+    series = checkpoint_series(args.checkpoint)
+    if series is None:
+        return _run_one(args)
+    # A checkpoint series (`--checkpoint 'run/ckpts/*.pth.tar'`): each in turn, in step order;
+    # those already recorded under the same protocol are found and not redone.
+    import copy
+
+    for i, path in enumerate(series, start=1):
+        print(f"checkpoint {i}/{len(series)}: {path}", flush=True)
+        one = copy.copy(args)
+        one.checkpoint = path
+        rc = _run_one(one)
+        if rc:
+            return rc
+    return 0
+
+
+def checkpoint_series(pattern: str | None) -> list[str] | None:
+    """The files a glob `--checkpoint` names, in natural order (ep2 before ep10); None when
+    it names one file (or nothing glob-like)."""
+    import glob
+    import os
+    import re
+
+    if not pattern:
+        return None
+    path = os.path.expanduser(str(pattern))
+    if os.path.exists(path) or not glob.has_magic(path):
+        return None
+    files = sorted(glob.glob(path), key=lambda f: [int(t) if t.isdigit() else t
+                                                  for t in re.split(r"(\d+)", f)])
+    if not files:
+        raise FileNotFoundError(f"--checkpoint {pattern!r} matches no file")
+    return files
+
+
+def _run_one(args) -> int:
     import sys
 
     from rich.console import Console
@@ -125,9 +193,11 @@ def main(args) -> int:
 
     def on_term(signum, frame):
         requested["stop"] = True
-        say("SIGTERM: saving the training state at the next step, then stopping")
+        say(f"{signal.Signals(signum).name}: saving the training state at the next step, "
+            f"then stopping")
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # SIGUSR1: SLURM's warning signal (`--signal=USR1@120`), sent ahead of the time limit.
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         outcome = run_evaluation(cfg, overrides=overrides, log_fn=say,
                                  stop=lambda: requested["stop"])
@@ -135,7 +205,10 @@ def main(args) -> int:
         say(str(stopped))
         return 143  # 128 + SIGTERM, what a scheduler expects of a terminated job
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if outcome.path is None:  # a DDP rank other than 0: rank 0 reports and writes the record
+        return 0
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     metrics = ", ".join(f"{k} {v:.2f}" for k, v in outcome.record["metrics"].items()
                         if isinstance(v, float))

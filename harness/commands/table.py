@@ -1,0 +1,157 @@
+"""`harness table NAME`: a paper's table, the published number beside ours under its protocol."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+Each cell: the published number / ours (our minus published). A number marked `?` is one the
+sources disagree on (see the notes). A cell we lack shows `[k]`: the k-th command under the
+table fills it. The low-shot table also gives each published number's relative drop from the
+same method with all labels (Table 6).
+
+  harness table --list
+  harness table vjepa-frozen --results runs
+  harness table vjepa-low-shot --format markdown
+"""
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    from harness.commands.leaderboard import add_results_argument
+
+    p.epilog = EPILOG
+    p.add_argument("name", nargs="?", help="table name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the tables")
+    add_results_argument(p)
+    p.add_argument("--format", choices=["plain", "markdown", "json"], default="plain")
+
+
+def fill_command(root: str):
+    def command(encoder: str, release: str | None, task: str, spec) -> str:
+        import tasks
+
+        parts = ["harness run", f"--encoder {encoder}",
+                 f"--checkpoint {release or f'PATH/TO/{encoder}-weights.pth'}", f"--task {task}"]
+        if spec.probe != "attentive":
+            parts.append(f"--probe {spec.probe}")
+        parts.append(f"--out {root}")
+        want = spec.views.get(task)
+        if want:
+            s = tasks.config(task).get("sampling", {})
+            for key, value in zip(("frames_per_clip", "eval_segments", "eval_views"), want):
+                if s.get(key) != value:
+                    parts.append(f"task.sampling.{key}={value}")
+        return " ".join(parts)
+    return command
+
+
+def _published(cell) -> str:
+    pub = cell.published
+    if pub is None:
+        return "-"
+    if isinstance(pub, dict):
+        text = f"{pub.get('mean')} ± {pub.get('std')}"
+    else:
+        text = str(pub)  # exactly as in the reference data
+    if cell.uncertain:
+        text += "?"
+    if cell.drop is not None:
+        text += f", drop {cell.drop:.1f}%"
+    return text
+
+
+def _cell_text(cell, commands: list[str]) -> str:
+    pub = _published(cell)
+    if cell.ours is not None:
+        ours = f"{cell.ours:.1f}"
+        if cell.runs > 1:
+            ours += f" ± {cell.ours_std:.1f} (n={cell.runs})"
+        diff = cell.diff
+        return f"{pub} / {ours}" + (f" ({diff:+.1f})" if diff is not None else "")
+    if cell.command:
+        commands.append(cell.command)
+        return f"{pub} / [{len(commands)}]"
+    return pub if cell.published is not None else "-"
+
+
+def main(args) -> int:
+    import json
+    import sys
+
+    import results
+    from results import paper_tables
+
+    reference = results.load_reference_tables()
+    if args.list or not args.name:
+        names = paper_tables.table_names(reference)
+        width = max(len(n) for n, _ in names)
+        for name, title in names:
+            print(f"{name.ljust(width)}  {title}")
+        if not args.list:
+            print("\nrun `harness table NAME` to print one")
+        return 0
+    spec = paper_tables.spec_for(args.name, reference)
+    if spec is None:
+        from encoders.errors import UnknownNameError
+
+        import difflib
+
+        known = [n for n, _ in paper_tables.table_names(reference)]
+        close = difflib.get_close_matches(args.name, known, n=3, cutoff=0.4)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownNameError(f"unknown table {args.name!r}.{hint} See `harness table --list`.",
+                               args.name, tuple(close))
+    import tasks
+
+    root = results.default_root(args.results)
+    store = results.ResultStore(root)
+    frame = store.frame() if root.exists() else None
+    from harness.commands.leaderboard import report_problems
+
+    report_problems(store)
+    table = paper_tables.build(spec, reference, frame, known_tasks=set(tasks.names()),
+                               command=fill_command(str(root)))
+    commands: list[str] = []
+    rows = [[method] + [_cell_text(c, commands) for c in cells] for method, cells in table.rows]
+    head = ["method"] + table.columns
+    if args.format == "json":
+        doc = {"table": spec.name, "title": spec.title, "source": table.source,
+               "protocol": table.protocol, "columns": table.columns, "notes": table.notes,
+               "rows": [{"method": m, "cells": {c.column: {
+                   "published": c.published, "uncertain": c.uncertain, "ours": c.ours,
+                   "ours_std": c.ours_std, "runs": c.runs, "diff": c.diff,
+                   "protocol_id": c.protocol_id, "relative_drop_pct": c.drop,
+                   "command": c.command, "why_not": c.why_not} for c in cells}}
+                   for m, cells in table.rows]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    lines = [spec.title, f"source: {table.source}"]
+    if table.protocol:
+        lines.append(f"protocol: {table.protocol}")
+    lines.append("cells: published / ours (ours - published); ? = sources disagree; "
+                 "[k] = fill with command k below")
+    if spec.low_shot:
+        lines.append(f"drop: relative drop from the same method with all labels "
+                     f"({spec.full_labels}), (full - low) / full")
+    lines.append("")
+    if args.format == "markdown":
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|---|" + "---:|" * len(table.columns))
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        for r in [head] + rows:
+            lines.append("  ".join([r[0].ljust(widths[0])] +
+                                   [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip())
+    reasons = sorted({(c.why_not or "") for _, cells in table.rows for c in cells
+                      if c.ours is None and not c.command and c.why_not})
+    if commands:
+        lines += ["", "to fill the empty cells:"] + [f"[{i}] {c}" for i, c in enumerate(commands, 1)]
+    if reasons:
+        lines += ["", "cells nothing here can fill yet: " + "; ".join(reasons)]
+    filled = {c.protocol_id for _, cells in table.rows for c in cells if c.protocol_id}
+    if filled:
+        lines += ["", f"our cells: records under protocol {', '.join(sorted(filled))} in {root}"]
+    if table.notes:
+        lines += [""] + [f"note: {n}" for n in table.notes]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

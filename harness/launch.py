@@ -1,0 +1,409 @@
+"""SLURM (or local) launching through submitit: one run, or a job array for a sweep.
+
+A sweep is the cartesian product of Hydra-style comma lists (`--encoder a,b --task t1,t2
+seed=0,1,2`, checkpoint globs). Runs whose record already exists under the same identity
+(encoder, weights, protocol, seed: what `harness.runner` calls the run id) are dropped before
+anything is submitted. Each job is an `EvaluationJob`: on SLURM's timeout / preemption signal
+submitit calls its `checkpoint()`, which asks the running evaluation to stop at its next step
+(the probe trainer then saves its full state), and returns the same call for requeueing; the
+requeued job resumes from that state to the same numbers.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import submitit
+
+log = logging.getLogger("harness.launch")
+
+# `harness run` flags whose value may be a comma list (or, for checkpoints, a glob) in a sweep.
+SWEEP_FLAGS = ("encoder", "task", "probe", "checkpoint")
+_GLOB_CHARS = "*?["
+
+
+@dataclass
+class Resources:
+    """What one job asks the scheduler for. None: the scheduler's (or submitit's) default."""
+
+    partition: str | None = None
+    gpus_per_node: int = 0
+    nodes: int = 1
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    time_min: int = 24 * 60  # a job at its limit is requeued and resumes, so a day is safe
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    max_parallel: int | None = None  # array tasks running at once
+    signal_delay_s: int = 90  # SLURM sends the signal this long before the limit
+
+    def __post_init__(self) -> None:
+        for name in ("gpus_per_node", "nodes", "cpus_per_task", "time_min", "max_parallel"):
+            value = getattr(self, name)
+            low = 0 if name == "gpus_per_node" else 1
+            if value is not None and (not isinstance(value, int) or value < low):
+                flag = "--" + name.replace("_min", "").replace("_", "-")
+                raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise ValueError(f"--mem must be a positive number of GB, got {self.mem_gb!r}")
+
+    @property
+    def tasks_per_node(self) -> int:
+        # One process (one DDP rank) per GPU; a CPU job is one process.
+        return max(1, self.gpus_per_node)
+
+    def generic_parameters(self) -> dict:
+        """submitit's cluster-independent parameters."""
+        params = {"timeout_min": self.time_min, "nodes": self.nodes,
+                  "gpus_per_node": self.gpus_per_node, "tasks_per_node": self.tasks_per_node,
+                  "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb, "name": "harness"}
+        return {k: v for k, v in params.items() if v is not None}
+
+    def slurm_parameters(self) -> dict:
+        """SLURM-only parameters, under the SLURM executor's names."""
+        params = {"partition": self.partition, "account": self.account, "qos": self.qos,
+                  "constraint": self.constraint, "array_parallelism": self.max_parallel,
+                  "signal_delay_s": self.signal_delay_s}
+        return {k: v for k, v in params.items() if v is not None}
+
+    def executor_parameters(self) -> dict:
+        """AutoExecutor parameters (the slurm_* ones are ignored by the local executor)."""
+        return {**self.generic_parameters(),
+                **{f"slurm_{k}": v for k, v in self.slurm_parameters().items()}}
+
+
+@dataclass
+class PlannedRun:
+    overrides: list[str]
+    finished: Path | None = None  # its record, when the run is already done
+
+    @property
+    def command(self) -> str:
+        import shlex
+
+        return shlex.join(["harness", "run", *self.overrides])
+
+
+@dataclass
+class Launch:
+    runs: list[PlannedRun]
+    jobs: list = field(default_factory=list)
+
+    @property
+    def to_submit(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.finished is None]
+
+    @property
+    def skipped(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.finished is not None]
+
+
+# ---------------------------------------------------------------- sweep expansion
+
+
+def _split(flag: str, value: str, sweep: bool) -> list[str]:
+    if flag == "checkpoint" and Path(os.path.expanduser(value)).exists():
+        return [value]  # an existing path is one value, whatever characters it holds
+    parts = [p.strip() for p in value.split(",")] if sweep else [value]
+    parts = [p for p in parts if p]
+    if not sweep and "," in value:
+        raise ValueError(f"--{flag} {value!r} is a comma list: add --sweep to launch one run "
+                         f"per value")
+    if flag != "checkpoint":
+        return parts
+    out = []
+    for part in parts:
+        if any(c in part for c in _GLOB_CHARS):
+            matches = sorted(glob.glob(os.path.expanduser(part)))
+            if not matches:
+                raise FileNotFoundError(f"--checkpoint {part!r} matches no file; check the "
+                                        f"pattern (quote it so the shell leaves it alone)")
+            if len(matches) > 1 and not sweep:
+                raise ValueError(f"--checkpoint {part!r} matches {len(matches)} files: add "
+                                 f"--sweep to launch one run per checkpoint")
+            out.extend(matches)
+        else:
+            out.append(part)
+    return out
+
+
+def _override_axis(text: str, sweep: bool, parser) -> list[str]:
+    from harness.config import ConfigError
+
+    try:
+        (override,) = parser.parse_overrides([text])
+    except Exception as err:  # noqa: BLE001 - Hydra's grammar errors have no common base here
+        if sweep and "," in text:
+            raise ConfigError(f"cannot read the sweep override {text!r}: {err}") from None
+        return [text]  # composing the run reports it (or handles it: encoder=timm:<name>)
+    if not override.is_sweep_override():
+        return [text]
+    if not sweep:
+        raise ConfigError(f"{text!r} is a sweep (a comma list or range): add --sweep to launch "
+                          f"one run per value")
+    if not override.is_discrete_sweep():
+        raise ConfigError(f"{text!r}: only comma lists, range(...) and choice(...) sweeps can be "
+                          f"launched")
+    key = override.get_key_element()
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def expand_runs(flags: dict, fixed: list[str], overrides: list[str], sweep: bool = False) \
+        -> list[list[str]]:
+    """The runs of a launch, each a `harness run` override list.
+
+    `flags`: values of SWEEP_FLAGS given on the command line (comma lists / globs with `sweep`);
+    `fixed`: the other flags as overrides (`run.overrides_from_args` of them); `overrides`: the
+    user's key=value overrides, where `sweep` expands comma lists, range() and choice().
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.commands.run import _quote
+
+    axes = []
+    for flag in SWEEP_FLAGS:
+        value = flags.get(flag)
+        if value is not None:
+            axes.append([f"{flag}={_quote(v)}" for v in _split(flag, str(value), sweep)])
+    axes += [[item] for item in fixed]
+    parser = OverridesParser.create()
+    axes += [_override_axis(text, sweep, parser) for text in overrides]
+    runs = [list(row) for row in itertools.product(*axes)]
+    return [list(r) for r in dict.fromkeys(tuple(r) for r in runs)]  # `seed=0,0`: one run
+
+
+# ---------------------------------------------------------------- finished-run detection
+
+
+def finished_record(cfg, hash_cache: dict | None = None) -> Path | None:
+    """The record of the run `cfg` describes, if it has finished; None otherwise.
+
+    The same decision `run_evaluation` makes before it reads the encoder (its `reused`), without
+    loading the encoder: the run id from the planned protocol and the checkpoint's hash.
+    `hash_cache` keeps checkpoint hashes across the runs of one sweep (a multi-GB file is hashed
+    once per launch, not once per seed and task).
+    """
+    from harness import runner
+    from harness.config import to_container
+
+    c = to_container(cfg)
+    if not c["resume"]:
+        return None  # resume=false redoes the run whatever exists
+    plan = runner.plan_run(cfg, estimate_only=True)
+    ident = _cached(hash_cache, ("ckpt", _file_key(c["checkpoint"]), c["random_init"],
+                                 c["encoder"].get("name")),
+                    lambda: runner._checkpoint_identity(c))
+    probe_sha = None
+    if c.get("probe_checkpoint"):
+        from encoders.checkpoint import file_sha256
+
+        path = c["probe_checkpoint"]
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"probe checkpoint not found: {path}")
+        probe_sha = _cached(hash_cache, ("probe", _file_key(path)), lambda: file_sha256(path))
+    identity = runner.run_id(plan, checkpoint_identity=ident, probe_sha256=probe_sha)
+    return runner.find_finished(Path(c["out"]) / "records", identity)
+
+
+def _file_key(path) -> tuple:
+    if not path:
+        return (None,)
+    p = Path(os.path.expanduser(str(path)))
+    try:
+        st = p.stat()
+    except OSError:
+        return (str(p),)
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _cached(cache: dict | None, key, compute):
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def plan_launch(runs: list[list[str]], resources: Resources, log_fn=None) -> Launch:
+    """Compose every run (a bad override fails here, before anything is submitted), fix its
+    device to what the job will have, and find those already recorded."""
+    from harness.config import compose_run, to_container
+
+    say = log_fn or (lambda _: None)
+    planned, hashes = [], {}
+    for i, overrides in enumerate(runs, 1):
+        overrides = list(overrides)
+        cfg = compose_run(overrides)
+        if not to_container(cfg)["resume"]:
+            # A requeued job must resume its own saved state, which resume=false would delete.
+            raise ValueError("--no-resume / resume=false cannot be launched: a requeued job "
+                             "resumes its saved state. To redo a run, delete its record and "
+                             "state under <out>, or launch with another --out")
+        if to_container(cfg)["device"] in (None, "auto"):
+            # The device decides the precision, so the protocol: the launcher (on a login node
+            # without GPUs) must plan with the device the job will run on.
+            overrides.append("device=cuda" if resources.gpus_per_node > 0 else "device=cpu")
+            cfg = compose_run(overrides)
+        say(f"checking run {i}/{len(runs)}: {' '.join(overrides)}")
+        planned.append(PlannedRun(overrides=overrides, finished=finished_record(cfg, hashes)))
+    return Launch(runs=planned)
+
+
+# ---------------------------------------------------------------- submission
+
+
+def make_executor(launcher: str, folder: Path, resources: Resources):
+    if launcher not in ("slurm", "local"):
+        raise ValueError(f"unknown launcher {launcher!r}; use slurm or local")
+    if launcher == "local" and resources.nodes > 1:
+        raise ValueError("--launcher local runs on this machine: use --nodes 1")
+    # Each timeout requeues and resumes; a preemption does not count against this.
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=launcher,
+                                     slurm_max_num_timeout=10, local_max_num_timeout=10)
+    executor.update_parameters(**resources.executor_parameters())
+    return executor
+
+
+def sbatch_script(folder: Path, resources: Resources, array_size: int) -> str:
+    """The sbatch file submitit would write for this launch (for --dry-run, on any machine)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    class RenderOnly(SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1  # writing the file needs no cluster; submitting does (see `submit`)
+
+    executor = RenderOnly(folder)
+    params = executor._convert_parameters(resources.generic_parameters())
+    executor.update_parameters(**params, **resources.slurm_parameters())
+    if array_size > 1:
+        executor.parameters["map_count"] = array_size  # what submitit sets for an array
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+def submit(launch: Launch, launcher: str, folder: Path, resources: Resources) -> list:
+    """Submit the runs not yet recorded, as one job array; returns submitit jobs."""
+    todo = launch.to_submit
+    if not todo:
+        return []
+    if launcher == "slurm" and shutil.which("sbatch") is None:
+        raise ValueError("sbatch is not on this machine's PATH: launch from a SLURM login node, "
+                         "or use --launcher local to run the jobs here")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    executor = make_executor(launcher, Path(folder), resources)
+    grace = max(5.0, resources.signal_delay_s - 15.0) if launcher == "slurm" else 25.0
+    with executor.batch():
+        jobs = [executor.submit(EvaluationJob(run.overrides, grace_s=grace)) for run in todo]
+    launch.jobs = jobs
+    return jobs
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)  # submitit keeps it in the job's .err log
+
+
+def export_distributed() -> tuple[int, int]:
+    """In a job of several tasks (GPUs), export RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+    MASTER_PORT for torch.distributed; returns (rank, world size)."""
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        # Every task sees all the node's GPUs and takes cuda:LOCAL_RANK itself (the trainer's
+        # rule), so CUDA_VISIBLE_DEVICES is left alone; the job's values win over any the
+        # submitting shell passed on.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                              overwrite=True)
+    return env.global_rank, env.num_tasks
+
+
+class EvaluationJob(submitit.helpers.Checkpointable):
+    """One `harness run` (its override list) as a requeueable submitit job.
+
+    The evaluation runs in a worker thread so that submitit's signal handler, which runs on the
+    main thread and exits the process when it returns, can first ask it to stop at its next step
+    and wait (up to `grace_s`) for the training state to be saved.
+    """
+
+    def __init__(self, overrides: list[str], grace_s: float = 60.0):
+        self.overrides = list(overrides)
+        self.grace_s = float(grace_s)
+        self._running = None  # (stop event, worker thread): this process only, never pickled
+
+    def __getstate__(self) -> dict:
+        return {"overrides": self.overrides, "grace_s": self.grace_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._running = None
+
+    def __call__(self) -> dict:
+        from harness.config import compose_run
+        from harness.runner import run_evaluation
+        from probes import Preempted
+
+        rank, _ = export_distributed()
+        cfg = compose_run(self.overrides)
+        stop = threading.Event()
+        box: dict = {}
+
+        def evaluate() -> None:
+            try:
+                box["outcome"] = run_evaluation(cfg, overrides=self.overrides,
+                                                log_fn=_say if rank == 0 else None,
+                                                stop=stop.is_set)
+            except BaseException as err:  # noqa: BLE001 - handed to the main thread as is
+                box["error"] = err
+
+        worker = threading.Thread(target=evaluate, name="harness-evaluation", daemon=True)
+        self._running = (stop, worker)
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.5)  # wakes for signals: submitit's handler runs here
+        self._running = None
+        err = box.get("error")
+        if isinstance(err, Preempted) and rank != 0:
+            # Rank 0 requeues the whole job; the other ranks only wait to be ended with it.
+            time.sleep(self.grace_s + 30.0)
+        if err is not None:
+            raise err
+        outcome = box["outcome"]
+        return {"record": str(outcome.path) if outcome.path else None,
+                "reused": bool(outcome.reused),
+                "protocol_id": outcome.record.get("protocol_id"),
+                "metrics": dict(outcome.record.get("metrics") or {})}
+
+    def checkpoint(self, *args, **kwargs):
+        running = self._running
+        if running is not None:
+            stop, worker = running
+            _say("harness: preemption or time limit: saving the training state at the next "
+                 "step, then requeueing")
+            stop.set()
+            worker.join(timeout=self.grace_s)
+            if worker.is_alive():
+                _say(f"harness: the state was not saved within {self.grace_s:.0f} s; the "
+                     f"requeued job resumes from the last save (work since then is redone)")
+        return super().checkpoint(*args, **kwargs)
+
+
+def wait(jobs: list) -> list[tuple[object, dict | None, str | None]]:
+    """(job, result, error) per job once all have ended."""
+    out = []
+    for job in jobs:
+        try:
+            out.append((job, job.result(), None))
+        except Exception as err:  # noqa: BLE001 - a failed job: say where its log is
+            first = str(err).strip().splitlines()
+            out.append((job, None, first[-1] if first else type(err).__name__))
+    return out

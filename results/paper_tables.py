@@ -1,0 +1,251 @@
+"""The papers' tables beside ours: published number, ours under the matching protocol, the
+difference, and for each cell we lack the `harness run` command that would fill it.
+
+The published numbers are data (`results/reference/paper_tables.yaml`, each table with its
+source; cells the sources disagree on are listed as `uncertain` and marked `?`). This module
+says how a table's rows and columns map onto this harness: which registry encoder a row is,
+which task a column is, and which protocol fields a record must have to count as the paper's
+protocol. Rows and columns without a counterpart here are shown with the reason.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from results.record import PROTOCOL_VERSION
+
+# Column -> task name in the registry.
+TASK_OF = {"K400": "k400", "SSv2": "ssv2", "AVA": "ava", "IN1K": "in1k", "Places205": "places205",
+           "iNat21": "inat21", "Diving48": "diving48", "Jester": "jester", "COIN": "coin"}
+# Columns that are no frozen evaluation of one checkpoint (fine-tuning, averages).
+NOT_FROZEN = {"K400_ft": "end-to-end fine-tuning, not a frozen evaluation",
+              "SSv2_ft": "end-to-end fine-tuning, not a frozen evaluation",
+              "Avg": "an average of the other columns"}
+
+# Row (method as the paper prints it) -> registry encoder, and the released file's name.
+ENCODER_OF = {
+    "V-JEPA ViT-L/16": ("vjepa_vitl", "vitl16.pth.tar"),
+    "V-JEPA ViT-H/16": ("vjepa_vith", "vith16.pth.tar"),
+    "V-JEPA ViT-H/16_384": ("vjepa_vith384", "vith16-384.pth.tar"),
+    "VideoMAE ViT-H/16": ("videomae_vith", None),
+    "VideoMAE ViT-L/16": ("videomae_vitl", None),
+    "VideoMAEv2 ViT-g/14": ("videomaev2_vitg", None),
+    "V-JEPA 2 ViT-L": ("vjepa2_vitl", "vitl.pt"),
+    "V-JEPA 2 ViT-H": ("vjepa2_vith", "vith.pt"),
+    "V-JEPA 2 ViT-g": ("vjepa2_vitg", "vitg.pt"),
+    "V-JEPA 2 ViT-g384": ("vjepa2_vitg384", "vitg-384.pt"),
+}
+
+# The evaluation views of the V-JEPA paper's main protocol, and of its ablations (one view).
+_MAIN_VIEWS = {"k400": (16, 8, 3), "ssv2": (16, 2, 3)}
+_ONE_VIEW = {"k400": (16, 1, 1), "ssv2": (16, 1, 1)}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str                       # what `harness table NAME` takes
+    paper: str                      # key in paper_tables.yaml
+    table: str
+    title: str
+    views: dict = field(default_factory=lambda: dict(_MAIN_VIEWS))
+    probe: str = "attentive"
+    low_shot: bool = False
+    full_labels: str | None = None  # the table giving each row's full-label number (low-shot)
+    note: str | None = None
+
+
+TABLES = {s.name: s for s in [
+    TableSpec("vjepa-frozen", "vjepa_2024", "table6_sota_frozen",
+              "V-JEPA (2024) Table 6: frozen evaluation across methods and tasks"),
+    TableSpec("vjepa-low-shot", "vjepa_2024", "table7_low_shot_frozen",
+              "V-JEPA (2024) Table 7: low-shot frozen evaluation (5/10/50% of labels)",
+              low_shot=True, full_labels="table6_sota_frozen"),
+    TableSpec("vjepa-pixel-vs-latent", "vjepa_2024", "table1_pixel_vs_feature_target",
+              "V-JEPA (2024) Table 1: pixel vs latent (feature) prediction targets",
+              views=dict(_ONE_VIEW),
+              note="rows are ViT-L/16 pretrained by the authors for the ablation (no released "
+                   "weights): pretrain with `harness pretrain` and evaluate with --checkpoint"),
+    TableSpec("vjepa-masking", "vjepa_2024", "table4_masking",
+              "V-JEPA (2024) Table 4: masking strategies", views=dict(_ONE_VIEW),
+              note="rows are ablation checkpoints (no released weights)"),
+    TableSpec("vjepa-pretraining-data", "vjepa_2024", "table2_pretraining_data",
+              "V-JEPA (2024) Table 2: pretraining data", views=dict(_ONE_VIEW),
+              note="rows are ablation checkpoints (no released weights)"),
+    TableSpec("vjepa-vs-pixel-methods", "vjepa_2024", "table5_vs_pixel_prediction",
+              "V-JEPA (2024) Table 5: against pixel-prediction methods"),
+    TableSpec("vjepa2-frozen", "vjepa2_2025", "table4_frozen_classification",
+              "V-JEPA 2 (2025) Table 4: frozen classification", probe="attentive_v2",
+              views={"k400": (16, 8, 3), "ssv2": (16, 2, 3)},
+              note="the V-JEPA 2 protocol: 4-block attentive probe (attentive_v2), 256 px"),
+]}
+
+
+def table_names(reference: dict) -> list[tuple[str, str]]:
+    """(name, title) of every table: the curated ones, then any other in the reference data as
+    `paper/table`."""
+    out = [(s.name, s.title) for s in TABLES.values()]
+    curated = {(s.paper, s.table) for s in TABLES.values()}
+    for paper, tables in reference.items():
+        for table, body in (tables or {}).items():
+            if isinstance(body, dict) and "rows" in body and (paper, table) not in curated:
+                out.append((f"{paper}/{table}", str(body.get("source", ""))))
+    return out
+
+
+def spec_for(name: str, reference: dict) -> TableSpec | None:
+    """The table called `name`, or None."""
+    if name in TABLES:
+        return TABLES[name]
+    if "/" in name:
+        paper, table = name.split("/", 1)
+        body = (reference.get(paper) or {}).get(table)
+        if isinstance(body, dict) and "rows" in body:
+            return TableSpec(name, paper, table, f"{paper} {table}: {body.get('source', '')}")
+    return None
+
+
+@dataclass
+class PaperCell:
+    column: str
+    published: Any = None          # number, or {mean, std} for low-shot cells
+    uncertain: bool = False
+    ours: float | None = None
+    ours_std: float | None = None
+    runs: int = 0
+    protocol_id: str | None = None
+    command: str | None = None     # fills the cell when ours is missing
+    why_not: str | None = None     # why no command can fill it
+    drop: float | None = None      # low-shot: relative drop from full labels (published), %
+
+    @property
+    def diff(self) -> float | None:
+        pub = self.published.get("mean") if isinstance(self.published, dict) else self.published
+        if self.ours is None or not isinstance(pub, (int, float)):
+            return None
+        return self.ours - float(pub)
+
+
+@dataclass
+class PaperTable:
+    spec: TableSpec
+    source: str
+    protocol: str
+    columns: list[str]
+    rows: list[tuple[str, list[PaperCell]]]
+    notes: list[str]
+
+
+def _columns(body: dict) -> list[str]:
+    if body.get("columns"):
+        return list(body["columns"])
+    cols: list[str] = []
+    for row in (body.get("rows") or {}).values():
+        for key, value in row.items():
+            if key in ("uncertain", "note") or key in cols:
+                continue
+            if isinstance(value, (int, float)) or (isinstance(value, dict)):
+                cols.append(key)
+    return cols
+
+
+def _low_shot_columns(body: dict) -> list[str]:
+    cols: list[str] = []
+    for row in (body.get("rows") or {}).values():
+        for task, fractions in row.items():
+            if isinstance(fractions, dict):
+                for frac in fractions:
+                    if f"{task} {frac}" not in cols:
+                        cols.append(f"{task} {frac}")
+    return cols
+
+
+def matches(protocol: dict, spec: TableSpec, task: str) -> bool:
+    """Is a record's protocol the one the table's numbers were measured under?"""
+    if not isinstance(protocol, dict):
+        return False
+    if int(protocol.get("protocol_version") or 1) != PROTOCOL_VERSION:
+        return False
+    probe = protocol.get("probe") or {}
+    if probe.get("kind") != spec.probe or probe.get("selection") == "eval_max":
+        return False
+    want = spec.views.get(task)
+    if want is not None:
+        s = (protocol.get("task") or {}).get("sampling") or {}
+        have = (s.get("frames_per_clip"), s.get("eval_segments"), s.get("eval_views"))
+        if have != want:
+            return False
+    return True
+
+
+def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
+          command=None) -> PaperTable:
+    """The table with our cells filled from `frame` (a ResultStore frame; may be empty).
+    `command(encoder, release_file, task, spec)` returns the fill-in command for a cell."""
+    paper = reference.get(spec.paper) or {}
+    body = paper.get(spec.table)
+    if not isinstance(body, dict):
+        raise ValueError(f"the reference data has no table {spec.paper}/{spec.table}")
+    columns = _low_shot_columns(body) if spec.low_shot else _columns(body)
+    full = (paper.get(spec.full_labels) or {}).get("rows", {}) if spec.full_labels else {}
+    notes = []
+    rows = []
+    for method, row in (body.get("rows") or {}).items():
+        uncertain = set(row.get("uncertain") or [])
+        encoder, release = ENCODER_OF.get(method, (None, None))
+        cells = []
+        for col in columns:
+            if spec.low_shot:
+                task_col, frac = col.split(" ", 1)
+                published = (row.get(task_col) or {}).get(frac)
+            else:
+                task_col, frac = col, None
+                published = row.get(col)
+            cell = PaperCell(col, published, uncertain=col in uncertain or task_col in uncertain)
+            if spec.low_shot and isinstance(published, dict):
+                full_value = (full.get(method) or {}).get(task_col)
+                if isinstance(full_value, (int, float)) and full_value:
+                    cell.drop = 100.0 * (float(full_value) - float(published["mean"])) / float(full_value)
+            task = TASK_OF.get(task_col)
+            if col in NOT_FROZEN or task_col in NOT_FROZEN:
+                cell.why_not = NOT_FROZEN.get(col) or NOT_FROZEN[task_col]
+            elif encoder is None:
+                cell.why_not = "no registry encoder for this row"
+            elif task is None:
+                cell.why_not = f"no task for column {task_col}"
+            elif spec.low_shot:
+                cell.why_not = "label-fraction splits are not in the task registry yet"
+            elif task not in known_tasks:
+                cell.why_not = f"task {task} is not in the registry yet"
+            else:
+                _fill(cell, frame, encoder, task, spec)
+                if cell.ours is None and command is not None:
+                    cell.command = command(encoder, release, task, spec)
+            cells.append(cell)
+        rows.append((method, cells))
+        if row.get("note"):
+            notes.append(f"{method}: {row['note']}")
+    if spec.note:
+        notes.insert(0, spec.note)
+    return PaperTable(spec, str(body.get("source", "")), str(body.get("protocol", "")),
+                      columns, rows, notes)
+
+
+def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec) -> None:
+    if frame is None or frame.empty:
+        return
+    sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
+                & (frame["checkpoint"] != "random-init")]
+    sub = sub[[matches(p, spec, task) for p in sub["protocol"]]] if len(sub) else sub
+    sub = sub[sub["top1"].notna()] if "top1" in sub and len(sub) else sub.iloc[0:0]
+    if sub.empty:
+        return
+    # Several matching protocols (e.g. other data roots): the most-used one, newest first.
+    pid = sub.groupby("protocol_id")["created"].agg(["size", "max"]).sort_values(
+        ["size", "max"], ascending=False).index[0]
+    values = [float(v) for v in sub[sub["protocol_id"] == pid]["top1"]]
+    cell.ours = sum(values) / len(values)
+    cell.runs = len(values)
+    cell.protocol_id = pid
+    if len(values) > 1:
+        cell.ours_std = math.sqrt(sum((v - cell.ours) ** 2 for v in values) / (len(values) - 1))

@@ -1,0 +1,196 @@
+"""Datasets in their publishers' formats -> the project's manifests (`path label`) + label map.
+
+One small module per dataset reads the publisher's annotation files (`read(root) -> Prepared`);
+`prepare` opens every file it found (in parallel workers), writes `{split}.csv`, `classes.txt`
+and `prepare_report.json` into the output folder, and returns the report: every sample the
+publisher lists that is missing, unreadable, too short, mislabelled or malformed, line by line.
+`check` does the same for a task's existing manifests. Both are safe to re-run: files are
+written atomically, and a file already opened with the same size and mtime is not reopened.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import DataError, UnknownNameError
+from .common import DROPPING, Problem, as_json, problems_by_kind
+
+# task name -> module of tasks/native (imported only when that task is prepared)
+PREPARERS = {"k400": "k400", "ssv2": "ssv2", "in1k": "imagenet", "places205": "places205",
+             "inat21": "inat21", "diving48": "diving48", "jester": "jester"}
+PREPARE_REPORT = "prepare_report.json"
+CHECK_REPORT = "check_report.json"
+
+__all__ = ["PREPARERS", "prepare", "check", "layout", "preparer"]
+
+
+def preparer(task: str):
+    if task not in PREPARERS:
+        raise UnknownNameError(task, sorted(PREPARERS))
+    return importlib.import_module(f"{__name__}.{PREPARERS[task]}")
+
+
+def layout(task: str) -> str:
+    """The on-disk layout `prepare` expects for `task`, in one line."""
+    return preparer(task).layout()
+
+
+def _min_frames(task: str) -> int:
+    """Frames one clip spans under the task's protocol (frames_per_clip x frame_step): a shorter
+    video is what the release calls too short (it pads such clips by repeating frames)."""
+    from .. import config
+
+    try:
+        s = config(task).get("sampling") or {}
+    except Exception:
+        return 0
+    if (config(task).get("kind") or "video") != "video":
+        return 0
+    return int(s.get("frames_per_clip", 0)) * int(s.get("frame_step", 1))
+
+
+def _previous_verdicts(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("files") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _writer(writer):
+    if writer is None:
+        raise TypeError("pass writer=results.record.atomic_write (an atomic file writer); tasks/ "
+                        "does not import results/")
+    return writer
+
+
+def _write_report(path: Path, report: dict, writer) -> None:
+    text = json.dumps(report, indent=1, sort_keys=False) + "\n"
+    writer(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *,
+            annotations: str | os.PathLike | None = None, verify: bool = True, workers: int = 0,
+            progress: bool = True, writer=None) -> dict:
+    """Read `task`'s native layout under `root`, write manifests + label map into `out`
+    (default `root`), return (and write) the report. `verify`: open every found file and keep
+    unreadable ones out of the manifests. `writer`: `results.record.atomic_write`."""
+    writer = _writer(writer)
+    from .opening import open_all
+    from .common import write_prepared
+
+    root = Path(os.path.abspath(os.path.expanduser(str(root))))
+    if not root.is_dir():
+        raise DataError(f"{task}: data root {root} is not a folder; expected {layout(task)}")
+    out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out is not None else root
+    t0 = time.time()
+    prepared = preparer(task).read(root, **({"annotations": Path(annotations)} if annotations else {}))
+    problems = list(prepared.problems)
+    dropped: set[tuple[str, int]] = set()
+    verdicts: dict = {}
+    if verify:
+        found = [s.path for samples in prepared.samples.values() for s in samples if s.path]
+        verdicts = open_all(found, workers=workers, cache=_previous_verdicts(out / PREPARE_REPORT),
+                            progress=progress, label=f"{task}: opening files")
+        problems += _verdict_problems(prepared.samples, verdicts, _min_frames(task), dropped)
+    counts = write_prepared(prepared, out, dropped, writer)
+    report = {
+        "task": task, "root": str(root), "out": str(out), "layout": layout(task),
+        "labels_source": prepared.labels_source, "num_classes": len(prepared.classes),
+        "splits": counts, "verified": bool(verify),
+        "problem_counts": problems_by_kind(problems), "notes": prepared.notes,
+        "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
+    }
+    _write_report(out / PREPARE_REPORT, report, writer)
+    return report
+
+
+def _verdict_problems(samples_by_split, verdicts, min_frames: int, dropped: set) -> list[Problem]:
+    problems = []
+    for split, samples in samples_by_split.items():
+        for i, s in enumerate(samples):
+            if s.path is None:
+                continue
+            v = verdicts.get(s.path)
+            if v is None:
+                continue
+            if not v["ok"]:
+                problems.append(Problem("unreadable", s.where, v["error"], path=s.path, split=split))
+                dropped.add((split, i))
+            elif min_frames and v["frames"] is not None and v["frames"] < min_frames:
+                problems.append(Problem("too_short", s.where, f"{v['frames']} frames, fewer than one "
+                                        f"clip spans ({min_frames}); kept (clips repeat frames)",
+                                        path=s.path, split=split))
+    return problems
+
+
+def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int = 0,
+          progress: bool = True, report_path: str | os.PathLike | None = None, writer=None,
+          **overrides) -> dict:
+    """Open every file of a task's manifests; report missing, unreadable, too-short and
+    mislabelled entries and duplicate lines, and write the report (default ROOT/check_report.json)
+    with `writer` (`results.record.atomic_write`)."""
+    writer = _writer(writer)
+    from .. import build
+    from .opening import open_all
+
+    task = build(task_name, root=root, **overrides)
+    names = task.class_names if task.paths.get("labels") else None
+    index = {n: i for i, n in enumerate(names)} if names else {}
+    t0 = time.time()
+    report_path = Path(report_path) if report_path else task.root / CHECK_REPORT
+    problems: list[Problem] = []
+    per_split = {}
+    paths_by_split = {}
+    notes = []
+    for split in task.splits:
+        if split not in ("train", task.eval_split) and not task.paths[split].is_file():
+            notes.append(f"{split}: no manifest {task.paths[split]}; not checked")
+            continue
+        manifest = task.manifest_path(split)
+        entries = task.entries(split)
+        paths_by_split[split] = (manifest, entries)
+    present = [p for _, entries in paths_by_split.values() for p, _ in entries if os.path.exists(p)]
+    verdicts = open_all(present, workers=workers, cache=_previous_verdicts(report_path),
+                        progress=progress, label=f"{task_name}: opening files")
+    min_frames = (task.spec.sampling.frames_per_clip * task.spec.sampling.frame_step
+                  if task.spec.kind == "video" else 0)
+    for split, (manifest, entries) in paths_by_split.items():
+        seen: dict[str, int] = {}
+        bad = 0
+        for n, (path, label) in enumerate(entries, start=1):
+            where = f"{manifest} entry {n}"
+            if path in seen:
+                problems.append(Problem("duplicate", where, f"repeats entry {seen[path]}", path, split))
+            seen.setdefault(path, n)
+            if not os.path.exists(path):
+                problems.append(Problem("missing", where, "file not found", path, split))
+                bad += 1
+                continue
+            v = verdicts[path]
+            if not v["ok"]:
+                problems.append(Problem("unreadable", where, v["error"], path, split))
+                bad += 1
+            elif min_frames and v["frames"] is not None and v["frames"] < min_frames:
+                problems.append(Problem("too_short", where, f"{v['frames']} frames, fewer than one "
+                                        f"clip spans ({min_frames})", path, split))
+            folder = Path(path).parent.name
+            if folder in index and index[folder] != label:
+                problems.append(Problem("mislabelled", where, f"label {label} ({names[label]!r}) but "
+                                        f"in the class folder {folder!r} (class {index[folder]})",
+                                        path, split))
+        per_split[split] = {"manifest": str(manifest), "entries": len(entries),
+                            "usable": len(entries) - bad}
+    report = {"task": task_name, "root": str(task.root), "splits": per_split, "notes": notes,
+              "problem_counts": problems_by_kind(problems), "problems": as_json(problems),
+              "seconds": round(time.time() - t0, 2), "files": verdicts}
+    _write_report(report_path, report, writer)
+    report["report_path"] = str(report_path)
+    return report
+
+
+def dropping(kind: str) -> bool:
+    return kind in DROPPING

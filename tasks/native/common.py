@@ -1,0 +1,163 @@
+"""What every native-format preparer shares: samples the publisher lists, the problems met on the
+way, the shipped class lists, and writing the project's manifests + label map.
+
+A preparer (`tasks/native/<dataset>.py`) reads the publisher's annotation files and returns a
+`Prepared`: for each split, every sample the publisher lists (found on disk or not), and every
+problem with the line of the annotation file it came from. `tasks.native.prepare` then opens the
+found files and writes the manifests; nothing here decodes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+# `writer(path, write)`: calls `write(binary file)` and puts the result at `path` atomically.
+# The caller passes `results.record.atomic_write` (tasks/ never imports results/, by design).
+Writer = Callable[[Path, Callable[[Any], Any]], Any]
+
+CLASS_LIST_DIR = Path(__file__).resolve().parent
+
+# Problem kinds, in the order a report lists them.
+PROBLEM_KINDS = ("malformed", "unknown_label", "duplicate", "missing", "unreadable", "too_short",
+                 "mislabelled")
+# Kinds that keep a sample out of the manifests: everything else is reported and kept.
+# A clip whose annotation and class folder disagree is kept out too: the run's preflight (rightly)
+# reads such a disagreement as a class-order error, and which of the two is right is the user's call.
+DROPPING = {"malformed", "unknown_label", "duplicate", "missing", "unreadable", "mislabelled"}
+
+
+@dataclass
+class Sample:
+    """One sample the publisher lists: `where` is `annotation-file:line` (or an id in a JSON)."""
+
+    split: str
+    label: int
+    where: str
+    expected: str            # the file name the publisher's naming gives it
+    path: str | None = None  # where it was found; None: missing
+    keep: bool = True        # False: found but kept out of the manifests (a reported problem)
+
+
+@dataclass
+class Problem:
+    kind: str
+    where: str
+    detail: str
+    path: str | None = None
+    split: str | None = None
+
+    def line(self) -> str:
+        at = f" [{self.path}]" if self.path else ""
+        return f"{self.kind}: {self.where}: {self.detail}{at}"
+
+
+@dataclass
+class Prepared:
+    task: str
+    classes: list[str]
+    samples: dict[str, list[Sample]]
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    labels_source: str = ""
+    kind: str = "video"
+
+
+def shipped_classes(name: str) -> list[str]:
+    """A class list shipped in the repo (`tasks/native/<name>_classes.txt`), one name per line."""
+    from ..manifest import read_label_map
+
+    return read_label_map(CLASS_LIST_DIR / f"{name}_classes.txt")
+
+
+def first_existing(root: Path, candidates: list[str]) -> Path | None:
+    for c in candidates:
+        p = root / c
+        if p.is_file():
+            return p
+    return None
+
+
+def index_files(root: Path, extensions: tuple[str, ...]) -> dict[str, list[str]]:
+    """`file stem -> [paths]` of every file under `root` with one of `extensions` (lower case),
+    so clips are found whether they sit in per-label folders, per-split folders or flat."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in extensions and not f.startswith("."):
+                found[stem].append(os.path.join(folder, f))
+    return found
+
+
+def pick(paths: list[str], split_names: tuple[str, ...]) -> str:
+    """Of several files with one stem, the one under a folder named for the split, else the first."""
+    for p in paths:
+        parts = {s.lower() for s in Path(p).parts}
+        if parts & set(split_names):
+            return p
+    return paths[0]
+
+
+def load_json(path: Path, what: str):
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); re-download the {what}") from None
+
+
+def write_prepared(prepared: Prepared, out: Path, dropped: set[tuple[str, int]], writer: Writer) -> dict:
+    """Write `{split}.csv` (`path label`, paths relative to `out` where they lie under it) and
+    `classes.txt` with `writer`; returns per-split counts. `dropped`: (split, index) pairs kept
+    out (unreadable files found by the check)."""
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, samples in prepared.samples.items():
+        lines = []
+        for i, s in enumerate(samples):
+            if s.path is None or not s.keep or (split, i) in dropped:
+                continue
+            p = os.path.abspath(s.path)
+            rel = os.path.relpath(p, out)
+            path = p if rel.startswith("..") else Path(rel).as_posix()
+            if "\n" in path:
+                raise DataError(f"video path contains a newline and cannot go in a manifest: {path!r}")
+            lines.append(f"{path} {s.label}\n")
+        target = out / f"{split}.csv"
+        _refuse_foreign(target)
+        writer(target, lambda f, t="".join(lines): f.write(t.encode("utf-8")))
+        counts[split] = {"listed": len(samples), "written": len(lines)}
+    text = "".join(f"{c}\n" for c in prepared.classes)
+    writer(out / "classes.txt", lambda f: f.write(text.encode("utf-8")))
+    return counts
+
+
+def _refuse_foreign(target: Path) -> None:
+    """Never overwrite a file that is not one of our manifests (e.g. a publisher's `train.csv`
+    with a comma header): that would destroy the annotation the manifest came from."""
+    if not target.is_file():
+        return
+    with open(target, encoding="utf-8-sig", errors="replace") as f:
+        head = f.readline()
+    if "," in head and not head.rstrip().rsplit(" ", 1)[-1].isdigit():
+        raise DataError(f"{target} looks like a publisher's annotation file, not a manifest; "
+                        f"pass --out DIR to write the manifests elsewhere")
+
+
+def problems_by_kind(problems: list[Problem]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in problems:
+        counts[p.kind] = counts.get(p.kind, 0) + 1
+    return {k: counts[k] for k in PROBLEM_KINDS if k in counts}
+
+
+def as_json(problems: list[Problem]) -> list[dict]:
+    return [asdict(p) for p in problems]
