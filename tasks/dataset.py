@@ -36,13 +36,13 @@ class ManifestItems(torch.utils.data.Dataset):
         path, label = self.entries[index]
         item = {"label": int(label), "path": path, "error": None}
         try:
-            item.update(self._load(path))
+            item.update(self._load(path, int(label)))
         except Exception as e:  # any failure is this sample's problem, reported, not hidden
             item.update(video=None, error=f"{type(e).__name__}: {e}")
             log.debug("skipping unreadable %s: %s", path, item["error"])
         return item
 
-    def _load(self, path: str) -> dict:
+    def _load(self, path: str, label: int) -> dict:
         raise NotImplementedError
 
 
@@ -67,8 +67,10 @@ class VideoDataset(ManifestItems):
         device_finish: bool = False,
         decode_isolation: str = "none",
         decode_timeout_s: float | None = 60.0,
+        temporal_probe: str | None = None,
     ):
         self.entries = list(entries)
+        self.temporal_probe = temporal_probe
         self.decode = {"isolation": decode_isolation, "timeout_s": decode_timeout_s}
         # device_finish: items carry uint8 frames plus the random parameters drawn for them, and
         # `tasks.loading.ClipFinisher` applies the transform on the compute device.
@@ -80,7 +82,7 @@ class VideoDataset(ManifestItems):
         self.backend = backend
         self.class_names = list(class_names) if class_names is not None else None
 
-    def _load(self, path: str) -> dict:
+    def _load(self, path: str, label: int = 0) -> dict:
         # Every draw of this item comes from torch's generator, which the caller seeds per item
         # (`tasks.loading.SeededItems`: seed, epoch, index), so clips are reproducible and a
         # resumed run sees what the uninterrupted one would have.
@@ -89,6 +91,10 @@ class VideoDataset(ManifestItems):
 
         def indices_fn(num_frames: int) -> list[int]:
             segments[:] = self.sampler.indices(num_frames, rng)
+            if self.temporal_probe is not None:  # label 1: the same clip reversed / shuffled
+                from .temporal import reorder
+
+                segments[:] = [reorder(self.temporal_probe, seg, label, rng) for seg in segments]
             return [i for seg in segments for i in seg]
 
         if os.path.isdir(path):  # a folder of numbered frames (Jester) is a video too
@@ -200,11 +206,20 @@ class Task:
     def entries(self, split: str) -> list[tuple[str, int]]:
         """`(video path, label)` of a split's manifest (read once, validated against num_classes)."""
         if split not in self._entry_cache:
-            self._entry_cache[split] = read_manifest(self.manifest_path(split), self.num_classes)
+            if self.spec.temporal_probe is not None:  # any video manifest; its labels unused
+                from .temporal import derive_entries
+
+                self._entry_cache[split] = derive_entries(read_manifest(self.manifest_path(split)))
+            else:
+                self._entry_cache[split] = read_manifest(self.manifest_path(split), self.num_classes)
         return self._entry_cache[split]
 
     @cached_property
     def class_names(self) -> list[str]:
+        if self.spec.temporal_probe is not None:
+            from .temporal import CLASSES
+
+            return list(CLASSES[self.spec.temporal_probe])
         path = self.paths.get("labels")
         if path is None:
             raise DataError(f"task {self.spec.name!r} has no label map (data.labels); add one, one class per line")
@@ -298,6 +313,7 @@ class Task:
             device_finish=device_finish,
             decode_isolation=self.spec.decode_isolation,
             decode_timeout_s=self.spec.decode_timeout_s,
+            temporal_probe=self.spec.temporal_probe,
         )
 
     def image_frames(self, num_frames: int | None) -> int:
@@ -340,6 +356,7 @@ class Task:
                 "eval": {"videos": len(eval_entries), "sha256": manifest_sha256(eval_entries, self.root)},
             },
             "label_map_sha256": label_map_sha256(labels),
+            **({"temporal_probe": self.spec.temporal_probe} if self.spec.temporal_probe else {}),
         }
 
 

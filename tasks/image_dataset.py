@@ -28,7 +28,7 @@ class ImageDataset(ManifestItems):
         self.device_finish = bool(device_finish)
         self.backend = "pil"
 
-    def _load(self, path: str) -> dict:
+    def _load(self, path: str, label: int = 0) -> dict:
         from PIL import Image
 
         with Image.open(path) as im:

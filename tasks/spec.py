@@ -93,6 +93,9 @@ class TaskSpec:
     # child process that a native crash or hang cannot take down (tasks.decode.read_frames);
     # off by default: the container header check already refuses the known crafted files, and
     # the child costs 25-50% of decoding speed (benchmarks/decode.py).
+    # A temporal probe derived from the manifests' videos (tasks/temporal.py): arrow_of_time or
+    # frame_order; the source labels are not used, the task has the probe's 2 classes.
+    temporal_probe: str | None = None
     decode_isolation: str = "none"
     decode_timeout_s: float | None = 60.0
     optim: dict = field(default_factory=dict)
@@ -142,6 +145,15 @@ class TaskSpec:
         if not 0.0 <= mff <= 1.0:
             raise DataError(f"{where}: max_failure_fraction must be within [0, 1], got {mff}")
 
+        temporal = cfg.get("temporal_probe")
+        if temporal is not None:
+            from .temporal import CLASSES as TEMPORAL
+
+            if temporal not in TEMPORAL:
+                raise DataError(f"{where}: temporal_probe must be one of {', '.join(TEMPORAL)} or "
+                                f"null, got {temporal!r}")
+            if num_classes != 2:
+                raise DataError(f"{where}: a temporal probe has 2 classes, num_classes is {num_classes}")
         isolation = cfg.get("decode_isolation", "none")
         if isolation not in ("none", "subprocess"):
             raise DataError(f"{where}: decode_isolation must be 'none' or 'subprocess', got {isolation!r}")
@@ -166,6 +178,7 @@ class TaskSpec:
             train_aug=dict(cfg.get("train_aug") or {}),
             eval_transform=dict(cfg.get("eval_transform") or {}),
             max_failure_fraction=mff,
+            temporal_probe=temporal,
             decode_isolation=isolation,
             decode_timeout_s=None if timeout is None else float(timeout),
             optim=dict(cfg.get("optim") or {}),

@@ -381,3 +381,27 @@ def test_token_fields_put_the_seed_in_the_key_only_for_random_clips():
     assert copies["transform"] == proto["train_aug"] and copies["seed"] == 0
     with pytest.raises(FeatureCacheError, match="seed"):
         token_fields(proto, **common, random_clips=True)
+
+
+def test_feature_store_from_the_command_line(tmp_path):
+    """`feature_store=auto` on `harness run`: a second protocol on the same tokens (another k)
+    reuses the one entry the first run wrote; the store's fp16 is in the protocol."""
+    import json
+
+    from harness.cli import main
+    from tasks.digits import make_digits
+
+    root = tmp_path / "digits"
+    make_digits(root, seed=0, per_class_train=2, per_class_val=1, per_class_test=1,
+                num_frames=20, size=32, progress=False)
+    out = tmp_path / "runs"
+    common = ["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "digits_motion",
+              "--probe", "knn", "--out", str(out), "--no-progress", f"task.data.root={root}",
+              "feature_store=auto"]
+    assert main(common) == 0
+    assert main([*common, "probe.k=3"]) == 0
+    entries = [p for p in (out / "features").iterdir() if p.is_dir()]
+    assert len(entries) == 1, entries
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert len(records) == 2
+    assert all(r["protocol"]["task"]["feature_cache"]["stored_as"] == "float16" for r in records)
