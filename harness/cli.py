@@ -21,7 +21,7 @@ COMMANDS = {
     "results": ("results", "the result store as one file: export, import, schema"),
     "plot": ("plot", "PNG charts: per-task bars with confidence intervals, checkpoint series"),
     "audit": ("audit", "transfer audit: is a video encoder's temporal gain worth its cost?"),
-    "data": ("data", "make datasets (the synthetic digits videos)"),
+    "data": ("data", "prepare, check and split datasets from their native layouts; make the digits"),
     "pretrain": ("pretrain", "JEPA pretraining in this repo (V-JEPA, pixel and image variants)"),
     "watch": ("watch", "evaluate each checkpoint a pretraining run writes, as it appears"),
     "demo": ("demo", "the whole loop on CPU in minutes, on data it makes"),

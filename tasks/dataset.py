@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class ManifestItems(torch.utils.data.Dataset):
-    """Items of a `path label` manifest: `dict(label, path, error)` plus what `_load(path)`
-    returns. A file that cannot be read gives `video=None` and the reason in `error`; it is never
-    replaced by another sample (the release does that silently, in evaluation too): the consumer
-    counts failures (see `collate_clips`) and decides whether the run may go on."""
+    """Items of a `path label` manifest: `dict(label, path, error)` plus what the subclass's
+    `_load(path, label)` returns. A file that cannot be read gives `video=None` and the reason
+    in `error`; it is never replaced by another sample (the release does that silently, in
+    evaluation too): the consumer counts failures (see `collate_clips`) and decides whether the
+    run may go on."""
 
     entries: list
 
@@ -41,9 +42,6 @@ class ManifestItems(torch.utils.data.Dataset):
             item.update(video=None, error=f"{type(e).__name__}: {e}")
             log.debug("skipping unreadable %s: %s", path, item["error"])
         return item
-
-    def _load(self, path: str, label: int) -> dict:
-        raise NotImplementedError
 
 
 class VideoDataset(ManifestItems):
