@@ -40,6 +40,13 @@ def compose_run(overrides: list[str] = ()) -> "DictConfig":  # noqa: F821
     """Compose harness/configs/run.yaml with the given Hydra overrides, each overridden value
     type- and range-checked against the value it replaces (`check_override_types`)."""
     overrides = list(overrides)
+    # A task whose protocol has its own probe (AVA's roi_linear) gets it unless the run names
+    # one; known before the other overrides are applied, since they may set that probe's keys.
+    keys = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    if "task" in keys and "probe" not in keys:
+        default_probe = _compose([o for o in overrides if _is_selection(o)]).task.get("default_probe")
+        if default_probe:
+            overrides = [f"probe={default_probe}", *overrides]
     cfg = _compose(overrides)
     selections = [o for o in overrides if _is_selection(o)]
     if len(selections) < len(overrides):

@@ -79,12 +79,15 @@ def preflight(task, eval_split: str, log_fn=None) -> dict:
         if not entries:
             raise DataError(f"task {task.name!r}: the {split} manifest {task.manifest_path(split)} "
                             f"lists no videos")
-        if class_names is not None:
+        multilabel = task.spec.kind == "multilabel"
+        # One class per video (the class folder's) only in classification tasks.
+        if class_names is not None and task.spec.kind in ("video", "image"):
             check_label_folders(task, split, entries, class_names)
         missing = _missing_files(entries)
         summary[split] = {"videos": len(entries), "missing": len(missing),
                           "will_use": len(entries) - len(missing)}
-        labels_by_split[split] = Counter(label for _, label in entries)
+        labels_by_split[split] = Counter(c for _, label in entries
+                                         for c in (label if multilabel else (label,)))
         if missing:
             frac = len(missing) / len(entries)
             examples = "; ".join(missing[:_EXAMPLES])
@@ -96,7 +99,7 @@ def preflight(task, eval_split: str, log_fn=None) -> dict:
                     f"Check task.data.root (paths resolve against the manifest's folder)")
             say(f"warning: {len(missing)} {split} video(s) listed but missing (counted as "
                 f"unreadable, never replaced), e.g. {examples}")
-    if eval_split != "train" and class_names is not None:
+    if eval_split != "train" and class_names is not None and task.spec.kind != "detection":
         absent = sorted(set(labels_by_split[eval_split]) - set(labels_by_split["train"]))
         if absent:
             names = ", ".join(repr(class_names[i]) for i in absent[:_EXAMPLES])

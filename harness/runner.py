@@ -171,6 +171,10 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     grid = probe_c.get("grid")
     selection = probe_c.get("selection") or "val"
     train_entries, select_entries, select_info = None, None, None
+    if grid and selection == "val" and task.spec.kind == "detection":
+        raise ValueError("a probe grid on a detection task needs probe.selection=eval_max (labelled "
+                         "so in the record); a held-out validation split of AVA's training "
+                         "keyframes is not built yet")
     if grid and selection == "val":
         # Honest selection: the heads are compared on videos the probe never trained on and
         # that are not the evaluation split: the task's own val split where it has one apart
@@ -200,15 +204,22 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     eval_micro = c.get("eval_batch_size") or micro or optim.batch_size
     # More loader processes than CPU cores only adds contention (and warnings).
     workers = min(optim.num_workers, os.cpu_count() or 1)
-    loader = dict(num_workers=workers, collate_fn=tasks.collate_clips,
+    # Detection items carry their boxes (AvaDataset.collate) and arrive as finished float clips.
+    detection = task.spec.kind == "detection"
+    loader = dict(num_workers=workers,
+                  collate_fn=train_set.collate if detection else tasks.collate_clips,
                   pin_memory=device.startswith("cuda"), rank=rank, world_size=world)
+
+    def finisher(dataset):
+        return None if detection else ClipFinisher(dataset.transform)
+
     # Augmented copies are cached pass by pass and must line up sample by sample: no shuffling
     # there (the cached tokens are shuffled every epoch instead).
     train_data = EpochBatches(train_set, batch_size=optim.batch_size, micro_batch_size=micro,
-                              seed=seed, shuffle=not copies, finish=ClipFinisher(train_set.transform),
+                              seed=seed, shuffle=not copies, finish=finisher(train_set),
                               **loader)
     eval_data = EpochBatches(eval_set, batch_size=eval_micro, micro_batch_size=eval_micro,
-                             seed=seed, shuffle=False, finish=ClipFinisher(eval_set.transform),
+                             seed=seed, shuffle=False, finish=finisher(eval_set),
                              **loader)
     selection_data = None
     if select_entries is not None:
@@ -216,7 +227,7 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
                                   device_finish=True, entries=select_entries, **common)
         selection_data = EpochBatches(select_set, batch_size=eval_micro, micro_batch_size=eval_micro,
                                       seed=seed, shuffle=False,
-                                      finish=ClipFinisher(select_set.transform), **loader)
+                                      finish=finisher(select_set), **loader)
     protocol = build_protocol(c, task, split, cache_features=cache, cache_copies=copies,
                               precision=precision)
     if select_info is not None:
@@ -347,6 +358,12 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
     if probe_cfg.get("num_heads") is None and c["probe"]["kind"] != "attentive_v2":
         probe_cfg["num_heads"] = spec.num_heads
 
+    if c["probe"]["kind"] == "roi_linear":  # reads the token map of one clip
+        s = task.spec.sampling
+        res = task.spec.resolution or spec.resolution
+        probe_cfg["token_grid"] = spec.grid_for(s.frames_per_clip, res, res)
+    kind = probe_kind(task, plan.split)
+
     def make_probe():
         return probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
                             num_classes=task.num_classes, **_supported(c["probe"]["kind"], probe_cfg))
@@ -404,7 +421,7 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
         metrics, problems, info = probes.evaluate_full(
             encoder, probe, plan.eval_data, device=device, bf16=plan.optim.bf16,
             encoder_chunk=chunk, max_failure_fraction=task.spec.max_failure_fraction,
-            progress=show_progress)
+            progress=show_progress, kind=kind)
         result = probes.ProbeResult(metrics=metrics, probe=probe, data_problems=problems,
                                     timings={"eval_s": info["eval_s"]},
                                     precision=info["precision"], num_evaluated=info["samples"],
@@ -428,6 +445,7 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
             stop=stop,
             feature_store=store,
             feature_key=fkey,
+            kind=kind,
         )
     if result.precision != plan.precision:  # the plan promised what the protocol says
         raise RuntimeError(f"ran in {result.precision} but planned {plan.precision}")
@@ -533,12 +551,25 @@ def _feature_store(c: dict, plan: RunPlan, encoder, out: Path):
     return FeatureStore(root), key
 
 
+def probe_kind(task, split: str):
+    """The task kind's loss, head input, view merge and metrics (`probes.kinds`); a detection
+    task's evaluator is its own (AVA: ActivityNet's frame mAP, `tasks.ava_eval`)."""
+    from probes.kinds import for_task
+
+    if task.spec.kind != "detection":
+        return for_task(task.spec.kind)
+    from tasks import ava
+
+    evaluate = ava.evaluator(task, split)
+    return for_task("detection", evaluate=evaluate, class_ids=ava.class_ids(task))
+
+
 def _supported(kind: str, cfg: dict) -> dict:
     if kind == "knn":  # not a network: only its own keys (probes/configs/probe/knn.yaml)
         return {k: v for k, v in cfg.items() if k in ("k", "temperature", "bank_chunk",
                                                       "query_chunk")}
     # The linear probe has no heads/queries; keep one probe YAML schema without failing on them.
-    if kind == "linear":
+    if kind in ("linear", "roi_linear"):
         return {k: v for k, v in cfg.items() if k not in ("num_heads", "num_queries", "depth",
                                                           "mlp_ratio", "xattn_proj")}
     return cfg

@@ -52,8 +52,9 @@ class ProbeGrid(nn.Module):
         self.points = [dict(p) for p in points]
         self.heads = nn.ModuleList(make_probe() for _ in self.points)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.stack([head(tokens) for head in self.heads], dim=1)
+    def forward(self, tokens: torch.Tensor, **inputs) -> torch.Tensor:
+        """`inputs`: what the task kind gives the heads besides tokens (boxes for detection)."""
+        return torch.stack([head(tokens, **inputs) for head in self.heads], dim=1)
 
     def __len__(self) -> int:
         return len(self.heads)

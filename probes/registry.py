@@ -57,6 +57,13 @@ def build(kind: str, embed_dim: int, num_classes: int, **kw):
         from probes.linear import LinearProbe
 
         return LinearProbe(embed_dim, num_classes, **kw)
+    if kind == "roi_linear":  # AVA: reads (tokens, boxes); needs the clip's token grid
+        from probes.roi import RoIProbe
+
+        if kw.get("token_grid") is None:
+            raise ValueError("the roi_linear probe needs the encoder's token grid (t, h, w) of "
+                             "one clip: pass token_grid=encoder.spec.grid_for(frames, height, width)")
+        return RoIProbe(embed_dim, num_classes, **kw)
     raise _unknown(kind)
 
 

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import parallel
 from probes import failpoints
 from probes.digest import content_digest
 from probes.feature_cache import TokenBatches, encode_copies, encode_loader
+from probes.kinds import Classification, ClassificationScorer, Kind, head_scores
 from probes.optim import CosineSchedule, build_adamw, cosine_value
 from probes.problems import DataProblemError, DataProblems
 
@@ -165,12 +165,15 @@ def _autocast(device: torch.device, precision: str) -> Callable:
 
 
 def encode_views(encoder: nn.Module, video: torch.Tensor, *, chunk: int | None = None,
-                 autocast: Callable = contextlib.nullcontext) -> torch.Tensor:
+                 autocast: Callable = contextlib.nullcontext,
+                 layers: tuple[int, ...] | None = None) -> torch.Tensor:
     """(B, S, V, 3, T, H, W) -> tokens (B, V, S*N, D): segments concatenated per view.
 
     The tokens keep the encoder's dtype (bfloat16 when its weights were cast): the segment
     tokens of a whole micro-batch are never copied to fp32. `autocast` is a zero-argument factory
-    of the precision context (a fresh one per use)."""
+    of the precision context (a fresh one per use). `layers`: block indices whose (normed)
+    outputs are concatenated on the channel axis instead of the last block's (AVA's probe reads
+    four blocks: D becomes 4 x the width)."""
     if video.ndim != 7:
         raise ValueError(f"expected video (B, S, V, 3, T, H, W), got {tuple(video.shape)}")
     b, s, v = video.shape[:3]
@@ -180,7 +183,11 @@ def encode_views(encoder: nn.Module, video: torch.Tensor, *, chunk: int | None =
         clips = clips.to(dtype)
     chunk = chunk or b * s * v
     with torch.no_grad(), autocast():
-        parts = [encoder(c) for c in clips.split(chunk)]
+        if layers:
+            parts = [torch.cat(encoder(c, out_layers=list(layers)), dim=-1)
+                     for c in clips.split(chunk)]
+        else:
+            parts = [encoder(c) for c in clips.split(chunk)]
     tokens = torch.cat(parts)
     if tokens.ndim != 3 or tokens.shape[0] != b * s * v:
         raise ValueError(f"encoder returned {tuple(tokens.shape)} for {b * s * v} clips; "
@@ -192,15 +199,33 @@ def encode_views(encoder: nn.Module, video: torch.Tensor, *, chunk: int | None =
 def probe_views(probe: nn.Module, tokens: torch.Tensor,
                 autocast: Callable = contextlib.nullcontext) -> torch.Tensor:
     """tokens (B, V, L, D) -> logits (B, V, C) (a `ProbeGrid`: (B, V, H, C)): one pass per view."""
-    b, v = tokens.shape[:2]
-    with autocast():
-        logits = probe(tokens.flatten(0, 1))
-    return logits.float().reshape(b, v, *logits.shape[1:])  # (B, V, C), or (B, V, H, C) for a grid
+    return _CLASSIFICATION.forward(probe, tokens, {}, autocast)
 
 
 def merge_views(logits: torch.Tensor) -> torch.Tensor:
     """Mean over spatial views of the softmax (release protocol): (B, V, [H,] C) -> (B, [H,] C)."""
-    return logits.softmax(dim=-1).mean(dim=1)
+    return Classification().merge(logits)
+
+
+def probe_layers(probe: nn.Module) -> tuple[int, ...] | None:
+    """The encoder blocks a probe reads (`out_layers`, e.g. AVA's four); None: the last block's
+    output. A grid's heads read the same tokens."""
+    heads = getattr(probe, "heads", None)
+    head = heads[0] if heads is not None and len(heads) else probe
+    layers = getattr(head, "out_layers", None)
+    return tuple(int(i) for i in layers) if layers else None
+
+
+def _forward(kind: Kind, encoder, probe, batch: dict, video: torch.Tensor, device, *, chunk,
+             autocast, train: bool) -> torch.Tensor:
+    """Logits of one micro-batch: (B, V, [H,] C), or (K, 1, [H,] C) for detection's boxes.
+    Training reads view 0 only (training loaders give one view)."""
+    if "tokens" in batch:  # cached features: (B, V, L, D), already encoded
+        tokens = video[:, :1] if train else video
+    else:
+        tokens = encode_views(encoder, video[:, :, :1] if train else video, chunk=chunk,
+                              autocast=autocast, layers=probe_layers(probe))
+    return kind.forward(probe, tokens, kind.probe_inputs(batch, device), autocast)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,8 +278,10 @@ class _PassCounter:
         self.problems.check(self.where, self.seen, self.failed, self.max_fraction)
 
 
-def _unpack(batch: dict, device: torch.device, finish: Callable | None = None):
-    """(video or cached tokens, label, failures) of a batch; None when nothing in it loaded."""
+def _unpack(batch: dict, device: torch.device, finish: Callable | None = None,
+            kind: Kind | None = None):
+    """(video or cached tokens, target, failures) of a batch; None when nothing in it loaded.
+    The target is the kind's (class indices by default; multi-hot rows; per-box rows)."""
     failures = list(batch.get("failures") or [])
     if "tokens" in batch:
         video = batch["tokens"]
@@ -269,7 +296,11 @@ def _unpack(batch: dict, device: torch.device, finish: Callable | None = None):
     label = torch.as_tensor(batch["label"]).long()
     if label.shape[0] != video.shape[0]:
         raise ValueError(f"batch has {video.shape[0]} videos but {label.shape[0]} labels")
-    return video.to(device, non_blocking=True), label.to(device, non_blocking=True), failures
+    target = (kind or _CLASSIFICATION).target(batch, device)
+    return video.to(device, non_blocking=True), target, failures
+
+
+_CLASSIFICATION = Classification()
 
 
 def _micro_batches(data) -> Iterable[dict]:
@@ -341,22 +372,6 @@ def _len_or_none(loader) -> int | None:
 # evaluation
 
 
-def _metric_set(num_classes: int, topk: Iterable[int], device: torch.device) -> dict:
-    from torchmetrics.classification import MulticlassAccuracy
-
-    # No sync inside compute(): the progress bar computes on rank 0 alone, mid-pass; the states
-    # (integer counts, so their sum is exact) are summed over the ranks once, at the end.
-    opts = dict(sync_on_compute=False, compute_with_cache=False)
-    metrics = {}
-    for k in topk:
-        k = min(int(k), num_classes)  # top-k beyond the class count is meaningless; name the k used
-        metrics.setdefault(f"top{k}", MulticlassAccuracy(num_classes=num_classes, top_k=k,
-                                                         average="micro", **opts))
-    metrics["mean_class_acc"] = MulticlassAccuracy(num_classes=num_classes, top_k=1,
-                                                   average="macro", **opts)
-    return {name: m.to(device) for name, m in metrics.items()}
-
-
 def _pass_size(data) -> int:
     """Micro-batches of one evaluation pass over every rank (this rank's share in one process)."""
     if parallel.world_size() > 1:
@@ -370,115 +385,112 @@ def _pass_size(data) -> int:
 @torch.no_grad()
 def _evaluate(encoder, probe, data, *, device, topk, precision, encoder_chunk, problems,
               max_failure_fraction, bar: _Progress, predictions: dict | None = None,
-              head: int | None = None) -> tuple[dict[str, float], float, int]:
-    """Metrics over one pass; with `predictions` (a dict), fills it with per-sample `path`,
-    `label`, `topk_index` and `topk_prob` (top 5 of the view-merged probabilities).
+              head: int | None = None, kind: Kind | None = None) -> tuple[dict[str, float], float, int]:
+    """Metrics over one pass; with `predictions` (a dict), fills it with the kind's per-sample
+    arrays (classification: `path`, `label`, `topk_index`, `topk_prob`, the top 5 of the
+    view-merged probabilities).
 
-    Under DDP every rank scores its share of the micro-batches; the metric states are summed and
-    the predictions gathered back into the order of one process, so every number and every
+    Under DDP every rank scores its share of the micro-batches; the metric states are summed (or
+    the kept scores gathered) back into the order of one process, so every number and every
     per-sample prediction equals a single-process run's (same micro-batches, same maths)."""
+    kind = kind or Classification(topk)
     encoder.eval()
     probe.eval()
     autocast = _autocast(device, precision)
     finish = getattr(data, "finish", None)
     counter = _PassCounter(problems, "eval", "evaluation", data, max_failure_fraction)
     total_micro = _pass_size(data)
-    metrics = None
+    scorer = kind.scorer(device)
     task = bar.start("eval", _num_micro_batches(data))
     start, samples = time.perf_counter(), 0
-    kept = []  # per micro-batch: (paths, label, topk_index, topk_prob)
+    kept = []  # per micro-batch: what the predictions file keeps (None: nothing loaded)
+    gathered = not isinstance(scorer, ClassificationScorer)  # keeps its own parts
     for batch in _micro_batches(data):
         failpoints.hit("eval")
-        video, label, failures = _unpack(batch, device, finish)
+        video, target, failures = _unpack(batch, device, finish, kind)
         counter.add(0 if video is None else video.shape[0], failures)
         if video is None:
             kept.append(None)
+            if gathered:
+                scorer.note_failed()
         else:
-            tokens = video if "tokens" in batch else encode_views(
-                encoder, video, chunk=encoder_chunk, autocast=autocast)
-            probs = merge_views(probe_views(probe, tokens, autocast))
-            if probs.ndim == 3:  # a grid: score one head
+            scores = kind.merge(_forward(kind, encoder, probe, batch, video, device,
+                                         chunk=encoder_chunk, autocast=autocast, train=False))
+            if scores.ndim == 3:  # a grid: score one head
                 if head is None:
                     raise ValueError("evaluating a probe grid needs the chosen head")
-                probs = probs[:, head]
-            if metrics is None:
-                metrics = _metric_set(probs.shape[-1], topk, device)
-            for m in metrics.values():
-                m.update(probs, label)
+                scores = scores[:, head]
+            scorer.update(scores, target, batch)
             samples += video.shape[0]
-            if predictions is not None:  # per-sample, for statistics after the fact
-                top = probs.topk(min(5, probs.shape[-1]), dim=-1)
-                kept.append((list(batch.get("path") or [""] * video.shape[0]), label.cpu(),
-                             top.indices.cpu(), top.values.float().cpu()))
+            if predictions is not None and not gathered:  # per-sample, for statistics later
+                kept.append(scorer.kept(scores, target, batch))
         elapsed = time.perf_counter() - start
         if bar.bar is not None:  # compute() syncs the device: only when someone watches
-            first = next(iter(metrics)) if metrics else None
-            info = f"{first} {100 * metrics[first].compute().item():.1f}" if first else ""
-            bar.update(task, rate=samples / max(elapsed, 1e-9), info=info)
+            bar.update(task, rate=samples / max(elapsed, 1e-9), info=scorer.progress())
     counter.settle(total_micro)
     counter.finish()
     if parallel.world_size() > 1:
-        metrics, samples, kept = _merge_ranks(metrics, samples, kept, total_micro, topk, device)
-    if metrics is None:
+        scorer.merge_ranks(total_micro)
+        samples = sum(parallel.gather_objects(samples))
+        if not gathered:
+            kept = parallel.unshard(parallel.gather_objects(kept), total_micro)
+    if scorer.empty():
         raise DataProblemError("evaluation saw no readable sample (the loader was empty or every "
                                "sample failed); check the evaluation split and its data root",
                                problems)
-    result = {name: 100.0 * m.compute().item() for name, m in metrics.items()}
+    result = scorer.compute()
     if predictions is not None:
-        parts = [k for k in kept if k is not None]
+        parts = [k for k in (scorer.parts if gathered else kept) if k is not None]
         if parts:
-            predictions["path"] = [p for part in parts for p in part[0]]
-            for i, key in enumerate(("label", "topk_index", "topk_prob"), start=1):
-                predictions[key] = torch.cat([part[i] for part in parts]).numpy()
+            predictions.update(scorer.predictions(parts))
     return result, time.perf_counter() - start, samples
 
 
-def _merge_ranks(metrics, samples, kept, total_micro, topk, device):
-    """Sum the ranks' metric states and gather their predictions in single-process order."""
-    classes = [c for c in parallel.gather_objects(
-        None if metrics is None else next(iter(metrics.values())).num_classes) if c is not None]
-    if not classes:  # no rank read anything: the caller reports it
-        return None, 0, []
-    if metrics is None:  # this rank owned no readable micro-batch: empty states, same shapes
-        metrics = _metric_set(classes[0], topk, device)
-        for m in metrics.values():
-            m._update_count = 1  # its (empty) share is complete: compute() need not warn
-    for m in metrics.values():
-        m.sync(should_sync=True)  # all-gather of integer counts, summed: exact
-    samples = sum(parallel.gather_objects(samples))
-    kept = parallel.unshard(parallel.gather_objects(kept), total_micro)
-    return metrics, samples, kept
+def _selection_part(batch: dict) -> dict:
+    """What head selection keeps of a micro-batch besides its scores (no clips)."""
+    return {k: batch[k] for k in ("path", "key", "boxes") if k in batch}
 
 
 @torch.no_grad()
 def _evaluate_heads(encoder, probe, data, *, device, precision, encoder_chunk, problems,
-                    max_failure_fraction, phase: str) -> list[float]:
-    """Top-1 (%) of every head of a grid over one pass of `data` (selection)."""
+                    max_failure_fraction, phase: str, kind: Kind | None = None) -> list[float]:
+    """The kind's primary metric (top-1 %, mAP) of every head of a grid over one pass of
+    `data` (selection)."""
+    kind = kind or _CLASSIFICATION
     autocast = _autocast(device, precision)
     finish = getattr(data, "finish", None)
     counter = _PassCounter(problems, phase, f"head selection on {phase}", data,
                            max_failure_fraction)
     total_micro = _pass_size(data)
     heads = len(getattr(probe, "heads", ())) or 1
+    counting = isinstance(kind, Classification)
     correct = torch.zeros(heads, dtype=torch.float64, device=device)
     seen = torch.zeros(1, dtype=torch.float64, device=device)
+    parts = []  # other kinds: (scores (n, H, C), target, batch part) per micro-batch
     for batch in _micro_batches(data):
-        video, label, failures = _unpack(batch, device, finish)
+        video, target, failures = _unpack(batch, device, finish, kind)
         counter.add(0 if video is None else video.shape[0], failures)
         if video is None:
+            parts.append(None)
             continue
-        tokens = video if "tokens" in batch else encode_views(
-            encoder, video, chunk=encoder_chunk, autocast=autocast)
-        probs = merge_views(probe_views(probe, tokens, autocast))  # (B, H, C)
-        correct += (probs.argmax(-1) == label[:, None]).sum(0).double()
-        seen += label.shape[0]
+        scores = kind.merge(_forward(kind, encoder, probe, batch, video, device,
+                                     chunk=encoder_chunk, autocast=autocast, train=False))
+        if counting:
+            correct += ClassificationScorer.head_correct(scores, target)
+        else:
+            parts.append((scores.cpu(), target.cpu(), _selection_part(batch)))
+        seen += video.shape[0]
     counter.settle(total_micro)
     counter.finish()
-    parallel.all_sum_(correct)  # counts: their sum is exact in any order
     parallel.all_sum_(seen)
     if not seen.item():
         raise DataProblemError(f"head selection saw no readable sample in {phase}", problems)
-    return (100.0 * correct / seen).tolist()
+    if counting:
+        parallel.all_sum_(correct)  # counts: their sum is exact in any order
+        return (100.0 * correct / seen).tolist()
+    if parallel.world_size() > 1:
+        parts = parallel.unshard(parallel.gather_objects(parts), total_micro)
+    return head_scores(kind, lambda: kind.scorer(device), [p for p in parts if p is not None])
 
 
 def _prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) -> nn.Module:
@@ -491,19 +503,19 @@ def _prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) -
 
 def evaluate(encoder: nn.Module, probe: nn.Module, loader, *, device="cpu",
              topk: Iterable[int] = (1, 5), bf16: bool = True, encoder_chunk: int | None = None,
-             max_failure_fraction: float = 0.05, progress: bool = False
+             max_failure_fraction: float = 0.05, progress: bool = False, kind: Kind | None = None
              ) -> tuple[dict[str, float], DataProblems]:
     """Top-k (and mean-class) accuracy in percent of `probe` over `loader` (a DataLoader or an
     `EpochBatches`), views merged by the mean of their softmaxes. Returns (metrics, problems)."""
     metrics, problems, _ = evaluate_full(encoder, probe, loader, device=device, topk=topk,
                                          bf16=bf16, encoder_chunk=encoder_chunk,
                                          max_failure_fraction=max_failure_fraction,
-                                         progress=progress)
+                                         progress=progress, kind=kind)
     return metrics, problems
 
 
 def evaluate_full(encoder, probe, loader, *, device="cpu", topk=(1, 5), bf16=True,
-                  encoder_chunk=None, max_failure_fraction=0.05, progress=False):
+                  encoder_chunk=None, max_failure_fraction=0.05, progress=False, kind=None):
     """`evaluate` plus a dict {precision, eval_s, samples} for the record."""
     device = torch.device(device)
     precision = resolve_precision(device, bf16)
@@ -515,7 +527,8 @@ def evaluate_full(encoder, probe, loader, *, device="cpu", topk=(1, 5), bf16=Tru
         metrics, seconds, samples = _evaluate(
             encoder, probe, loader, device=device, topk=topk, precision=precision,
             encoder_chunk=encoder_chunk, problems=problems,
-            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions)
+            max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions,
+            kind=kind)
     return metrics, problems, {"precision": precision, "eval_s": round(seconds, 3),
                                "samples": samples, "predictions": predictions}
 
@@ -655,7 +668,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 stop: Callable[[], bool] | None = None,
                 on_epoch_end: Callable[[int, dict], None] | None = None,
                 on_step_end: Callable[[int, int], None] | None = None,
-                feature_store=None, feature_key: str | None = None) -> ProbeResult:
+                feature_store=None, feature_key: str | None = None,
+                kind: Kind | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
 
     - `train_loader`: an `EpochBatches`-like object (steps of micro-batches, exact resume
@@ -683,6 +697,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
       at that step (mid-epoch where the data resumes exactly, else the last epoch's save stands)
       and `Preempted` is raised.
     - `on_epoch_end(epoch, stats)` / `on_step_end(epoch, step)`: hooks (tests), after any save.
+    - `kind` (`probes.kinds`): the task kind's loss, head input, view merge and metrics;
+      default single-label classification with `topk`.
     The test split is evaluated once, after the last epoch: no selection on it.
     """
     log = log or _log.info
@@ -699,7 +715,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                             save_every_s=save_every_s, selection=selection,
                             selection_data=selection_data, stop=stop,
                             on_epoch_end=on_epoch_end, on_step_end=on_step_end,
-                            feature_store=feature_store, feature_key=feature_key)
+                            feature_store=feature_store, feature_key=feature_key,
+                            kind=kind or Classification(topk))
     finally:
         torch.set_flush_denormal(False)  # back to the process default
 
@@ -707,11 +724,15 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
 def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, max_failure_fraction,
                  topk, state_path, progress, log, encoder_chunk, cache_features, cache_copies,
                  cache_seed, save_every_s, selection, selection_data, stop, on_epoch_end,
-                 on_step_end, feature_store=None, feature_key=None) -> ProbeResult:
+                 on_step_end, feature_store=None, feature_key=None,
+                 kind: Kind = _CLASSIFICATION) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
     fit_only = getattr(probe, "trainable", True) is False  # k-NN: a bank of training features
     cache_features = cache_features or fit_only
+    if cache_features and not isinstance(kind, Classification):
+        raise ValueError(f"cached features and k-NN serve classification tasks; a {kind.name} "
+                         f"task trains on its clips (set cache_features=false and another probe)")
     if feature_store is not None and not feature_key:
         raise ValueError("feature_store needs feature_key (probes.feature_store.feature_key)")
     if parallel.world_size() > 1:
@@ -740,8 +761,8 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             video, _, _ = _unpack(batch, device, finish)
             if video is None:
                 return None
-            return encode_views(enc, video[:, :, :1], chunk=encoder_chunk,
-                                autocast=autocast).float()
+            return encode_views(enc, video[:, :, :1], chunk=encoder_chunk, autocast=autocast,
+                                layers=probe_layers(probe)).float()
 
         seed = torch.initial_seed() if cache_seed is None else int(cache_seed)
         if feature_store is not None:
@@ -853,12 +874,13 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                                  autocast=autocast, encoder_chunk=encoder_chunk,
                                  problems=problems, max_failure_fraction=max_failure_fraction,
                                  bar=bar, step_done=step_done, stop=stop, clock=clock,
-                                 save_every_s=save_every_s)
+                                 save_every_s=save_every_s, kind=kind)
             train_seconds += stats["seconds"]
             train_samples += stats["samples"]
             history.append(stats)
-            log(f"epoch {epoch + 1}/{optim.epochs}: loss {stats['loss']:.4f}, train top1 "
-                f"{stats['train_top1']:.1f}%, {stats['samples_per_s']:.1f} samples/s")
+            score = (f", train top1 {stats['train_top1']:.1f}%" if "train_top1" in stats else "")
+            log(f"epoch {epoch + 1}/{optim.epochs}: loss {stats['loss']:.4f}{score}, "
+                f"{stats['samples_per_s']:.1f} samples/s")
             if state_path is not None:
                 clock["last_save"] = time.perf_counter()
                 save(epoch + 1, 0, None)
@@ -875,18 +897,18 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             scores = _evaluate_heads(encoder, probe, source, device=device, precision=precision,
                                      encoder_chunk=encoder_chunk, problems=problems,
                                      max_failure_fraction=max_failure_fraction,
-                                     phase="select" if selection == "val" else "eval")
+                                     phase="select" if selection == "val" else "eval", kind=kind)
             chosen = max(range(len(scores)), key=lambda h: (scores[h], -h))
-            heads = [{**point, f"{selection}_top1": score}
+            heads = [{**point, f"{selection}_{kind.primary}": score}
                      for point, score in zip(probe.points, scores)]
             log(f"head {chosen} chosen on {'the held-out validation split' if selection == 'val' else 'the evaluation split (eval_max)'}: "
-                f"lr {probe.points[chosen]['lr']:g}, wd {probe.points[chosen]['weight_decay']:g}, top1 {scores[chosen]:.2f}")
+                f"lr {probe.points[chosen]['lr']:g}, wd {probe.points[chosen]['weight_decay']:g}, {kind.primary} {scores[chosen]:.2f}")
         predictions: dict = {}
         metrics, eval_seconds, eval_samples = _evaluate(
             encoder, probe, eval_loader, device=device, topk=topk, precision=precision,
             encoder_chunk=encoder_chunk, problems=problems,
             max_failure_fraction=max_failure_fraction, bar=bar, predictions=predictions,
-            head=chosen)
+            head=chosen, kind=kind)
     timings = {
         "total_s": round(time.perf_counter() - t_start, 3),
         "train_s": round(train_seconds, 3),
@@ -961,7 +983,7 @@ def _fit_and_evaluate(encoder, probe, cache, eval_loader, *, device, topk, preci
 def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_step, carried,
                  steps_per_epoch, device, autocast, encoder_chunk, problems,
                  max_failure_fraction, bar: _Progress, step_done, stop, clock,
-                 save_every_s) -> dict[str, Any]:
+                 save_every_s, kind: Kind) -> dict[str, Any]:
     probe.train()
     encoder.eval()  # frozen: dropout/BN of the encoder must stay in inference behaviour
     counter = _PassCounter(problems, "train", f"training epoch {epoch + 1}", data,
@@ -998,44 +1020,39 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
         # once: the sum is then the same in any order, so micro-batches spread over any number
         # of ranks give the weights of one process (float32 accumulation depends on the order).
         grads = _GradSum(params, device) if world > 1 or num_micro > 1 else None
-        local = []  # per micro-batch of this rank: (n_ok, failures, loss, correct, finite)
+        # per micro-batch of this rank: (n_ok, failures, loss, correct, finite, units)
+        local = []
         for batch in step.micro_batches:
-            video, label, failures = _unpack(batch, device, finish)
+            video, target, failures = _unpack(batch, device, finish, kind)
             if video is None:
-                local.append((0, failures, 0.0, 0.0, True))
+                local.append((0, failures, 0.0, 0.0, True, 0))
                 continue
-            if "tokens" in batch:  # cached features: (B, V, L, D), already encoded
-                tokens = video[:, :1]
-            else:
-                tokens = encode_views(encoder, video[:, :, :1], chunk=encoder_chunk,
-                                      autocast=autocast)
-            logits = probe_views(probe, tokens, autocast)[:, 0]
-            # Sum over the micro-batch / size of the global batch: accumulated over the step's
-            # micro-batches this is the global batch's mean loss, whatever the micro size.
-            if logits.ndim == 3:  # a grid (B, H, C): the sum of the heads' own losses
-                heads_n = logits.shape[1]
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                       label.repeat_interleave(heads_n), reduction="sum") / step.size
-            else:
-                loss = F.cross_entropy(logits, label, reduction="sum") / step.size
-            n = label.shape[0]
+            logits = _forward(kind, encoder, probe, batch, video, device, chunk=encoder_chunk,
+                              autocast=autocast, train=True)[:, 0]
+            # The sum over the micro-batch's units (samples; boxes for detection) / the global
+            # batch's samples: accumulated over the step's micro-batches, and rescaled once the
+            # step's units are known, this is the global batch's mean loss per unit, whatever
+            # the micro size. A grid's loss is the sum of its heads' own losses.
+            loss_sum, units = kind.loss(logits, target)
+            loss = loss_sum / step.size
+            n = video.shape[0]
             if not torch.isfinite(loss):  # reported once every rank has finished the step
-                local.append((n, failures, loss.item(), 0.0, False))
+                local.append((n, failures, loss.item(), 0.0, False, units))
                 continue
-            loss.backward()
+            if units:
+                loss.backward()
             if grads is not None:
                 grads.add()
             per_head = logits.shape[1] if logits.ndim == 3 else 1
-            hits = logits.argmax(dim=-1) == (label[:, None] if logits.ndim == 3 else label)
-            local.append((n, failures, loss.item() * step.size / per_head,
-                          hits.float().sum().item() / per_head, True))
+            local.append((n, failures, loss_sum.item() / per_head,
+                          kind.hits(logits, target), True, units))
         flags = (stop is not None and stop(), time.perf_counter() - clock["last_save"] >= save_every_s)
         if world > 1:  # every rank's micro-batches, in one process's order, and the flags
             mine = parallel.gather_objects((local, flags))
             local = parallel.unshard([part for part, _ in mine], num_micro)
             flags = (any(f[0] for _, f in mine), mine[0][1][1])  # stop: any rank; save: rank 0's clock
-        n_ok = 0
-        for n, failures, loss_value, correct, finite in local:
+        n_ok = units_ok = 0
+        for n, failures, loss_value, correct, finite, units in local:
             counter.count(n, failures)
             if not finite:
                 raise FloatingPointError(
@@ -1043,31 +1060,36 @@ def _train_epoch(encoder, probe, opt, schedule, data, *, optim, epoch, start_ste
                     f"encoder's tokens or the probe diverged. Check that the checkpoint loads "
                     f"finite weights; if it does, lower task.optim.lr (now {lr:g})")
             n_ok += n
+            units_ok += units
             acc["loss_sum"] += loss_value
             acc["correct"] += correct
             acc["samples"] += n
+            acc["units"] = acc.get("units", 0) + units
         acc["failed"] = counter.failed
         if grads is not None:
             grads.finish()  # summed over ranks, float64 -> the parameters' dtype
-        if n_ok:
-            if n_ok != step.size:  # unreadable samples: the mean over those that loaded
+        if units_ok:
+            # Unreadable samples (or a step's box count): the mean over the units that loaded.
+            if units_ok != step.size:
                 for p in params:
                     if p.grad is not None:
-                        p.grad.mul_(step.size / n_ok)
+                        p.grad.mul_(step.size / units_ok)
             if optim.clip_grad_norm is not None:
                 for part in clip_groups:  # each head clipped on its own norm
                     torch.nn.utils.clip_grad_norm_(part, optim.clip_grad_norm)
             opt.step()
         elapsed = time.perf_counter() - start
         bar.update(task, rate=acc["samples"] / max(elapsed + acc["seconds"], 1e-9),
-                   info=f"loss {acc['loss_sum'] / max(acc['samples'], 1):.4f}")
+                   info=f"loss {acc['loss_sum'] / max(acc.get('units', acc['samples']), 1):.4f}")
         step_done(step.index + 1, {**acc, "seen": counter.seen,
                                    "seconds": acc["seconds"] + time.perf_counter() - start},
                   stopping=flags[0], save_due=flags[1])
     counter.finish()
     seconds = acc["seconds"] + time.perf_counter() - start
-    samples = acc["samples"]
-    return {"epoch": epoch + 1, "loss": acc["loss_sum"] / samples if samples else math.nan,
-            "train_top1": 100.0 * acc["correct"] / samples if samples else math.nan, "lr": lr,
-            "samples": samples, "failed": counter.failed, "seconds": round(seconds, 3),
+    samples, units = acc["samples"], acc.get("units", acc["samples"])
+    stats = {"epoch": epoch + 1, "loss": acc["loss_sum"] / units if units else math.nan}
+    if kind.train_metric:
+        stats[kind.train_metric] = 100.0 * acc["correct"] / samples if samples else math.nan
+    return {**stats, "lr": lr, "samples": samples, "failed": counter.failed,
+            "seconds": round(seconds, 3),
             "samples_per_s": round(samples / seconds, 2) if seconds else 0.0}

@@ -16,6 +16,10 @@ from typing import Any
 from results.record import PROTOCOL_VERSION
 
 # Column -> task name in the registry.
+# The number a column reports: top-1 accuracy, and AVA's frame mAP (percent) for AVA.
+METRIC_OF = {"ava": "mAP"}
+# The paper's AVA probe is its own (a linear classifier on RoIAligned layer taps: roi_linear).
+PROBE_OF = {"ava": "roi_linear"}
 TASK_OF = {"K400": "k400", "SSv2": "ssv2", "AVA": "ava", "IN1K": "in1k", "Places205": "places205",
            "iNat21": "inat21", "Diving48": "diving48", "Jester": "jester", "COIN": "coin"}
 # Columns that are no frozen evaluation of one checkpoint (fine-tuning, averages).
@@ -167,7 +171,7 @@ def matches(protocol: dict, spec: TableSpec, task: str) -> bool:
     if int(protocol.get("protocol_version") or 1) != PROTOCOL_VERSION:
         return False
     probe = protocol.get("probe") or {}
-    if probe.get("kind") != spec.probe or probe.get("selection") == "eval_max":
+    if probe.get("kind") != PROBE_OF.get(task, spec.probe) or probe.get("selection") == "eval_max":
         return False
     want = spec.views.get(task)
     if want is not None:
@@ -237,13 +241,14 @@ def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec) -> N
     sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
                 & (frame["checkpoint"] != "random-init")]
     sub = sub[[matches(p, spec, task) for p in sub["protocol"]]] if len(sub) else sub
-    sub = sub[sub["top1"].notna()] if "top1" in sub and len(sub) else sub.iloc[0:0]
+    metric = METRIC_OF.get(task, "top1")
+    sub = sub[sub[metric].notna()] if metric in sub and len(sub) else sub.iloc[0:0]
     if sub.empty:
         return
     # Several matching protocols (e.g. other data roots): the most-used one, newest first.
     pid = sub.groupby("protocol_id")["created"].agg(["size", "max"]).sort_values(
         ["size", "max"], ascending=False).index[0]
-    values = [float(v) for v in sub[sub["protocol_id"] == pid]["top1"]]
+    values = [float(v) for v in sub[sub["protocol_id"] == pid][metric]]
     cell.ours = sum(values) / len(values)
     cell.runs = len(values)
     cell.protocol_id = pid

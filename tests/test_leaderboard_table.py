@@ -57,7 +57,7 @@ def test_frozen_table_published_ours_difference_and_commands(tmp_path, capsys):
     assert vith["K400"]["command"] == (f"harness run --encoder vjepa_vith --checkpoint "
                                        f"vith16.pth.tar --task k400 --out {root}")
     assert vith["SSv2"]["ours"] is None and vith["SSv2"]["command"].endswith(f"--task ssv2 --out {root}")
-    assert vith["AVA"]["command"] is None and vith["AVA"]["why_not"] == "task ava is not in the registry yet"
+    assert vith["AVA"]["ours"] is None and vith["AVA"]["command"].endswith(f"--task ava --out {root}")
     assert rows["DINOv2 ViT-g/14"]["SSv2"]["uncertain"] is True
     assert rows["I-JEPA ViT-H/16_512"]["K400"]["why_not"] == "no registry encoder for this row"
 
@@ -111,3 +111,29 @@ def test_unknown_table_is_one_line(capsys):
     assert main(["table", "vjepa-frozn"]) == 2
     err = capsys.readouterr().err
     assert "unknown table 'vjepa-frozn'" in err and "vjepa-frozen" in err
+
+
+def test_frozen_table_fills_ava_from_its_own_probe_and_metric(tmp_path, capsys):
+    from pathlib import Path
+
+    from results.record import make_record, record_filename, write_record
+
+    def ava_record(probe_kind, value):
+        proto = protocol("ava", 16, 1, 1, 50, probe=probe_kind)
+        rec = make_record(encoder={"name": "vjepa_vitl"},
+                          checkpoint={"path": "/ckpt/vitl16.pth.tar", "sha256": "ab" * 32},
+                          task="ava", split="val", protocol=proto,
+                          metrics={"mAP": value, "classes_scored": 60, "num_samples": 50},
+                          data_problems={}, timings={"wall_seconds": 60.0}, seed=0,
+                          device="cuda", precision="bf16",
+                          extra={"run_id": f"ava-{probe_kind}"})
+        out = Path(tmp_path) / "records"
+        out.mkdir(parents=True, exist_ok=True)
+        write_record(rec, out, filename=record_filename(rec))
+
+    ava_record("roi_linear", 25.5)
+    ava_record("attentive", 99.0)  # not the paper's AVA probe: never in its cell
+    assert main(["table", "vjepa-frozen", "--results", str(tmp_path), "--format", "json"]) == 0
+    rows = {r["method"]: r["cells"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    cell = rows["V-JEPA ViT-L/16"]["AVA"]
+    assert cell["ours"] == 25.5 and cell["runs"] == 1

@@ -102,8 +102,14 @@ def test_unknown_keys_are_errors_naming_them():
         tasks.from_config({**cfg, "sampling": {"frames_per_clip": 8}})
     with pytest.raises(DataError, match="eval_split"):
         tasks.from_config({**cfg, "data": {**cfg["data"], "eval_split": "holdout"}})
-    with pytest.raises(DataError, match="kind"):
+    with pytest.raises(DataError, match="kind 'segmentation' is not supported"):
+        tasks.from_config({**cfg, "kind": "segmentation"})
+    with pytest.raises(DataError, match="a detection task reports mAP, not 'top1'"):
         tasks.from_config({**cfg, "kind": "detection"})
+    with pytest.raises(DataError, match="a detection block goes with kind: detection"):
+        tasks.from_config({**cfg, "kind": "detection", "metric": "mAP"})
+    with pytest.raises(DataError, match="a detection block goes with kind: detection"):
+        tasks.from_config({**cfg, "detection": {"videos": "v.csv"}})
     with pytest.raises(DataError, match="cached_train_copies must be an integer >= 0"):
         tasks.from_config({**cfg, "cached_train_copies": -1})
     assert tasks.from_config(cfg).spec.cached_train_copies == 4

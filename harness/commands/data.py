@@ -3,6 +3,7 @@
     harness data make digits --out data/digits
     harness data prepare k400 --root /datasets/kinetics400 [--out DIR]
     harness data check k400 --root DIR
+    harness data prepare ava --root /datasets/ava   # boxes, proposals, excluded frames; seeks videos
     harness data split k400 --root DIR --fraction 0.05,0.1,0.5 --seeds 0,1,2
 """
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 DATASETS = ("digits",)
-NATIVE = ("k400", "ssv2", "in1k", "places205", "inat21", "diving48", "jester")  # tasks.native.PREPARERS
+NATIVE = ("k400", "ssv2", "in1k", "places205", "inat21", "diving48", "jester", "ava")  # tasks.native.PREPARERS
+SPLITTABLE = NATIVE[:-1]  # label-efficiency folds: single-label classification tasks
 _SHOWN = 20  # problems printed per kind; the report file holds them all
 
 
@@ -46,7 +48,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     chk.add_argument("--all-problems", action="store_true", help="print every problem, not the first 20 per kind")
 
     spl = sub.add_parser("split", help="label-efficiency folds drawn from the publisher's list")
-    spl.add_argument("task", choices=NATIVE)
+    spl.add_argument("task", choices=SPLITTABLE)
     spl.add_argument("--root", required=True, help="the dataset as its publisher ships it")
     spl.add_argument("--out", help="where the fold manifests go (default: ROOT/splits)")
     spl.add_argument("--annotations", help="folder of the annotation files if not under --root")

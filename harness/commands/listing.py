@@ -39,18 +39,34 @@ def encoder_rows() -> tuple[list[str], list[list[str]]]:
 def task_rows() -> tuple[list[str], list[list[str]]]:
     import tasks
 
-    header = ["name", "kind", "classes", "clip", "eval views", "metric", "epochs", "description"]
+    header = ["name", "kind", "classes", "clip", "eval views", "metric", "epochs", "description",
+              "layout on disk"]
     rows = []
     for name in tasks.names():
         c = tasks.config(name)
         s = c.get("sampling", {})
         o = c.get("optim", {})
         clip = f"{s.get('frames_per_clip')}f step {s.get('frame_step')}"
-        views = f"{s.get('eval_segments')} seg x {s.get('eval_views')} views"
+        views = f"{s.get('eval_segments', 1)} seg x {s.get('eval_views', 1)} views"
         rows.append([name, str(c.get("kind", "")), str(c.get("num_classes", "")), clip, views,
                      str(c.get("metric", "")), str(o.get("epochs", "")),
-                     str(c.get("description", ""))])
+                     str(c.get("description", "")), task_layout(name, c)])
     return header, rows
+
+
+def task_layout(name: str, cfg: dict) -> str:
+    """What a user puts on disk for `name`: the publisher's layout that `harness data prepare`
+    reads, or the manifests the task reads directly."""
+    from tasks.native import PREPARERS, layout
+
+    if name in PREPARERS:
+        return f"{layout(name)}; then `harness data prepare {name} --root ROOT`"
+    if cfg.get("temporal_probe"):
+        return ("any video task's manifests (`path label` per line; the labels are not used): "
+                "point task.data.root / train / val at them")
+    if name.startswith("digits"):
+        return "made by `harness data make digits --out data/digits`"
+    return "manifests `path label` per line (train/val) and a class list, one name per line"
 
 
 def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> None:

@@ -20,7 +20,7 @@ from .common import DROPPING, Problem, as_json, problems_by_kind
 
 # task name -> module of tasks/native (imported only when that task is prepared)
 PREPARERS = {"k400": "k400", "ssv2": "ssv2", "in1k": "imagenet", "places205": "places205",
-             "inat21": "inat21", "diving48": "diving48", "jester": "jester"}
+             "inat21": "inat21", "diving48": "diving48", "jester": "jester", "ava": "ava"}
 PREPARE_REPORT = "prepare_report.json"
 CHECK_REPORT = "check_report.json"
 
@@ -86,6 +86,9 @@ def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = 
     if not root.is_dir():
         raise DataError(f"{task}: data root {root} is not a folder; expected {layout(task)}")
     out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out is not None else root
+    if hasattr(preparer(task), "prepare"):  # AVA: boxes at keyframes, its own files and report
+        return preparer(task).prepare(root, out, annotations=annotations, verify=verify,
+                                      workers=workers, progress=progress, writer=writer)
     t0 = time.time()
     prepared = preparer(task).read(root, **({"annotations": Path(annotations)} if annotations else {}))
     problems = list(prepared.problems)
@@ -138,6 +141,12 @@ def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int
     from .opening import open_all
 
     task = build(task_name, root=root, **overrides)
+    if task.spec.kind == "detection":
+        # Its files are box tables over long videos: `prepare` is its check (it opens every
+        # video by seeking, and re-running it reopens only changed files).
+        raise DataError(f"{task_name}: `harness data check` reads `path label` manifests; for a "
+                        f"detection task re-run `harness data prepare {task_name} --root DIR`, "
+                        f"which checks every row and opens every video")
     names = task.class_names if task.paths.get("labels") else None
     index = {n: i for i, n in enumerate(names)} if names else {}
     t0 = time.time()

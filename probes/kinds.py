@@ -1,0 +1,380 @@
+"""Task kinds: the few things that differ between tasks, behind one seam of the probe trainer.
+
+The trainer (`probes.trainer`) runs one loop for every task: encode the clips, run the probe,
+accumulate a loss, merge the views, score. A kind supplies what differs:
+
+- `target(batch)`: what the loss compares with (class indices, multi-hot rows, per-box rows);
+- `probe_inputs(batch)`: what the head receives besides the tokens (boxes for detection);
+- `forward(probe, tokens, inputs)`: logits per view, (B, V, [H,] C); detection gives one row per
+  box, (K, 1, [H,] C);
+- `loss(logits, target)`: the loss summed over its units (samples, or boxes) and grid heads, with
+  the number of units, so a step's loss is the mean over the units of its whole global batch;
+- `merge(logits)`: views merged (mean of softmaxes; mean of sigmoids);
+- `scorer()`: the metrics of an evaluation pass, also per grid head for selection.
+
+| kind | tasks | loss | view merge | metrics |
+|---|---|---|---|---|
+| classification | `video`, `image` | cross-entropy | mean softmax | top-1/top-5, mean class accuracy |
+| multilabel | `multilabel` | sigmoid BCE, mean over classes | mean sigmoid | mAP over classes with positives |
+| detection | `detection` (AVA) | sigmoid BCE per person box | one view | the task's evaluator (frame mAP) |
+
+Scores that need the whole pass (average precision) are kept per micro-batch; under DDP the
+ranks' parts are gathered back into one process's order before they are scored, so every number
+equals a single-process run's.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import parallel
+
+TASK_KINDS = {"video": "classification", "image": "classification",
+              "multilabel": "multilabel", "detection": "detection"}
+
+
+def for_task(task_kind: str, *, topk: Iterable[int] = (1, 5), evaluate: Callable | None = None,
+             class_ids: list[int] | None = None) -> "Kind":
+    """The kind serving a task of `task_kind` (`tasks.spec` kinds). Detection needs `evaluate`
+    (detections -> metrics, the task's official evaluator) and `class_ids` (the publisher's ids
+    of the probe's outputs)."""
+    if task_kind not in TASK_KINDS:
+        raise ValueError(f"task kind {task_kind!r} has no probe kind; known: {', '.join(TASK_KINDS)}")
+    name = TASK_KINDS[task_kind]
+    if name == "classification":
+        return Classification(topk)
+    if name == "multilabel":
+        return MultiLabel()
+    if evaluate is None or class_ids is None:
+        raise ValueError("a detection task needs its evaluator and class ids (tasks.ava)")
+    return Detection(evaluate, class_ids)
+
+
+class Kind:
+    name = ""
+    primary = ""            # the metric that selects a grid head and the progress bar shows
+    train_metric: str | None = None  # a per-step training score ('train_top1'), if any
+
+    def target(self, batch: dict, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def probe_inputs(self, batch: dict, device) -> dict:
+        return {}
+
+    def forward(self, probe, tokens: torch.Tensor, inputs: dict, autocast) -> torch.Tensor:
+        """tokens (B, V, L, D) -> logits (B, V, C), or (B, V, H, C) for a `ProbeGrid`."""
+        b, v = tokens.shape[:2]
+        with autocast():
+            logits = probe(tokens.flatten(0, 1), **inputs)
+        return logits.float().reshape(b, v, *logits.shape[1:])
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(loss summed over units and heads, units) for one view's logits (n, [H,] C)."""
+        raise NotImplementedError
+
+    def hits(self, logits: torch.Tensor, target: torch.Tensor) -> float:
+        """Correct training predictions, averaged over heads (only with `train_metric`)."""
+        return 0.0
+
+    def merge(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scorer(self, device) -> "Scorer":
+        raise NotImplementedError
+
+
+def _per_head(logits: torch.Tensor, target: torch.Tensor):
+    """Logits (n, H, C) with the target repeated per head, flattened to (n*H, C)."""
+    heads = logits.shape[1]
+    return logits.reshape(-1, logits.shape[-1]), target.repeat_interleave(heads, dim=0), heads
+
+
+class Classification(Kind):
+    name, primary, train_metric = "classification", "top1", "train_top1"
+
+    def __init__(self, topk: Iterable[int] = (1, 5)):
+        self.topk = tuple(int(k) for k in topk)
+
+    def target(self, batch, device):
+        return torch.as_tensor(batch["label"]).long().to(device, non_blocking=True)
+
+    def loss(self, logits, target):
+        if logits.ndim == 3:  # a grid (n, H, C): the sum of the heads' own losses
+            flat, repeated, _ = _per_head(logits, target)
+            return F.cross_entropy(flat, repeated, reduction="sum"), target.shape[0]
+        return F.cross_entropy(logits, target, reduction="sum"), target.shape[0]
+
+    def hits(self, logits, target):
+        if logits.ndim == 3:
+            return (logits.argmax(-1) == target[:, None]).float().sum().item() / logits.shape[1]
+        return (logits.argmax(-1) == target).float().sum().item()
+
+    def merge(self, logits):
+        return logits.softmax(dim=-1).mean(dim=1)  # the release's mean of softmaxes
+
+    def scorer(self, device):
+        return ClassificationScorer(self.topk, device)
+
+
+class MultiLabel(Kind):
+    name, primary = "multilabel", "mAP"
+
+    def target(self, batch, device):
+        return torch.as_tensor(batch["targets"]).float().to(device, non_blocking=True)
+
+    def loss(self, logits, target):
+        if logits.ndim == 3:
+            flat, repeated, _ = _per_head(logits, target)
+        else:
+            flat, repeated = logits, target
+        # Mean over classes, summed over samples: a step's loss is PyTorch's default BCE mean.
+        per_row = F.binary_cross_entropy_with_logits(flat, repeated, reduction="none").mean(-1)
+        return per_row.sum(), target.shape[0]
+
+    def merge(self, logits):
+        return logits.sigmoid().mean(dim=1)
+
+    def scorer(self, device):
+        return MultiLabelScorer()
+
+
+class Detection(MultiLabel):
+    """One row per person box: `boxes` (K, 5) [sample index, x1, y1, x2, y2] normalised, and
+    `targets` (K, C) multi-hot; scored by the task's evaluator on (key, box, class scores)."""
+
+    name = "detection"
+
+    def __init__(self, evaluate: Callable[[dict], dict], class_ids: list[int]):
+        self.evaluate, self.class_ids = evaluate, list(class_ids)
+
+    def probe_inputs(self, batch, device):
+        return {"boxes": torch.as_tensor(batch["boxes"]).float().to(device, non_blocking=True)}
+
+    def forward(self, probe, tokens, inputs, autocast):
+        if tokens.shape[1] != 1:
+            raise ValueError(f"detection takes one spatial view per clip (boxes are in frame "
+                             f"coordinates); got {tokens.shape[1]} views: set sampling.eval_views=1")
+        with autocast():
+            logits = probe(tokens[:, 0], **inputs)
+        return logits.float().unsqueeze(1)  # (K, 1, [H,] C): one "view" per box
+
+    def scorer(self, device):
+        return DetectionScorer(self.evaluate, self.class_ids)
+
+
+# --------------------------------------------------------------------------------------------
+# scoring an evaluation pass
+
+
+class Scorer:
+    """Metrics over a pass: `update` per micro-batch, `merge_ranks` once under DDP (collective),
+    `compute` -> {name: percent}; `predictions(parts)` the per-sample arrays saved beside the
+    record. `kept(scores, target, batch)` is what a micro-batch contributes to the predictions."""
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
+        raise NotImplementedError
+
+    def progress(self) -> str:
+        return ""
+
+    def merge_ranks(self, total_micro: int) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def kept(self, scores, target, batch) -> tuple:
+        raise NotImplementedError
+
+    @staticmethod
+    def predictions(parts: list[tuple]) -> dict:
+        raise NotImplementedError
+
+
+class ClassificationScorer(Scorer):
+    """torchmetrics accuracies (integer counts: summed over ranks exactly)."""
+
+    def __init__(self, topk, device):
+        self.topk, self.device, self.metrics = topk, device, None
+
+    def _build(self, num_classes: int) -> dict:
+        from torchmetrics.classification import MulticlassAccuracy
+
+        # No sync inside compute(): the progress bar computes on rank 0 alone, mid-pass; the
+        # states are summed over the ranks once, at the end (merge_ranks).
+        opts = dict(sync_on_compute=False, compute_with_cache=False)
+        metrics = {}
+        for k in self.topk:
+            k = min(int(k), num_classes)  # top-k beyond the class count: name the k used
+            metrics.setdefault(f"top{k}", MulticlassAccuracy(num_classes=num_classes, top_k=k,
+                                                             average="micro", **opts))
+        metrics["mean_class_acc"] = MulticlassAccuracy(num_classes=num_classes, top_k=1,
+                                                       average="macro", **opts)
+        return {name: m.to(self.device) for name, m in metrics.items()}
+
+    def update(self, scores, target, batch):
+        if self.metrics is None:
+            self.metrics = self._build(scores.shape[-1])
+        for m in self.metrics.values():
+            m.update(scores, target)
+
+    def progress(self):
+        if not self.metrics:
+            return ""
+        first = next(iter(self.metrics))
+        return f"{first} {100 * self.metrics[first].compute().item():.1f}"
+
+    def merge_ranks(self, total_micro):
+        classes = [c for c in parallel.gather_objects(
+            None if self.metrics is None else next(iter(self.metrics.values())).num_classes)
+            if c is not None]
+        if not classes:  # no rank read anything: the caller reports it
+            return
+        if self.metrics is None:  # this rank owned no readable micro-batch: empty states
+            self.metrics = self._build(classes[0])
+            for m in self.metrics.values():
+                m._update_count = 1  # its (empty) share is complete: compute() need not warn
+        for m in self.metrics.values():
+            m.sync(should_sync=True)  # all-gather of integer counts, summed: exact
+
+    def empty(self) -> bool:
+        return self.metrics is None
+
+    def compute(self):
+        return {name: 100.0 * m.compute().item() for name, m in self.metrics.items()}
+
+    def kept(self, scores, target, batch):
+        top = scores.topk(min(5, scores.shape[-1]), dim=-1)
+        n = scores.shape[0]
+        return (list(batch.get("path") or [""] * n), target.cpu(), top.indices.cpu(),
+                top.values.float().cpu())
+
+    @staticmethod
+    def predictions(parts):
+        out = {"path": [p for part in parts for p in part[0]]}
+        for i, key in enumerate(("label", "topk_index", "topk_prob"), start=1):
+            out[key] = torch.cat([part[i] for part in parts]).numpy()
+        return out
+
+    @staticmethod
+    def head_correct(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(n, H, C) -> correct top-1 per head (H,)."""
+        return (scores.argmax(-1) == target[:, None]).sum(0).double()
+
+
+def average_precision(scores: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-class average precision (area under the precision-recall steps, no interpolation:
+    sum over the positives of the precision at their rank); NaN for a class without positives."""
+    scores, target = np.asarray(scores, np.float64), np.asarray(target) > 0
+    ap = np.full(scores.shape[1], math.nan)
+    for c in range(scores.shape[1]):
+        positives = int(target[:, c].sum())
+        if not positives:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hit = target[order, c]
+        precision_at = np.cumsum(hit) / np.arange(1, len(hit) + 1)
+        ap[c] = float(precision_at[hit].sum() / positives)
+    return ap
+
+
+class _GatheredScorer(Scorer):
+    """Keeps every micro-batch's part; metrics over the whole (gathered) pass."""
+
+    def __init__(self):
+        self.parts: list = []
+
+    def update(self, scores, target, batch):
+        self.parts.append(self.kept(scores, target, batch))
+
+    def note_failed(self) -> None:
+        self.parts.append(None)  # keeps the micro-batch order for the DDP gather
+
+    def merge_ranks(self, total_micro):
+        self.parts = parallel.unshard(parallel.gather_objects(self.parts), total_micro)
+
+    def empty(self) -> bool:
+        return not any(p is not None for p in self.parts)
+
+    def _parts(self):
+        return [p for p in self.parts if p is not None]
+
+
+class MultiLabelScorer(_GatheredScorer):
+    def kept(self, scores, target, batch):
+        n = scores.shape[0]
+        return (list(batch.get("path") or [""] * n), target.cpu().to(torch.uint8),
+                scores.float().cpu())
+
+    def compute(self):
+        parts = self._parts()
+        target = torch.cat([p[1] for p in parts]).numpy()
+        scores = torch.cat([p[2] for p in parts]).numpy()
+        ap = average_precision(scores, target)
+        scored = ~np.isnan(ap)
+        return {"mAP": 100.0 * float(ap[scored].mean()) if scored.any() else math.nan,
+                "classes_scored": float(scored.sum())}
+
+    @staticmethod
+    def predictions(parts):
+        return {"path": [p for part in parts for p in part[0]],
+                "target": torch.cat([part[1] for part in parts]).numpy(),
+                "scores": torch.cat([part[2] for part in parts]).numpy()}
+
+
+class DetectionScorer(_GatheredScorer):
+    """Per box: the frame key, the box and the class scores; the task's evaluator scores them."""
+
+    def __init__(self, evaluate: Callable[[dict], dict], class_ids: list[int]):
+        super().__init__()
+        self.evaluate, self.class_ids = evaluate, np.asarray(class_ids, dtype=np.int64)
+
+    def kept(self, scores, target, batch):
+        keys = list(batch.get("key") or [])
+        if len(keys) != scores.shape[0]:
+            raise ValueError(f"detection batch has {len(keys)} box keys for {scores.shape[0]} boxes")
+        boxes = torch.as_tensor(batch["boxes"])[:, 1:].float().cpu()
+        return (keys, boxes, scores.float().cpu(), target.cpu().to(torch.uint8))
+
+    def detections(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """key -> (boxes (n, 4), publisher class ids (n,), scores (n,)): every box once per class."""
+        rows: dict[str, list] = {}
+        for keys, boxes, scores, _ in self._parts():
+            for key, box, s in zip(keys, boxes.numpy(), scores.numpy()):
+                rows.setdefault(key, []).append((box, s))
+        out = {}
+        c = len(self.class_ids)
+        for key, items in rows.items():
+            boxes = np.repeat(np.stack([b for b, _ in items]), c, axis=0)
+            scores = np.concatenate([s for _, s in items])
+            out[key] = (boxes, np.tile(self.class_ids, len(items)), scores)
+        return out
+
+    def compute(self):
+        result = self.evaluate(self.detections())
+        return {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+
+    @staticmethod
+    def predictions(parts):
+        return {"key": [k for part in parts for k in part[0]],
+                "boxes": torch.cat([part[1] for part in parts]).numpy(),
+                "scores": torch.cat([part[2] for part in parts]).numpy()}
+
+
+def head_scores(kind: Kind, make_scorer: Callable[[], Scorer], parts: list[tuple]) -> list[float]:
+    """The primary metric of every head of a grid from kept (scores (n, H, C), target, batch)."""
+    heads = parts[0][0].shape[1]
+    out = []
+    for h in range(heads):
+        scorer = make_scorer()
+        for scores, target, batch in parts:
+            scorer.update(scores[:, h], target, batch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(scorer.compute()[kind.primary])
+    return out

@@ -1,0 +1,509 @@
+"""AVA v2.2 as published (research.google.com/ava; the layout SlowFast's DATASET.md describes).
+
+The publisher's files, under ROOT/annotations/ or ROOT itself:
+
+* `ava_{train,val}_v2.2.csv`: no header, `video_id,timestamp,x1,y1,x2,y2,action_id,person_id`;
+  boxes normalised to [0, 1], the timestamp an integer second of the full movie (keyframes
+  902..1798); one row per (person box, action), so a person doing 3 things is 3 rows, one box.
+* `ava_action_list_v2.2_for_activitynet_2019.pbtxt`: the 60 evaluated classes
+  (`item { name: "bend/bow (at the waist)" id: 1 }`); AVA's ids run 1..80 with gaps. Rows of
+  the other 20 actions are dropped (counted). Without the pbtxt the shipped
+  `ava_classes.txt` (`id<TAB>name`, the same 60) is used, so every user gets one label map.
+* `ava_{train,val}_excluded_timestamps_v2.2.csv`: `video_id,timestamp` keyframes to ignore.
+* person proposals from a detector, SlowFast's `ava_val_predicted_boxes.csv`:
+  `video_id,timestamp,x1,y1,x2,y2,action_id (empty or -1),score` (its `parse_bboxes_file`
+  reads the score from column 8 and keeps `score >= DETECTION_SCORE_THRESH`, 0.8 for val).
+* videos: the full movies `videos/{id}.{mkv,mp4,webm}` (timestamps are movie time) or the
+  15-minute cuts `videos_15min/{id}.{mkv,mp4,webm}` made by `ffmpeg -ss 900 -t 901` (timestamp t
+  is at t - 900 s in the file). One of the two folders; both holding videos is refused.
+
+`prepare` writes into OUT (see `OUTPUTS`): the kept GT rows per split (the 60 classes, videos
+found, excluded keyframes dropped, re-written in one normalised form), the proposals, the
+excluded keyframes, `classes.txt` (60 names in id order), `label_map.txt` (`id<TAB>name`, line
+number = contiguous index), `videos.csv` (video id -> path, where the file starts in movie time,
+fps, duration) and `prepare_report.json`, and reports every problem line by line. Opening a
+video reads its header and seek-decodes one frame (`tasks.seek`): a 15-minute or 2-hour file is
+never decoded whole.
+
+The readers here (`read_box_rows`, `read_keyframes`, `read_label_map_file`) are small private
+parsers for these files; the evaluator's own (`tasks/ava_eval.py`) may replace them later.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import os
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .common import CLASS_LIST_DIR, Problem, as_json, first_existing, problems_by_kind
+
+SPLITS = ("train", "val")
+VIDEO_EXTENSIONS = (".mkv", ".mp4", ".webm")
+# Where each file starts in movie time: full movies at 0, SlowFast's cuts at 900 s.
+VIDEO_FOLDERS = {"videos": 0.0, "videos_15min": 900.0}
+FIRST_KEYFRAME, LAST_KEYFRAME = 902, 1798  # AVA's annotated seconds (SlowFast's AVA_VALID_FRAMES)
+ALL_ACTION_IDS = range(1, 81)              # AVA's 80 actions; the 60 evaluated are a subset
+NUM_CLASSES = 60
+
+GT_NAMES = {s: [f"ava_{s}_v2.2.csv"] for s in SPLITS}
+EXCLUDED_NAMES = {s: [f"ava_{s}_excluded_timestamps_v2.2.csv"] for s in SPLITS}
+LABEL_MAP_NAMES = ["ava_action_list_v2.2_for_activitynet_2019.pbtxt",
+                   "ava_action_list_v2.2_for_activitynet_2019.pbtxt.txt"]
+PROPOSAL_NAMES = {s: [f"ava_{s}_predicted_boxes.csv"] for s in SPLITS}
+
+# What `prepare` writes (names relative to OUT); tasks/ava.py's AvaConfig defaults to these.
+OUTPUTS = {
+    "gt": "ava_{split}_gt.csv", "excluded": "ava_{split}_excluded.csv",
+    "proposals": "ava_{split}_proposals.csv", "classes": "classes.txt",
+    "label_map": "label_map.txt", "videos": "videos.csv",
+}
+VIDEOS_HEADER = "video_id,path,start_s,fps,duration_s"
+
+
+def layout() -> str:
+    return ("ROOT/annotations/ava_{train,val}_v2.2.csv, ava_{train,val}_excluded_timestamps_v2.2.csv, "
+            "ava_action_list_v2.2_for_activitynet_2019.pbtxt, ava_val_predicted_boxes.csv (also "
+            "directly in ROOT), and the videos ROOT/videos/{video_id}.{mkv,mp4,webm} (full movies) "
+            "or ROOT/videos_15min/{video_id}.{mkv,mp4} (the 15-minute cuts from 900 s)")
+
+
+# ----- label map --------------------------------------------------------------------------------
+
+def shipped_label_map() -> list[tuple[int, str]]:
+    """The 60 evaluated classes as `(publisher's id, name)` in id order (`ava_classes.txt`)."""
+    return read_label_map_file(CLASS_LIST_DIR / "ava_classes.txt")
+
+
+_PBTXT_ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
+
+
+def read_label_map_file(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """`(id, name)` pairs of a pbtxt (`item { name: "..." id: N }`) or an `id<TAB>name` file,
+    in file order; ids must be distinct integers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"label map {path} cannot be read: {e}") from None
+    pairs: list[tuple[int, str]] = []
+    if "item" in text and "{" in text:
+        for n, block in enumerate(_PBTXT_ITEM.findall(text), start=1):
+            name = re.search(r'name:\s*"([^"]*)"', block)
+            aid = re.search(r"\bid:\s*(\d+)", block)
+            if not (name and aid):
+                raise DataError(f"{path}: item {n} has no `name: \"...\"` and `id: N`: {block.strip()!r}")
+            pairs.append((int(aid.group(1)), name.group(1)))
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            aid, sep, name = line.partition("\t")
+            if not sep or not aid.strip().isdigit() or not name.strip():
+                raise DataError(f"{path}:{lineno}: expected `id<TAB>name`, got {line!r}")
+            pairs.append((int(aid), name.strip()))
+    ids = [a for a, _ in pairs]
+    if not pairs or len(set(ids)) != len(ids):
+        raise DataError(f"{path}: a label map needs distinct ids, got {len(pairs)} items, "
+                        f"{len(ids) - len(set(ids))} repeated")
+    return pairs
+
+
+# ----- rows -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BoxRow:
+    video_id: str
+    timestamp: int
+    box: tuple[float, float, float, float]
+    action_id: int | None    # None: a proposal (empty or -1 in the file)
+    person_id: int | None    # GT rows
+    score: float | None      # proposals
+    line: int
+
+
+def _num(v: float) -> str:
+    return format(v, ".6g")
+
+
+def format_gt(r: BoxRow) -> str:
+    return (f"{r.video_id},{r.timestamp:04d},{','.join(_num(v) for v in r.box)},{r.action_id},"
+            f"{'' if r.person_id is None else r.person_id}\n")
+
+
+def format_proposal(r: BoxRow) -> str:
+    return f"{r.video_id},{r.timestamp:04d},{','.join(_num(v) for v in r.box)},,{_num(r.score)}\n"
+
+
+def parse_timestamp(text: str) -> int | str:
+    """An integer second in AVA's annotated range, or the reason it is not one."""
+    t = text.strip()
+    if not t.isdigit():
+        return f"timestamp {text!r} is not an integer second"
+    ts = int(t)
+    if not FIRST_KEYFRAME <= ts <= LAST_KEYFRAME:
+        return f"timestamp {ts} is outside AVA's annotated seconds {FIRST_KEYFRAME}..{LAST_KEYFRAME}"
+    return ts
+
+
+def parse_row(fields: list[str], line: int, *, proposals: bool) -> BoxRow | str:
+    """One CSV row as a BoxRow, or the reason it is malformed."""
+    want = "video_id,timestamp,x1,y1,x2,y2," + ("action_id,score" if proposals else "action_id,person_id")
+    if len(fields) not in (7, 8):
+        return f"expected 8 columns {want}, got {len(fields)}"
+    vid = fields[0].strip()
+    if not vid:
+        return "empty video id"
+    ts = parse_timestamp(fields[1])
+    if isinstance(ts, str):
+        return ts
+    try:
+        box = tuple(float(v) for v in fields[2:6])
+    except ValueError:
+        return f"box {','.join(fields[2:6])!r} is not four numbers"
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in box):
+        return f"box {','.join(fields[2:6])} is not normalised to [0, 1]"
+    if not (box[2] > box[0] and box[3] > box[1]):
+        return f"box {','.join(fields[2:6])} has x2 <= x1 or y2 <= y1"
+    if proposals:
+        # 8 columns: SlowFast's (action empty or -1, score); 7: the score right after the box.
+        score_text = fields[-1].strip()
+        if len(fields) == 8 and fields[6].strip() not in ("", "-1"):
+            return f"a proposal's action column holds {fields[6]!r}; expected empty or -1"
+        try:
+            score = float(score_text)
+        except ValueError:
+            return f"score {score_text!r} is not a number"
+        if not math.isfinite(score):
+            return f"score {score_text!r} is not finite"
+        return BoxRow(vid, ts, box, None, None, score, line)
+    action = fields[6].strip()
+    if not action.lstrip("-").isdigit():
+        return f"action id {fields[6]!r} is not an integer"
+    person = fields[7].strip() if len(fields) == 8 else ""
+    if person and not person.lstrip("-").isdigit():
+        return f"person id {person!r} is not an integer"
+    return BoxRow(vid, ts, box, int(action), int(person) if person else None, None, line)
+
+
+def read_box_rows(path: str | os.PathLike, *, proposals: bool) -> tuple[list[BoxRow], list[tuple[int, str]]]:
+    """Every row of an AVA box CSV: (rows, [(line, reason) of the malformed ones])."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            got = parse_row(line.rstrip("\r\n").split(","), lineno, proposals=proposals)
+            (bad.append((lineno, got)) if isinstance(got, str) else rows.append(got))
+    return rows, bad
+
+
+def read_keyframes(path: str | os.PathLike) -> tuple[list[tuple[str, int, int]], list[tuple[int, str]]]:
+    """`video_id,timestamp` rows (excluded timestamps): ([(video, ts, line)], [(line, reason)])."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split(",")
+            if len(fields) != 2 or not fields[0].strip():
+                bad.append((lineno, f"expected video_id,timestamp, got {line.strip()!r}"))
+                continue
+            t = fields[1].strip()
+            if not t.isdigit():  # out-of-range seconds are harmless here: they match no row
+                bad.append((lineno, f"timestamp {fields[1]!r} is not an integer second"))
+                continue
+            rows.append((fields[0].strip(), int(t), lineno))
+    return rows, bad
+
+
+# ----- videos -----------------------------------------------------------------------------------
+
+def find_videos(root: Path) -> tuple[str, float, dict[str, str], list[Problem]]:
+    """(folder name, its start in movie time, {video id: path}, duplicate problems)."""
+    holding = {}
+    for folder in VIDEO_FOLDERS:
+        d = root / folder
+        if d.is_dir():
+            files = sorted(p for p in d.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS
+                           and not p.name.startswith("."))
+            if files:
+                holding[folder] = files
+    if len(holding) > 1:
+        raise DataError(f"ava: both {root}/videos (full movies, timestamps are movie time) and "
+                        f"{root}/videos_15min (cuts from 900 s) hold videos, so which timeline a "
+                        "video is on would be a guess; keep one of the two folders (or point --root "
+                        "at a folder holding only one)")
+    if not holding:
+        raise DataError(f"ava: no videos under {root}/videos or {root}/videos_15min; expected "
+                        f"{layout()}")
+    folder, files = next(iter(holding.items()))
+    found: dict[str, str] = {}
+    problems = []
+    # The publisher's ids are file stems; a stem twice (x.mkv and x.mp4): the first extension in
+    # VIDEO_EXTENSIONS order is used, and the other reported.
+    for f in sorted(files, key=lambda p: (p.stem, VIDEO_EXTENSIONS.index(p.suffix.lower()))):
+        if f.stem in found:
+            problems.append(Problem("duplicate", str(f), f"video {f.stem} exists twice; using "
+                                    f"{Path(found[f.stem]).name}", path=str(f)))
+            continue
+        found[f.stem] = str(f)
+    return folder, VIDEO_FOLDERS[folder], found, problems
+
+
+def probe_video(path: str, time_s: float) -> dict:
+    """`{"ok", "fps", "frames", "duration_s", "error"}`: the header, plus one frame decoded by
+    seeking to `time_s` (file time), so a file that opens but does not decode is found."""
+    from ..seek import frame_at, read_at, stream_info
+
+    try:
+        info = stream_info(path)
+        index = min(frame_at(max(time_s, 0.0), info.fps), info.num_frames - 1)
+        read_at(path, [index], backend="pyav", info=info)
+        return {"ok": True, "fps": info.fps, "frames": info.num_frames,
+                "duration_s": info.duration_s, "error": None}
+    except Exception as e:  # the verdict on this file, whatever went wrong
+        return {"ok": False, "fps": None, "frames": None, "duration_s": None,
+                "error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def _probe_many(jobs: list[tuple[str, float]]) -> list[dict]:
+    return [probe_video(p, t) for p, t in jobs]
+
+
+def open_videos(jobs: dict[str, float], *, workers: int, cache: dict, progress: bool) -> dict[str, dict]:
+    """`path -> verdict` (each probed at its file time); verdicts of unchanged files (same size
+    and mtime as in the previous report) are reused. Worker processes, as `opening.open_all`:
+    a decoder that crashes costs its file, not the run."""
+    from .opening import _progress, file_key
+
+    out, todo = {}, []
+    for p, t in jobs.items():
+        key, prev = file_key(p), cache.get(p)
+        if key is not None and prev is not None and prev.get("key") == key and "fps" in prev:
+            out[p] = prev
+        else:
+            todo.append((p, t))
+    workers = workers or min(8, os.cpu_count() or 1)
+    with _progress(progress and bool(todo), len(todo), "ava: opening videos") as advance:
+        if workers <= 1 or len(todo) <= 1:
+            for p, t in todo:
+                out[p] = {"key": file_key(p), **probe_video(p, t)}
+                advance(1)
+            return out
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_probe_many, [job]): job for job in todo}
+            for fut in cf.as_completed(futures):
+                p, t = futures[fut]
+                try:
+                    verdict = fut.result()[0]
+                except Exception as e:  # the worker died: a native crash on this file
+                    verdict = {"ok": False, "fps": None, "frames": None, "duration_s": None,
+                               "error": f"the decoder crashed on this file ({type(e).__name__})"}
+                out[p] = {"key": file_key(p), **verdict}
+                advance(1)
+    return out
+
+
+# ----- prepare ----------------------------------------------------------------------------------
+
+def read(root: Path, annotations: Path | None = None):
+    """AVA has no `path label` manifests for the generic code (e.g. label-efficiency splits)."""
+    raise DataError("ava's data are boxes at keyframes, not `path label` manifests: prepare it with "
+                    "`harness data prepare ava --root DIR` (tasks.native.ava.prepare)")
+
+
+def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: bool = True,
+            workers: int = 0, progress: bool = True, writer=None) -> dict:
+    """Read AVA's native layout under `root`, write the prepared files into `out`, return (and
+    write) the report; see the module doc. `writer`: `results.record.atomic_write`."""
+    from . import PREPARE_REPORT, _previous_verdicts, _write_report
+
+    t0 = time.time()
+    root, out = Path(root), Path(out)
+    ann_dirs = [Path(annotations)] if annotations else [root / "annotations", root]
+
+    def find(names: list[str]) -> Path | None:
+        for d in ann_dirs:
+            p = first_existing(d, names)
+            if p is not None:
+                return p
+        return None
+
+    problems: list[Problem] = []
+    notes: list[str] = []
+    label_path = find(LABEL_MAP_NAMES)
+    shipped = shipped_label_map()
+    if label_path is not None:
+        label_map = read_label_map_file(label_path)
+        labels_source = str(label_path)
+        if label_map != shipped:
+            notes.append(f"the label map {label_path} differs from the canonical 60 classes shipped "
+                         "in tasks/native/ava_classes.txt: numbers are comparable only with runs "
+                         "on the same label map (it is part of the protocol)")
+    else:
+        label_map, labels_source = shipped, "shipped tasks/native/ava_classes.txt (the 60 classes " \
+                                            "of ava_action_list_v2.2_for_activitynet_2019.pbtxt)"
+        notes.append("no ava_action_list_v2.2_for_activitynet_2019.pbtxt found: used the shipped list")
+    evaluated = {aid for aid, _ in label_map}
+
+    folder, start_s, videos, dup = find_videos(root)
+    problems += dup
+    notes.append(f"videos: {folder}/ ({'full movies, timestamps are movie time' if start_s == 0 else 'the 15-minute cuts, timestamp t is at t - 900 s'}); "
+                 f"{len(videos)} found")
+
+    # Read every split's rows first; videos are opened once for all splits afterwards.
+    gt: dict[str, list[BoxRow]] = {}
+    excluded: dict[str, set[tuple[str, int]]] = {}
+    proposals: dict[str, list[BoxRow]] = {}
+    listed: dict[str, int] = {}
+    first_line: dict[str, tuple[str, str]] = {}   # video id -> (split, where) of its first row
+    gt_paths: dict[str, Path | None] = {}
+    for split in SPLITS:
+        ex_path = find(EXCLUDED_NAMES[split])
+        excluded[split] = set()
+        if ex_path is not None:
+            rows, bad = read_keyframes(ex_path)
+            problems += [Problem("malformed", f"{ex_path}:{n}", why, split=split) for n, why in bad]
+            excluded[split] = {(v, t) for v, t, _ in rows}
+        else:
+            notes.append(f"{split}: no excluded-timestamps file ({EXCLUDED_NAMES[split][0]}); none excluded")
+        gt_path = find(GT_NAMES[split])
+        gt_paths[split] = gt_path
+        if gt_path is None:
+            notes.append(f"{split}: no {GT_NAMES[split][0]} under {', '.join(map(str, ann_dirs))}")
+            continue
+        rows, bad = read_box_rows(gt_path, proposals=False)
+        listed[split] = len(rows) + len(bad)
+        problems += [Problem("malformed", f"{gt_path}:{n}", why, split=split) for n, why in bad]
+        kept, seen, outside, dropped_excluded = [], {}, defaultdict(int), 0
+        for r in rows:
+            where = f"{gt_path}:{r.line}"
+            if r.action_id not in ALL_ACTION_IDS:
+                problems.append(Problem("unknown_label", where, f"action id {r.action_id} is not "
+                                        "one of AVA's 80 (1..80)", split=split))
+                continue
+            if r.action_id not in evaluated:
+                outside[r.action_id] += 1
+                continue
+            key = (r.video_id, r.timestamp, r.box, r.action_id, r.person_id)
+            if key in seen:
+                problems.append(Problem("duplicate", where, f"repeats line {seen[key]}; kept once",
+                                        split=split))
+                continue
+            seen[key] = r.line
+            if (r.video_id, r.timestamp) in excluded[split]:
+                dropped_excluded += 1
+                continue
+            first_line.setdefault(r.video_id, (split, where))
+            kept.append(r)
+        if outside:
+            ids = ", ".join(str(a) for a in sorted(outside))
+            notes.append(f"{split}: {sum(outside.values())} rows of actions outside the "
+                         f"{len(evaluated)} evaluated classes dropped (ids {ids})")
+        if dropped_excluded:
+            notes.append(f"{split}: {dropped_excluded} rows at excluded timestamps dropped")
+        gt[split] = kept
+        prop_path = find(PROPOSAL_NAMES[split])
+        if prop_path is not None:
+            rows, bad = read_box_rows(prop_path, proposals=True)
+            problems += [Problem("malformed", f"{prop_path}:{n}", why, split=split) for n, why in bad]
+            proposals[split] = rows
+        elif split == "val":
+            notes.append(f"val: no person proposals ({PROPOSAL_NAMES['val'][0]}, e.g. SlowFast's "
+                         "detector boxes): evaluation needs them")
+    if not gt:
+        raise DataError(f"ava: no annotation CSV found; expected {layout()}")
+
+    # Missing videos: one problem per video (its first row), its rows dropped.
+    usable: set[str] = set()
+    for vid, (split, where) in first_line.items():
+        if vid in videos:
+            usable.add(vid)
+        else:
+            n = sum(1 for s in gt.values() for r in s if r.video_id == vid)
+            problems.append(Problem("missing", where, f"video {vid} not found in {folder}/ "
+                                    f"({n} rows dropped)", split=split))
+
+    # Open each used video at its middle keyframe; keyframes past a file's end are dropped.
+    verdicts: dict = {}
+    too_short: dict[str, float] = {}
+    if verify:
+        times, rows_of = defaultdict(list), defaultdict(list)
+        for split, rows in gt.items():
+            for r in rows:
+                if r.video_id in usable:
+                    times[r.video_id].append(r.timestamp)
+                    rows_of[r.video_id].append((split, r))
+        jobs = {videos[v]: sorted(ts)[len(ts) // 2] - start_s for v, ts in times.items()}
+        verdicts = open_videos(jobs, workers=workers, progress=progress,
+                               cache=_previous_verdicts(out / PREPARE_REPORT))
+        for vid in sorted(times):
+            v = verdicts[videos[vid]]
+            split, where = first_line[vid]
+            if not v["ok"]:
+                problems.append(Problem("unreadable", where, v["error"], path=videos[vid], split=split))
+                usable.discard(vid)
+                continue
+            end = start_s + v["duration_s"]
+            late = [(s, r) for s, r in rows_of[vid] if r.timestamp >= end]
+            if late:
+                too_short[vid] = end
+                s, r = min(late, key=lambda sr: (sr[1].timestamp, sr[1].line))
+                hint = (" (shorter than 902 s: a 15-minute cut in videos/? cuts go in videos_15min/)"
+                        if start_s == 0 and v["duration_s"] < FIRST_KEYFRAME else "")
+                problems.append(Problem("too_short", f"{gt_paths[s]}:{r.line}", f"video {vid} ends at "
+                                        f"{end:.2f} s of movie time; {len(late)} rows at keyframes "
+                                        f"from {r.timestamp} on dropped{hint}", path=videos[vid],
+                                        split=s))
+
+    def keep(r: BoxRow) -> bool:
+        return r.video_id in usable and not (r.video_id in too_short and r.timestamp >= too_short[r.video_id])
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def put(name: str, text: str) -> None:
+        writer(out / name, lambda f: f.write(text.encode("utf-8")))
+
+    counts = {}
+    for split, rows in gt.items():
+        written = [r for r in rows if keep(r)]
+        put(OUTPUTS["gt"].format(split=split), "".join(format_gt(r) for r in written))
+        put(OUTPUTS["excluded"].format(split=split),
+            "".join(f"{v},{t:04d}\n" for v, t in sorted(excluded[split]) if v in usable))
+        counts[split] = {"listed": listed[split], "written": len(written),
+                         "keyframes": len({(r.video_id, r.timestamp) for r in written}),
+                         "videos": len({r.video_id for r in written})}
+        if split in proposals:
+            props = [r for r in proposals[split] if keep(r)]
+            dropped = len(proposals[split]) - len(props)
+            if dropped:
+                notes.append(f"{split}: {dropped} proposals of videos not prepared (missing, unreadable "
+                             "or past the end) dropped")
+            put(OUTPUTS["proposals"].format(split=split), "".join(format_proposal(r) for r in props))
+            counts[split]["proposals"] = len(props)
+    put(OUTPUTS["classes"], "".join(f"{name}\n" for _, name in label_map))
+    put(OUTPUTS["label_map"], "".join(f"{aid}\t{name}\n" for aid, name in label_map))
+    lines = [VIDEOS_HEADER + "\n"]
+    for vid in sorted(usable):
+        p = os.path.abspath(videos[vid])
+        rel = os.path.relpath(p, out)
+        path = p if rel.startswith("..") else Path(rel).as_posix()
+        v = verdicts.get(videos[vid]) or {}
+        fps = "" if v.get("fps") is None else _num(v["fps"])
+        dur = "" if v.get("duration_s") is None else _num(v["duration_s"])
+        lines.append(f"{vid},{path},{_num(start_s)},{fps},{dur}\n")
+    put(OUTPUTS["videos"], "".join(lines))
+    report = {
+        "task": "ava", "root": str(root), "out": str(out), "layout": layout(),
+        "labels_source": labels_source, "num_classes": len(label_map), "splits": counts,
+        "verified": bool(verify), "problem_counts": problems_by_kind(problems), "notes": notes,
+        "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
+    }
+    _write_report(out / PREPARE_REPORT, report, writer)
+    return report
