@@ -49,7 +49,9 @@ class AvaConfig:
     excluded: dict = field(default_factory=lambda: {s: OUTPUTS["excluded"].format(split=s)
                                                     for s in ("train", "val")})
     proposals: dict = field(default_factory=lambda: {"val": OUTPUTS["proposals"].format(split="val")})
-    # SlowFast's AVA.DETECTION_SCORE_THRESH for val (its parse_bboxes_file keeps score >= it).
+    # Kept when score >= it (SlowFast's parse_bboxes_file). 0.8: SlowFast's AVA configs'
+    # DETECTION_SCORE_THRESH (SLOWFAST_32x2_R50_SHORT, the c2 SlowFast ones); its defaults.py and
+    # the SLOW_8x8 configs say 0.9, LFB 0.85: the value is in the protocol.
     proposal_score_threshold: float = 0.8
     # Boxes of the evaluation split: the detector's proposals (the protocol), or the GT boxes
     # (an oracle-box ablation, which gets its own protocol id through this field).

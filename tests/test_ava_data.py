@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -276,3 +275,17 @@ def test_full_movie_clip_is_centred_on_the_keyframe(tmp_path):
         shown = [ava_movie_digits(f) for f in frames]
         expected = centred_indices(ts * planted["fps"], T, step, 2000)
         assert shown == expected and shown[T // 2] == ts * planted["fps"]
+
+
+def test_label_map_reads_id_and_label_id_fields_and_proposals_ignore_their_action(tmp_path):
+    from tasks.native.ava import parse_row, read_label_map_file
+
+    (tmp_path / "a.pbtxt").write_text('item {\n  name: "bend/bow (at the waist)"\n  id: 1\n}\n'
+                                      'label {\n  name: "crawl"\n  label_id: 2\n  label_type: PERSON_MOVEMENT\n}\n')
+    # the 80-class v2.2 list names its blocks `label` and its ids `label_id`
+    pairs = read_label_map_file(tmp_path / "a.pbtxt")
+    assert pairs == [(1, "bend/bow (at the waist)"), (2, "crawl")]
+    fields = "vid,0902,0.1,0.1,0.5,0.9,{},0.93".split(",")
+    for action in ("", "-1", "12"):  # LFB's training proposals may carry a label
+        row = parse_row([*fields[:6], action, fields[7]], 1, proposals=True)
+        assert not isinstance(row, str) and row.score == pytest.approx(0.93)

@@ -123,6 +123,35 @@ def test_the_unlabelled_test_list_is_a_note_not_a_manifest(tmp_path):
     assert any("no label column" in n for n in report["notes"])
 
 
+def test_deepmind_annotation_names_and_cvdf_replacement_clips(k400_native, tmp_path):
+    """DeepMind's tarball (`kinetics400/{train,validate}.csv`) is found, and a clip CVDF ships
+    fixed in `replacement/` is used in place of the corrupt original."""
+    import shutil
+
+    from tasks.manifest import read_manifest
+    from tasks.native import prepare
+
+    root, planted = k400_native
+    copy = tmp_path / "k400"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.json", "*.txt", "train.csv",
+                                                               "val.csv"))
+    (copy / "kinetics400").mkdir()
+    shutil.copy(root / "annotations" / "train.csv", copy / "kinetics400" / "train.csv")
+    shutil.copy(root / "annotations" / "val.csv", copy / "kinetics400" / "validate.csv")
+    shutil.rmtree(copy / "annotations", ignore_errors=True)
+    corrupt = next((copy / "train").rglob(f"{planted['corrupt']}_*.mp4"))
+    good = next(p for p in (copy / "train").rglob("*.mp4") if p != corrupt and
+                planted["misplaced"] not in p.name)
+    fixed = copy / "replacement" / "replacement_for_corrupted_k400" / corrupt.name
+    fixed.parent.mkdir(parents=True)
+    shutil.copy(good, fixed)
+    report = prepare("k400", copy, tmp_path / "out", progress=False, workers=1, writer=atomic_write)
+    assert report["splits"]["val"] == {"listed": 3, "written": 2}  # validate.csv read (1 missing)
+    assert "unreadable" not in report["problem_counts"]
+    train = [p for p, _ in read_manifest(tmp_path / "out" / "train.csv")]
+    assert str(fixed) in train and str(corrupt) not in train
+
+
 def test_check_reports_missing_unreadable_and_mislabelled_manifest_entries(k400_native, tmp_path, capsys):
     import shutil
 

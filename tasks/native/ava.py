@@ -12,7 +12,8 @@ The publisher's files, under ROOT/annotations/ or ROOT itself:
 * `ava_{train,val}_excluded_timestamps_v2.2.csv`: `video_id,timestamp` keyframes to ignore.
 * person proposals from a detector, SlowFast's `ava_val_predicted_boxes.csv`:
   `video_id,timestamp,x1,y1,x2,y2,action_id (empty or -1),score` (its `parse_bboxes_file`
-  reads the score from column 8 and keeps `score >= DETECTION_SCORE_THRESH`, 0.8 for val).
+  reads the score from column 8 and keeps `score >= DETECTION_SCORE_THRESH`); the action column
+  is not read (LFB's training proposals may label it).
 * videos: the full movies `videos/{id}.{mkv,mp4,webm}` (timestamps are movie time) or the
   15-minute cuts `videos_15min/{id}.{mkv,mp4,webm}` made by `ffmpeg -ss 900 -t 901` (timestamp t
   is at t - 900 s in the file). One of the two folders; both holding videos is refused.
@@ -70,7 +71,7 @@ def layout() -> str:
     return ("ROOT/annotations/ava_{train,val}_v2.2.csv, ava_{train,val}_excluded_timestamps_v2.2.csv, "
             "ava_action_list_v2.2_for_activitynet_2019.pbtxt, ava_val_predicted_boxes.csv (also "
             "directly in ROOT), and the videos ROOT/videos/{video_id}.{mkv,mp4,webm} (full movies) "
-            "or ROOT/videos_15min/{video_id}.{mkv,mp4} (the 15-minute cuts from 900 s)")
+            "or ROOT/videos_15min/{video_id}.{mkv,mp4,webm} (the 15-minute cuts from 900 s)")
 
 
 # ----- label map --------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def shipped_label_map() -> list[tuple[int, str]]:
     return read_label_map_file(CLASS_LIST_DIR / "ava_classes.txt")
 
 
-_PBTXT_ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
+_PBTXT_ITEM = re.compile(r"\b(?:item|label)\s*\{(.*?)\}", re.S)  # `label {` in the 80-class list
 
 
 def read_label_map_file(path: str | os.PathLike) -> list[tuple[int, str]]:
@@ -92,10 +93,11 @@ def read_label_map_file(path: str | os.PathLike) -> list[tuple[int, str]]:
     except OSError as e:
         raise DataError(f"label map {path} cannot be read: {e}") from None
     pairs: list[tuple[int, str]] = []
-    if "item" in text and "{" in text:
+    if "{" in text:
         for n, block in enumerate(_PBTXT_ITEM.findall(text), start=1):
             name = re.search(r'name:\s*"([^"]*)"', block)
-            aid = re.search(r"\bid:\s*(\d+)", block)
+            # `id:` (the ActivityNet lists) or `label_id:` (the 80-class v2.2 list)
+            aid = re.search(r"\b(?:label_)?id:\s*(\d+)", block)
             if not (name and aid):
                 raise DataError(f"{path}: item {n} has no `name: \"...\"` and `id: N`: {block.strip()!r}")
             pairs.append((int(aid.group(1)), name.group(1)))
@@ -172,9 +174,9 @@ def parse_row(fields: list[str], line: int, *, proposals: bool) -> BoxRow | str:
         return f"box {','.join(fields[2:6])} has x2 <= x1 or y2 <= y1"
     if proposals:
         # 8 columns: SlowFast's (action empty or -1, score); 7: the score right after the box.
+        # The action column is not read: LFB's training proposals may carry a label there (it
+        # parses `-1 if empty else int`), and a proposal's boxes, not its label, are used.
         score_text = fields[-1].strip()
-        if len(fields) == 8 and fields[6].strip() not in ("", "-1"):
-            return f"a proposal's action column holds {fields[6]!r}; expected empty or -1"
         try:
             score = float(score_text)
         except ValueError:

@@ -22,17 +22,28 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 ANNOTATION_NAMES = {
     split: [f"annotations/{split}.csv", f"kinetics-400_{split}.csv", f"kinetics400_{split}.csv",
-            f"kinetics_400_{split}.csv", f"k400_{split}.csv", f"annotations/kinetics-400_{split}.csv"]
+            f"kinetics_400_{split}.csv", f"k400_{split}.csv", f"annotations/kinetics-400_{split}.csv",
+            f"kinetics_{split}.csv", f"annotations/kinetics_{split}.csv"]  # mmaction2's renames
     for split in SPLITS
 }
+# DeepMind's kinetics400.tar.gz names the validation list validate.csv (mmaction2's
+# download_annotations.sh renames it kinetics_val.csv).
+ANNOTATION_NAMES["val"] += ["validate.csv", "kinetics400/validate.csv", "annotations/validate.csv"]
+ANNOTATION_NAMES["train"] += ["kinetics400/train.csv"]
+ANNOTATION_NAMES["test"] += ["kinetics400/test.csv"]
+# CVDF's mirror ships fixed copies of clips that are corrupt in its tarballs; its own arranging
+# script puts them in place of the originals, so a replacement always wins over the original.
+REPLACEMENT_FOLDER = "replacement"
 # The publisher calls the validation split "validate" in some copies' folders and `split` column.
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "validate", "validation"),
                  "test": ("test", "testing")}
 
 
 def layout() -> str:
-    return ("ROOT/annotations/{train,val,test}.csv (or ROOT/kinetics-400_{train,val,test}.csv) and "
-            "the clips ROOT/{train,val,test}/[<label>/]{youtube_id}_{start:06d}_{end:06d}.mp4")
+    return ("ROOT/annotations/{train,val,test}.csv (or ROOT/kinetics-400_{train,val,test}.csv, or "
+            "DeepMind's ROOT/{train,validate,test}.csv) and the clips "
+            "ROOT/{train,val,test}/[<label>/]{youtube_id}_{start:06d}_{end:06d}.mp4 (CVDF's "
+            "ROOT/replacement/... fixed clips are used in place of the originals)")
 
 
 def clip_stem(youtube_id: str, start: int, end: int) -> str:
@@ -124,7 +135,9 @@ def _read_split(ann: Path, split: str, index: dict[str, int], files: dict[str, l
                 problems.append(Problem("missing", where, f"{label!r} clip {stem}.mp4 not found under "
                                         "the data root", split=split))
             else:
-                sample.path = pick(paths, SPLIT_ALIASES[split])
+                fixed = [p for p in paths if any(part.lower().startswith(REPLACEMENT_FOLDER)
+                                                 for part in Path(p).parts)]
+                sample.path = fixed[0] if fixed else pick(paths, SPLIT_ALIASES[split])
                 folder = Path(sample.path).parent.name
                 if folder in index and folder != label:
                     problems.append(Problem("mislabelled", where, f"annotated {label!r} but the clip "
