@@ -152,14 +152,7 @@ def read_frames(
         raise ValueError(f"decode isolation must be one of {ISOLATION}, got {isolation!r}")
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"decode timeout_s must be positive or None, got {timeout_s!r}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DecodeError(f"video not found: {path}")
-    if os.path.getsize(path) == 0:
-        # decord can hang on empty files; there is nothing to decode anyway.
-        raise DecodeError(f"video file is empty: {path}")
-    if check_header:
-        check_container(path)
+    path = check_file(path, check_header=check_header)
     if isolation == "subprocess":
         return _isolated_worker().read(path, indices_fn, backend=backend, num_threads=num_threads,
                                        timeout_s=timeout_s)
@@ -184,6 +177,20 @@ def read_frames(
             errors.append(f"{name}: {_short(e)}")
             log.debug("%s failed on %s (%s); trying the next backend", name, path, _short(e))
     raise DecodeError(f"could not decode {path}: {'; '.join(errors)}")
+
+
+def check_file(path: str | os.PathLike, *, check_header: bool = True) -> str:
+    """The path as a string, once it names a non-empty file whose container header can be true
+    (`check_container`); else DecodeError saying which. Every reader calls this first."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DecodeError(f"video not found: {path}")
+    if os.path.getsize(path) == 0:
+        # decord can hang on empty files; there is nothing to decode anyway.
+        raise DecodeError(f"video file is empty: {path}")
+    if check_header:
+        check_container(path)
+    return path
 
 
 def count_frames(path: str | os.PathLike, *, backend: str = "pyav") -> int:

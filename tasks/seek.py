@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .decode import backend_problem, check_container
+from .decode import backend_problem, check_file
 from .errors import DecodeError
 
 BACKENDS = ("auto", "pyav", "decord", "torchcodec")
@@ -119,12 +119,7 @@ def read_at(path: str | os.PathLike, indices: Sequence[int], *, backend: str = "
     then torchcodec, the first that decodes the file. Raises DecodeError with every reason."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DecodeError(f"video not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise DecodeError(f"video file is empty: {path}")
-    check_container(path)  # refuses the headers known to crash a decoder outright
+    path = check_file(path)  # missing, empty, or a header known to crash a decoder outright
     info = info or stream_info(path)
     idx = [int(i) for i in indices]
     if not idx or min(idx) < 0:
