@@ -153,6 +153,13 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     arch = enc.get("arch") or {}
     task = tasks.from_config(c["task"])
     split = task.spec.data["eval_split"]
+    boxes_probe = c["probe"]["kind"] == "roi_linear"
+    if boxes_probe != (task.spec.kind == "detection"):
+        raise ValueError(f"probe {c['probe']['kind']!r} cannot serve task {task.spec.name!r} (kind "
+                         f"{task.spec.kind}): person boxes are classified by the roi_linear probe, "
+                         f"and only detection tasks have boxes; "
+                         + ("drop --probe to use the task's" if task.spec.kind == "detection"
+                            else "use attentive, attentive_v2, linear or knn"))
     report = preflight(task, split, log_fn=log_fn)
     resolution = task.spec.resolution or arch.get("resolution")
     common = dict(mean=tuple(enc["mean"]), std=tuple(enc["std"]), resolution=resolution)

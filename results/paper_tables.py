@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from results.record import PROTOCOL_VERSION
+from results.record import PROTOCOL_VERSION, protocol_id
 
 # Column -> task name in the registry.
 # The number a column reports: top-1 accuracy, and AVA's frame mAP (percent) for AVA.
@@ -164,9 +164,20 @@ def _low_shot_columns(body: dict) -> list[str]:
     return cols
 
 
-def matches(protocol: dict, spec: TableSpec, task: str) -> bool:
-    """Is a record's protocol the one the table's numbers were measured under?"""
+def fraction_of(column_fraction: str) -> float:
+    """A low-shot column's label fraction: "10%" -> 0.1."""
+    return float(column_fraction.rstrip("%")) / 100.0
+
+
+def matches(protocol: dict, spec: TableSpec, task: str, fraction: float | None = None) -> bool:
+    """Is a record's protocol the one the table's numbers were measured under? A run on a
+    label-efficiency fold (`train_fold`) matches only the low-shot cell of its fraction."""
     if not isinstance(protocol, dict):
+        return False
+    fold = (protocol.get("task") or {}).get("train_fold")
+    if (fold is None) != (fraction is None):
+        return False
+    if fold is not None and abs(float(fold.get("fraction", -1)) - fraction) > 1e-9:
         return False
     if int(protocol.get("protocol_version") or 1) != PROTOCOL_VERSION:
         return False
@@ -217,10 +228,13 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
                 cell.why_not = "no registry encoder for this row"
             elif task is None:
                 cell.why_not = f"no task for column {task_col}"
-            elif spec.low_shot:
-                cell.why_not = "label-fraction splits are not in the task registry yet"
             elif task not in known_tasks:
                 cell.why_not = f"task {task} is not in the registry yet"
+            elif spec.low_shot:
+                _fill_low_shot(cell, frame, encoder, task, spec, fraction_of(frac))
+                if cell.ours is None and command is not None:
+                    cell.command = _low_shot_command(command(encoder, release, task, spec), task,
+                                                     fraction_of(frac))
             else:
                 _fill(cell, frame, encoder, task, spec)
                 if cell.ours is None and command is not None:
@@ -233,6 +247,47 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
         notes.insert(0, spec.note)
     return PaperTable(spec, str(body.get("source", "")), str(body.get("protocol", "")),
                       columns, rows, notes)
+
+
+LOW_SHOT_SEEDS = (0, 1, 2)  # the paper: 3 random splits per fraction
+
+
+def _low_shot_command(run: str, task: str, fraction: float) -> str:
+    pct = f"{100 * fraction:g}pct"
+    seeds = ",".join(str(s) for s in LOW_SHOT_SEEDS)
+    return (f"harness data split {task} --root DATA/{task} --fraction {fraction:g} --seeds {seeds}; "
+            + "; ".join(f"{run} --split {pct}:seed{s}" for s in LOW_SHOT_SEEDS))
+
+
+def _fill_low_shot(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec,
+                   fraction: float) -> None:
+    """Mean and std over the folds (seeds) of one fraction, as the paper reports them: one run
+    per seed (the newest), under one protocol apart from the fold itself."""
+    if frame is None or frame.empty:
+        return
+    sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
+                & (frame["checkpoint"] != "random-init")]
+    sub = sub[[matches(p, spec, task, fraction) for p in sub["protocol"]]] if len(sub) else sub
+    sub = sub[sub["top1"].notna()] if "top1" in sub and len(sub) else sub.iloc[0:0]
+    if sub.empty:
+        return
+    # The folds of one fraction differ in their seed and training manifest only: group by the
+    # rest of the protocol and keep the most-used group, one run per seed (the newest).
+    groups: dict[str, dict[int, tuple]] = {}
+    for _, row in sub.sort_values("created").iterrows():
+        task_part = dict(row["protocol"]["task"])
+        seed = int(task_part.pop("train_fold")["seed"])
+        task_part["manifests"] = {k: v for k, v in (task_part.get("manifests") or {}).items()
+                                  if k != "train"}
+        key = protocol_id({**row["protocol"], "task": task_part})
+        groups.setdefault(key, {})[seed] = (float(row["top1"]), row["protocol_id"])
+    by_seed = max(groups.values(), key=len)
+    values = [v for v, _ in by_seed.values()]
+    cell.ours = sum(values) / len(values)
+    cell.runs = len(values)
+    cell.protocol_id = ",".join(sorted({pid for _, pid in by_seed.values()}))
+    if len(values) > 1:
+        cell.ours_std = math.sqrt(sum((v - cell.ours) ** 2 for v in values) / (len(values) - 1))
 
 
 def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec) -> None:

@@ -384,6 +384,7 @@ class Task:
             },
             "label_map_sha256": label_map_sha256(labels),
             **({"temporal_probe": self.spec.temporal_probe} if self.spec.temporal_probe else {}),
+            **({"train_fold": dict(self.spec.train_fold)} if self.spec.train_fold else {}),
         }
 
 

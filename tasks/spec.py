@@ -39,6 +39,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _train_fold(where: str, fold) -> dict | None:
+    if fold is None:
+        return None
+    ok = isinstance(fold, Mapping) and set(fold) == {"fraction", "seed"}
+    frac, seed = (fold.get("fraction"), fold.get("seed")) if ok else (None, None)
+    if not ok or isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1 \
+            or isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"{where}: train_fold must be {{fraction: (0, 1], seed: int >= 0}} (set by "
+                        f"`harness run --split 10pct:seed1`), got {fold!r}")
+    return {"fraction": float(frac), "seed": int(seed)}
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """How clips are cut from a video: S segments of `frames_per_clip` frames `frame_step` apart."""
@@ -110,6 +122,10 @@ class TaskSpec:
     # The probe of the task's published protocol when the run names none (AVA: roi_linear, the
     # paper's linear classifier on RoIAligned layer taps); null: the run config's (attentive).
     default_probe: str | None = None
+    # A label-efficiency fold as the training split (`harness run --split 10pct:seed1`):
+    # {fraction, seed}, in the protocol beside the fold manifest's hash, so the paper's low-shot
+    # table can put the 3 seeds of a fraction side by side.
+    train_fold: dict | None = None
     # Train the probe on cached frozen features (fixed centred clips, no augmentation) unless the
     # run says otherwise: right for small splits, where decoding every epoch dominates the cost.
     cache_features: bool = False
@@ -206,6 +222,7 @@ class TaskSpec:
             cached_train_copies=copies,
             detection=detection,
             default_probe=cfg.get("default_probe"),
+            train_fold=_train_fold(where, cfg.get("train_fold")),
         )
 
     @property

@@ -74,6 +74,11 @@ def test_ava_refuses_what_it_cannot_do_with_clear_errors(prepared, tmp_path, cap
     assert "selection=eval_max" in capsys.readouterr().err
     assert main([*base, "cache_features=true"]) != 0
     assert "cached features" in capsys.readouterr().err
+    assert main([*base[:10], "--probe", "attentive"]) != 0
+    assert "drop --probe to use the task's" in capsys.readouterr().err
+    assert main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "digits_motion",
+                 "--probe", "roi_linear", "--out", str(tmp_path), "--no-progress"]) != 0
+    assert "only detection tasks have boxes; use attentive" in capsys.readouterr().err
     assert main(["data", "check", "ava", "--root", str(prepared), "--no-progress"]) != 0
     assert "harness data prepare ava" in capsys.readouterr().err
 

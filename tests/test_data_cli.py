@@ -120,7 +120,8 @@ def test_split_names_parse_back():
 
     assert parse_split("10pct:seed1") == (0.1, 1) and parse_split("0.05:2") == (0.05, 2)
     assert fold_name(*parse_split("5pct:seed0")) == "train_5pct_seed0"
-    assert fold_override("50pct:seed2") == {"data": {"train": "splits/train_50pct_seed2.csv"}}
+    assert fold_override("50pct:seed2") == {"data": {"train": "splits/train_50pct_seed2.csv"},
+                                            "train_fold": {"fraction": 0.5, "seed": 2}}
     for bad in ("10pct", "200pct:seed1", "tenpct:seed1", "10pct:seedx"):
         with pytest.raises(DataError, match="10pct:seed1"):
             parse_split(bad)

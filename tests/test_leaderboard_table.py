@@ -89,7 +89,35 @@ def test_low_shot_relative_drop(capsys):
         100 * (71.2 - 48.8) / 71.2)
     assert rows["MVD ViT-L/16"]["SSv2 50%"]["relative_drop_pct"] == pytest.approx(
         100 * (66.5 - 61.0) / 66.5)
-    assert "label-fraction" in rows["V-JEPA ViT-H/16"]["K400 10%"]["why_not"]
+    cmd = rows["V-JEPA ViT-H/16"]["K400 10%"]["command"]
+    assert cmd.startswith("harness data split k400 --root DATA/k400 --fraction 0.1 --seeds 0,1,2; ")
+    assert cmd.count("--split 10pct:seed") == 3 and "--encoder vjepa_vith" in cmd
+
+
+def test_low_shot_cells_average_the_folds_and_never_mix_with_full_labels(tmp_path, capsys):
+    def fold(frac, seed, sha):
+        proto = copy.deepcopy(PAPER_K400)
+        proto["task"]["train_fold"] = {"fraction": frac, "seed": seed}
+        proto["task"]["manifests"] = {**proto["task"]["manifests"],
+                                      "train": {"sha256": sha * 64, "videos": 24000}}
+        return proto
+
+    for seed, value in enumerate([70.0, 72.0, 74.0]):
+        add(tmp_path, "vjepa_vith", "k400", value, fold(0.1, seed, "abc"[seed]),
+            ckpt="vith16.pth.tar", samples=19881)
+    add(tmp_path, "vjepa_vith", "k400", 50.0, fold(0.5, 0, "d"), ckpt="vith16.pth.tar")
+    add(tmp_path, "vjepa_vith", "k400", 81.5, PAPER_K400, ckpt="vith16.pth.tar", samples=19881)
+    assert main(["table", "vjepa-low-shot", "--results", str(tmp_path), "--format", "json"]) == 0
+    rows = {r["method"]: r["cells"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    cell = rows["V-JEPA ViT-H/16"]["K400 10%"]
+    assert cell["ours"] == pytest.approx(72.0) and cell["runs"] == 3
+    assert cell["ours_std"] == pytest.approx(2.0)
+    assert rows["V-JEPA ViT-H/16"]["K400 50%"]["ours"] == 50.0
+    assert rows["V-JEPA ViT-H/16"]["K400 5%"]["ours"] is None
+    # the full-label table takes the full-label run only, never a fold
+    assert main(["table", "vjepa-frozen", "--results", str(tmp_path), "--format", "json"]) == 0
+    rows = {r["method"]: r["cells"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["V-JEPA ViT-H/16"]["K400"]["ours"] == 81.5 and rows["V-JEPA ViT-H/16"]["K400"]["runs"] == 1
 
 
 def test_one_view_ablation_commands_set_the_views(tmp_path, capsys):

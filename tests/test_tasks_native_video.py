@@ -249,3 +249,25 @@ def test_duplicate_manifest_lines_are_warned_about(tmp_path, caplog):
     assert len(entries) == 3  # kept as listed: the hash covers what the file says
     assert "1 duplicate line(s)" in caplog.text and "line 3 repeats line 1" in caplog.text
     assert duplicate_lines(entries) == [(2, 0)]
+
+
+def test_a_run_on_a_fold_records_its_fraction_and_seed(k400_native, tmp_path):
+    import shutil
+
+    from tasks.native import prepare
+
+    root, _ = k400_native
+    copy = tmp_path / "k400"
+    shutil.copytree(root, copy)
+    prepare("k400", copy, progress=False, workers=1, writer=atomic_write)
+    assert main(["data", "split", "k400", "--root", str(copy), "--fraction", "0.5",
+                 "--seeds", "1"]) == 0
+    runs = tmp_path / "runs"
+    assert main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "k400", "--out",
+                 str(runs), "--no-progress", f"task.data.root={copy}", "--split", "50pct:seed1",
+                 *TINY]) == 0
+    record = json.loads(next((runs / "records").glob("*.json")).read_text())
+    task = record["protocol"]["task"]
+    assert task["train_fold"] == {"fraction": 0.5, "seed": 1}
+    assert task["manifests"]["train"]["videos"] < 6  # the fold, not the whole train split
+    assert "+task.train_fold=" in record["extra"]["command"]

@@ -44,7 +44,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("--encoder", help="encoder name (see `harness encoders`)")
     p.add_argument("--task", help="task name (see `harness tasks`)")
-    p.add_argument("--probe", choices=None, help="probe kind: attentive (default) or linear")
+    p.add_argument("--probe", choices=None, help="probe kind: attentive (default; a task may name its protocol's own: AVA's "
+                        "roi_linear), attentive_v2, linear, knn or roi_linear")
     p.add_argument("--checkpoint", help="encoder checkpoint (.pth/.pth.tar/.pt/.safetensors); a "
                    "quoted glob ('ckpts/*.pth.tar') evaluates each in step order, skipping those "
                    "already recorded")
@@ -90,7 +91,10 @@ def overrides_from_args(args) -> list[str]:
     if getattr(args, "split", None):
         from tasks.native.splits import fold_override
 
-        out.append(f"task.data.train={_quote(fold_override(args.split)['data']['train'])}")
+        fold = fold_override(args.split)
+        out.append(f"task.data.train={_quote(fold['data']['train'])}")
+        f = fold["train_fold"]
+        out.append(f"+task.train_fold={{fraction: {f['fraction']!r}, seed: {f['seed']}}}")
     if args.trust_checkpoint:
         out.append("trust_checkpoint=true")
     if args.random_init:

@@ -106,4 +106,4 @@ def parse_split(text: str) -> tuple[float, int]:
 def fold_override(text: str, out: str = "splits") -> dict:
     """The task override a `--split` means: the fold's manifest as the training split."""
     f, s = parse_split(text)
-    return {"data": {"train": f"{out}/{fold_name(f, s)}.csv"}}
+    return {"data": {"train": f"{out}/{fold_name(f, s)}.csv"}, "train_fold": {"fraction": f, "seed": s}}
