@@ -113,6 +113,7 @@ class RunPlan:
     rank: int = 0
     world_size: int = 1
     image_frames: int | None = None  # image tasks: how many frames each image is repeated to
+    selection_items: list | None = None  # detection: the held-out training keyframes
 
 
 def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) -> RunPlan:
@@ -179,10 +180,19 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
     selection = probe_c.get("selection") or "val"
     train_entries, select_entries, select_info = None, None, None
     if grid and selection == "val" and task.spec.kind == "detection":
-        raise ValueError("a probe grid on a detection task needs probe.selection=eval_max (labelled "
-                         "so in the record); a held-out validation split of AVA's training "
-                         "keyframes is not built yet")
-    if grid and selection == "val":
+        # Heads are compared on training films the probe never saw, scored by the same frame
+        # mAP against those films' own ground-truth boxes.
+        import hashlib
+
+        from tasks import ava
+
+        frac = float(probe_c.get("val_fraction") or 0.1)
+        train_entries, select_entries = ava.holdout(task, frac, seed)
+        keys = "\n".join(sorted(kf.key for kf in select_entries)).encode()
+        select_info = {"source": "training videos held out", "fraction": frac, "seed": seed,
+                       "videos": len({kf.video_id for kf in select_entries}),
+                       "keyframes": len(select_entries), "sha256": hashlib.sha256(keys).hexdigest()}
+    elif grid and selection == "val":
         # Honest selection: the heads are compared on videos the probe never trained on and
         # that are not the evaluation split: the task's own val split where it has one apart
         # from the evaluation split, else a stratified, seeded hold-out of the training data.
@@ -243,7 +253,8 @@ def plan_run(cfg, frame_cache=None, log_fn=None, estimate_only: bool = False) ->
                    image_frames=image_frames, c=c, device=device, precision=precision, seed=seed, task=task, split=split,
                    train_data=train_data, eval_data=eval_data, optim=optim, protocol=protocol,
                    protocol_id=results.protocol_id(protocol), cache=cache, copies=copies,
-                   preflight=report)
+                   preflight=report,
+                   selection_items=select_entries if task.spec.kind == "detection" else None)
 
 
 def _checkpoint_identity(c: dict) -> dict:
@@ -370,6 +381,13 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
         res = task.spec.resolution or spec.resolution
         probe_cfg["token_grid"] = spec.grid_for(s.frames_per_clip, res, res)
     kind = probe_kind(task, plan.split)
+    selection_kind = None
+    if plan.selection_items is not None:  # detection: scored against the held-out films' truth
+        from probes.kinds import for_task
+        from tasks import ava
+
+        selection_kind = for_task("detection", evaluate=ava.items_evaluator(task, plan.selection_items),
+                                  class_ids=ava.class_ids(task))
 
     def make_probe():
         return probes.build(c["probe"]["kind"], embed_dim=spec.embed_dim,
@@ -453,6 +471,7 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
             feature_store=store,
             feature_key=fkey,
             kind=kind,
+            selection_kind=selection_kind,
         )
     if result.precision != plan.precision:  # the plan promised what the protocol says
         raise RuntimeError(f"ran in {result.precision} but planned {plan.precision}")

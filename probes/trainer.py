@@ -669,7 +669,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                 on_epoch_end: Callable[[int, dict], None] | None = None,
                 on_step_end: Callable[[int, int], None] | None = None,
                 feature_store=None, feature_key: str | None = None,
-                kind: Kind | None = None) -> ProbeResult:
+                kind: Kind | None = None, selection_kind: Kind | None = None) -> ProbeResult:
     """Train `probe` on the frozen `encoder`'s tokens, then evaluate it once on `eval_loader`.
 
     - `train_loader`: an `EpochBatches`-like object (steps of micro-batches, exact resume
@@ -698,7 +698,8 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
       and `Preempted` is raised.
     - `on_epoch_end(epoch, stats)` / `on_step_end(epoch, step)`: hooks (tests), after any save.
     - `kind` (`probes.kinds`): the task kind's loss, head input, view merge and metrics;
-      default single-label classification with `topk`.
+      default single-label classification with `topk`. `selection_kind`: how `selection_data`
+      is scored when it differs (detection: against the held-out films' own boxes).
     The test split is evaluated once, after the last epoch: no selection on it.
     """
     log = log or _log.info
@@ -716,7 +717,7 @@ def train_probe(encoder: nn.Module, probe: nn.Module, train_loader, eval_loader,
                             selection_data=selection_data, stop=stop,
                             on_epoch_end=on_epoch_end, on_step_end=on_step_end,
                             feature_store=feature_store, feature_key=feature_key,
-                            kind=kind or Classification(topk))
+                            kind=kind or Classification(topk), selection_kind=selection_kind)
     finally:
         torch.set_flush_denormal(False)  # back to the process default
 
@@ -725,7 +726,7 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
                  topk, state_path, progress, log, encoder_chunk, cache_features, cache_copies,
                  cache_seed, save_every_s, selection, selection_data, stop, on_epoch_end,
                  on_step_end, feature_store=None, feature_key=None,
-                 kind: Kind = _CLASSIFICATION) -> ProbeResult:
+                 kind: Kind = _CLASSIFICATION, selection_kind: Kind | None = None) -> ProbeResult:
     if isinstance(optim, dict):
         optim = OptimConfig.from_dict(optim)
     fit_only = getattr(probe, "trainable", True) is False  # k-NN: a bank of training features
@@ -897,8 +898,11 @@ def _train_probe(encoder, probe, train_loader, eval_loader, optim, *, device, ma
             scores = _evaluate_heads(encoder, probe, source, device=device, precision=precision,
                                      encoder_chunk=encoder_chunk, problems=problems,
                                      max_failure_fraction=max_failure_fraction,
-                                     phase="select" if selection == "val" else "eval", kind=kind)
-            chosen = max(range(len(scores)), key=lambda h: (scores[h], -h))
+                                     phase="select" if selection == "val" else "eval",
+                                     kind=(selection_kind or kind) if selection == "val" else kind)
+            # A head without a score (mAP of a split without positives: NaN) is never chosen.
+            chosen = max(range(len(scores)),
+                         key=lambda h: (scores[h] if math.isfinite(scores[h]) else -math.inf, -h))
             heads = [{**point, f"{selection}_{kind.primary}": score}
                      for point, score in zip(probe.points, scores)]
             log(f"head {chosen} chosen on {'the held-out validation split' if selection == 'val' else 'the evaluation split (eval_max)'}: "

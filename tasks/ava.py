@@ -247,6 +247,49 @@ def evaluator(task, split: str):
     return evaluate
 
 
+def holdout(task, fraction: float, seed: int) -> tuple[list[Keyframe], list[Keyframe]]:
+    """(kept, held out) training keyframes for choosing a grid's head: about `fraction` of the
+    training *videos* (at least one, never all), every keyframe of a held-out video with it, so
+    the heads are compared on films the probe never saw (neighbouring keyframes of one film
+    are near copies). Deterministic in `seed`; both lists in keyframe order."""
+    import random
+
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
+    items, _ = keyframes(task, "train")
+    films = sorted({kf.video_id for kf in items})
+    if len(films) < 2:
+        raise DataError("task ava: holding out training videos for head selection needs at least "
+                        "2 training videos; use probe.selection=eval_max (labelled) or one head")
+    k = min(len(films) - 1, max(1, round(fraction * len(films))))
+    held = set(random.Random(int(seed)).sample(films, k))
+    return ([kf for kf in items if kf.video_id not in held],
+            [kf for kf in items if kf.video_id in held])
+
+
+def items_evaluator(task, items: Sequence[Keyframe]):
+    """Like `evaluator`, against the ground-truth boxes the items carry (a held-out part of the
+    training split: its own boxes are classified, so every detection has its frame's truth)."""
+    from .ava_eval import frame_map
+
+    cfg, ids = config(task), class_ids(task)
+    truth = {}
+    for kf in items:
+        rows = [(box, ids[c]) for box, target in zip(kf.boxes, kf.targets)
+                for c in np.flatnonzero(target)]
+        truth[kf.key] = (np.array([b for b, _ in rows], dtype=np.float32).reshape(-1, 4),
+                         np.array([a for _, a in rows], dtype=np.int64))
+
+    def evaluate(detections: dict) -> dict:
+        result = frame_map(truth, detections, ids, capacity=cfg.eval_capacity,
+                           detections_without_gt=cfg.detections_without_gt)
+        return {"mAP": 100.0 * result["mAP"],
+                "classes_scored": len(ids) - len(result["classes_without_gt"]),
+                "frames": result["num_frames"]}
+
+    return evaluate
+
+
 def entries(task, split: str) -> list[tuple[str, int]]:
     """(video path, 0) per keyframe item of the split: what generic code counts and checks."""
     items, videos = keyframes(task, split)
@@ -402,15 +445,16 @@ class AvaDataset(torch.utils.data.Dataset):
 
 
 def build_dataset(task, split: str, *, train: bool, resolution: int | None, mean, std,
-                  backend: str = "auto") -> AvaDataset:
+                  backend: str = "auto", items: Sequence[Keyframe] | None = None) -> AvaDataset:
     """The split's keyframe dataset. `task`: a `tasks.Task` (reads `task.root`, `task.spec.data`,
     `.sampling`, `.detection`, `.resolution`, `.num_classes`). `resolution`: the encoder's, unless
-    the task fixes one."""
+    the task fixes one. `items`: a subset of the split's keyframes (`holdout`)."""
     res = task.spec.resolution if getattr(task.spec, "resolution", None) is not None else resolution
     if res is None:
         raise DataError("task ava has resolution: null (use the encoder's); pass resolution=...")
     cfg = config(task)
-    items, videos = keyframes(task, split)
+    all_items, videos = keyframes(task, split)
+    items = all_items if items is None else list(items)
     s = task.spec.sampling
     return AvaDataset(items, videos, frames_per_clip=s.frames_per_clip, frame_step=s.frame_step,
                       resolution=int(res), mean=mean, std=std, train=train,

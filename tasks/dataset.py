@@ -306,11 +306,11 @@ class Task:
         count (1 for an image encoder); default the task's `sampling.frames_per_clip`.
         """
         train = (split == "train") if train is None else bool(train)
-        if self.spec.kind == "detection":
+        if self.spec.kind == "detection":  # `entries`: keyframes (tasks.ava.holdout)
             from .ava import build_dataset
 
             return build_dataset(self, split, train=train, resolution=self.resolve_resolution(resolution),
-                                 mean=mean, std=std, backend=self.backend)
+                                 mean=mean, std=std, backend=self.backend, items=entries)
         if self.spec.kind == "image":
             dataset = self._image_dataset(split, train=train and not fixed, mean=mean, std=std,
                                           resolution=resolution, device_finish=device_finish,

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -289,3 +290,26 @@ def test_label_map_reads_id_and_label_id_fields_and_proposals_ignore_their_actio
     for action in ("", "-1", "12"):  # LFB's training proposals may carry a label
         row = parse_row([*fields[:6], action, fields[7]], 1, proposals=True)
         assert not isinstance(row, str) and row.score == pytest.approx(0.93)
+
+
+def test_holdout_keeps_films_whole_and_scores_against_their_own_boxes(ava):
+    from tasks.ava import class_ids, holdout, items_evaluator, keyframes
+
+    _, out, _, _ = ava
+    task = _task(out)
+    kept, held = holdout(task, 0.3, seed=0)
+    again = holdout(task, 0.3, seed=0)  # deterministic
+    assert [[kf.key for kf in part] for part in again] == [[kf.key for kf in part] for part in (kept, held)]
+    films = {kf.video_id for kf in held}
+    assert len(films) == 1 and not films & {kf.video_id for kf in kept}
+    assert len(kept) + len(held) == len(keyframes(task, "train")[0])
+    ids = np.array(class_ids(task))
+    evaluate = items_evaluator(task, held)
+    # every box's own classes scored 1, the rest 0: perfect; the scores flipped: no true positive
+    for flip, expected in ((False, 100.0), (True, 0.0)):
+        detections = {}
+        for kf in held:
+            scores = (1.0 - kf.targets) if flip else kf.targets
+            detections[kf.key] = (np.repeat(kf.boxes, len(ids), axis=0), np.tile(ids, len(kf.boxes)),
+                                  scores.reshape(-1))
+        assert evaluate(detections)["mAP"] == pytest.approx(expected)
