@@ -75,3 +75,10 @@ def test_multilabel_task_runs_end_to_end(multilabel_task, tmp_path, encoder):
     pred = read_predictions(runs / "records" / record["extra"]["predictions"])
     assert str(pred["kind"]) == "multilabel"
     assert pred["target"].shape == (16, 10) and (pred["target"].sum(1) == 2).all()
+
+
+def test_data_check_reads_a_multilabel_task(multilabel_task, tmp_path, capsys):
+    assert main(["data", "check", str(multilabel_task), "--no-progress", "--workers", "1",
+                 "--report", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["splits"]["train"]["usable"] == 32 and not report["problems"]

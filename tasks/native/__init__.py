@@ -166,7 +166,7 @@ def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int
     verdicts = open_all(present, workers=workers, cache=_previous_verdicts(report_path),
                         progress=progress, label=f"{task_name}: opening files")
     min_frames = (task.spec.sampling.frames_per_clip * task.spec.sampling.frame_step
-                  if task.spec.kind == "video" else 0)
+                  if task.spec.kind in ("video", "multilabel") else 0)
     for split, (manifest, entries) in paths_by_split.items():
         seen: dict[str, int] = {}
         bad = 0
@@ -187,7 +187,8 @@ def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int
                 problems.append(Problem("too_short", where, f"{v['frames']} frames, fewer than one "
                                         f"clip spans ({min_frames})", path, split))
             folder = Path(path).parent.name
-            if folder in index and index[folder] != label:
+            # A class folder names one class: only single-label entries can disagree with it.
+            if folder in index and not isinstance(label, tuple) and index[folder] != label:
                 problems.append(Problem("mislabelled", where, f"label {label} ({names[label]!r}) but "
                                         f"in the class folder {folder!r} (class {index[folder]})",
                                         path, split))
