@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -55,13 +56,14 @@ def for_task(task_kind: str, *, topk: Iterable[int] = (1, 5), evaluate: Callable
     return Detection(evaluate, class_ids)
 
 
-class Kind:
+class Kind(ABC):
     name = ""
     primary = ""            # the metric that selects a grid head and the progress bar shows
     train_metric: str | None = None  # a per-step training score ('train_top1'), if any
 
+    @abstractmethod
     def target(self, batch: dict, device) -> torch.Tensor:
-        raise NotImplementedError
+        """What the loss compares with, on `device`."""
 
     def probe_inputs(self, batch: dict, device) -> dict:
         return {}
@@ -73,19 +75,21 @@ class Kind:
             logits = probe(tokens.flatten(0, 1), **inputs)
         return logits.float().reshape(b, v, *logits.shape[1:])
 
+    @abstractmethod
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(loss summed over units and heads, units) for one view's logits (n, [H,] C)."""
-        raise NotImplementedError
 
     def hits(self, logits: torch.Tensor, target: torch.Tensor) -> float:
         """Correct training predictions, averaged over heads (only with `train_metric`)."""
         return 0.0
 
+    @abstractmethod
     def merge(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Scores with the views merged: (B, V, [H,] C) -> (B, [H,] C)."""
 
+    @abstractmethod
     def scorer(self, device) -> "Scorer":
-        raise NotImplementedError
+        """A fresh scorer of one evaluation pass."""
 
 
 def _per_head(logits: torch.Tensor, target: torch.Tensor):
@@ -171,29 +175,38 @@ class Detection(MultiLabel):
 # scoring an evaluation pass
 
 
-class Scorer:
+class Scorer(ABC):
     """Metrics over a pass: `update` per micro-batch, `merge_ranks` once under DDP (collective),
     `compute` -> {name: percent}; `predictions(parts)` the per-sample arrays saved beside the
     record. `kept(scores, target, batch)` is what a micro-batch contributes to the predictions."""
 
+    @abstractmethod
     def update(self, scores: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
-        raise NotImplementedError
+        """Add one micro-batch's merged scores."""
 
     def progress(self) -> str:
         return ""
 
+    @abstractmethod
     def merge_ranks(self, total_micro: int) -> None:
-        raise NotImplementedError
+        """Combine every rank's share (collective; DDP only)."""
 
+    @abstractmethod
+    def empty(self) -> bool:
+        """True when no readable sample was scored."""
+
+    @abstractmethod
     def compute(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The metrics of the pass."""
 
+    @abstractmethod
     def kept(self, scores, target, batch) -> tuple:
-        raise NotImplementedError
+        """What one micro-batch contributes to the per-sample predictions."""
 
     @staticmethod
+    @abstractmethod
     def predictions(parts: list[tuple]) -> dict:
-        raise NotImplementedError
+        """The per-sample arrays saved beside the record, from the kept parts."""
 
 
 class ClassificationScorer(Scorer):
