@@ -15,7 +15,9 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from .errors import UnknownNameError
+from common.names import unknown
+
+from .errors import UnknownNameError  # noqa: F401  (re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "encoder"
 
@@ -37,12 +39,7 @@ def names() -> list[str]:
 
 
 def _unknown(name: str, choices: list[str], what: str = "encoder") -> UnknownNameError:
-    close = tuple(difflib.get_close_matches(name, choices, n=5, cutoff=0.5))
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UnknownNameError(
-        f"unknown {what} {name!r}.{hint} Known {what}s: {', '.join(choices) or '(none)'}.",
-        name=name, close=close,
-    )
+    return unknown(what, name, choices, n=5)
 
 
 def config(name: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ place that knows where, and puts those folders on Hydra's search path so that
 """
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 
@@ -29,11 +28,11 @@ def group_names(group: str) -> list[str]:
 
 
 def check_name(group: str, name: str) -> None:
+    from common.names import unknown
+
     names = group_names(group)
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown {group} '{name}'.{hint} Known {group}s: {', '.join(names)}")
+        raise unknown(group, name, names)
 
 
 def compose_run(overrides: list[str] = ()) -> "DictConfig":  # noqa: F821

@@ -284,7 +284,7 @@ def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_ca
         weights=sample_weights(parts))
     trainer = JepaTrainer(cfg, data.steps_per_epoch, out, progress=progress, dist_info=info)
     if info.is_main:
-        from results.record import atomic_write
+        from common.atomic import atomic_write
 
         out.mkdir(parents=True, exist_ok=True)
         text = json.dumps(dict(trainer.cfg, data_mix=data_mix(parts)), indent=2)
@@ -299,7 +299,7 @@ def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_ca
                     "unreadable": sum(p["unreadable"] for p in per_rank),
                     "examples": [e for p in per_rank for e in p["examples"]][:50],
                     "world_size": info.world_size}
-        from results.record import atomic_write
+        from common.atomic import atomic_write
 
         text = json.dumps(problems, indent=2)
         atomic_write(out / "data_problems.json", lambda f: f.write(text.encode("utf-8")))

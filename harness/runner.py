@@ -356,7 +356,7 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
         log.info("run %s already finished: %s", identity, done)
         return RunOutcome(record=results.read_record(done), path=done, reused=True)
 
-    from probes import failpoints
+    from common import failpoints
 
     failpoints.hit("startup")
     torch.manual_seed(seed)
@@ -523,7 +523,7 @@ def _run_evaluation(cfg, frame_cache, overrides, log_fn, stop, held) -> RunOutco
         pred_path = predictions_path(records_dir / filename)
         write_predictions(pred_path, predictions, [p for p, _ in task.entries(plan.split)])
         record["extra"]["predictions"] = pred_path.name
-        from probes import failpoints
+        from common import failpoints
 
         failpoints.hit("record")  # between the predictions and the record
     path = results.write_record(record, records_dir, filename=filename)

@@ -46,7 +46,7 @@ import torch
 
 from probes.digest import content_digest
 from probes.feature_cache import TokenCache, merge_copies
-from results.record import atomic_write
+from common.atomic import atomic_write
 
 _log = logging.getLogger(__name__)
 

@@ -1,19 +1,13 @@
 """Probe kinds = the YAML files in probes/configs/probe (listed without importing torch)."""
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
+from common.names import UnknownNameError, unknown  # noqa: F401  (re-exported)
+
 CONFIG_DIR = Path(__file__).parent / "configs" / "probe"
 GRID_KEYS = ("grid", "selection", "val_fraction")
-
-
-class UnknownNameError(KeyError):
-    """An unknown probe kind; the message lists the known ones and close matches."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def names() -> list[str]:
@@ -21,10 +15,7 @@ def names() -> list[str]:
 
 
 def _unknown(kind: str) -> UnknownNameError:
-    known = names()
-    close = difflib.get_close_matches(kind, known, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return UnknownNameError(f"unknown probe kind {kind!r}; known kinds: {', '.join(known)}.{hint}")
+    return unknown("probe kind", kind, names())
 
 
 def config(kind: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import parallel
-from probes import failpoints
+from common import failpoints
 from probes.digest import content_digest
 from probes.feature_cache import TokenBatches, encode_copies, encode_loader
 from probes.kinds import Classification, ClassificationScorer, Kind, head_scores
@@ -549,7 +549,7 @@ def _fingerprint(probe: nn.Module, optim: OptimConfig, steps_per_epoch: int) -> 
 
 
 def _save_state(path: Path, state: dict) -> None:
-    from results.record import atomic_write  # the project's one atomic writer (torch-free)
+    from common.atomic import atomic_write  # the project's one atomic writer (torch-free)
 
     state = {**state, "checksum": content_digest(state)}
     path.parent.mkdir(parents=True, exist_ok=True)

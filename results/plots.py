@@ -54,7 +54,7 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
-    from results.record import atomic_write
+    from common.atomic import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

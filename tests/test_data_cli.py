@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from results.record import atomic_write
+from common.atomic import atomic_write
 
 CLASSES = ("abseiling", "passing American football (in game)", "riding a bike")
 

@@ -1,7 +1,7 @@
 """Fault injection: a run killed anywhere (SIGKILL) or preempted (SIGTERM) resumes to the numbers
 of an uninterrupted run, and leaves no torn, stray or duplicate file behind.
 
-Each chain kills one run at a named point (`probes.failpoints`), re-runs the same command, kills
+Each chain kills one run at a named point (`common.failpoints`), re-runs the same command, kills
 that re-run at the next point, and so on; the last re-run completes. After every kill the output
 folder holds whole files only (no `.part`), and at the end exactly one record and one
 predictions file, with the metrics and protocol id of a run that was never interrupted.

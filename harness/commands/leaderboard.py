@@ -105,7 +105,7 @@ def main(args) -> int:
     width = _terminal_width() if fmt == "rich" else 120
     text = render(lb, fmt, width=width)
     if args.output:
-        from results.record import atomic_write
+        from common.atomic import atomic_write
 
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)

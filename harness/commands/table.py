@@ -91,15 +91,11 @@ def main(args) -> int:
         return 0
     spec = paper_tables.spec_for(args.name, reference)
     if spec is None:
-        from encoders.errors import UnknownNameError
-
-        import difflib
+        from common.names import unknown
 
         known = [n for n, _ in paper_tables.table_names(reference)]
-        close = difflib.get_close_matches(args.name, known, n=3, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownNameError(f"unknown table {args.name!r}.{hint} See `harness table --list`.",
-                               args.name, tuple(close))
+        raise unknown("table", args.name, known, cutoff=0.4, list_known=False,
+                      extra=" See `harness table --list`.")
     import tasks
 
     root = results.default_root(args.results)

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import DataError, UnknownNameError
+from ..errors import DataError, unknown_task
 from .common import DROPPING, Problem, as_json, problems_by_kind
 
 # task name -> module of tasks/native (imported only when that task is prepared)
@@ -29,7 +29,7 @@ __all__ = ["PREPARERS", "prepare", "check", "layout", "preparer"]
 
 def preparer(task: str):
     if task not in PREPARERS:
-        raise UnknownNameError(task, sorted(PREPARERS))
+        raise unknown_task(task, sorted(PREPARERS))
     return importlib.import_module(f"{__name__}.{PREPARERS[task]}")
 
 
