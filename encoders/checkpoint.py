@@ -2,7 +2,8 @@
 
 * `.pth` / `.pth.tar` / `.pt` (any torch.save file) is read with `weights_only=True`; a file that
   needs arbitrary unpickling is refused unless the caller trusts it (`--trust-checkpoint`).
-* `.safetensors` is read with safetensors.
+* `.safetensors` is read with safetensors; a Hugging Face folder stands for its weights file(s).
+* Each file is read once; the sha256 recorded is of the bytes parsed (`checkpoint_files`).
 * The release layout is a dict of sub-state-dicts (`encoder`, `predictor`, `target_encoder`,
   `opt`, `scaler`, `epoch`, ...); the key comes from the encoder config (`target_encoder`) unless
   the user picks another. A flat state dict is taken as is.
@@ -13,7 +14,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import math
 import pickle
 import re
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+
+from .checkpoint_files import combined_sha256, read_once, safetensors_header, weights_files
 from .errors import CheckpointError
 from .pos_embed import interpolate_pos_embed
 
@@ -34,40 +37,33 @@ STEP_KEYS = ("epoch", "step", "itr", "global_step", "iteration")
 LIST_LIMIT = 10
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _listing(items: list[str], limit: int = LIST_LIMIT) -> str:
     shown = ", ".join(items[:limit])
     return f"{shown}, ... ({len(items)} in all)" if len(items) > limit else shown
 
 
 # ----- reading files --------------------------------------------------------------------------
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+# Each file is read once into memory; its sha256 is taken of those bytes and the same bytes are
+# parsed, so what is recorded is what was loaded (a file swapped meanwhile cannot slip in).
+def _parse_safetensors(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
+    header = safetensors_header(data, path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path), device="cpu"), metadata
+        return load(data), {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot read safetensors checkpoint {path}: it is truncated or corrupt ({e})") from e
 
 
-def _read_torch(path: Path, trust: bool) -> Any:
+def _parse_torch(path: Path, data: bytes, trust: bool) -> Any:
     import argparse
 
     try:
         # The VideoMAE releases store their training `args` (an argparse.Namespace: plain
         # attributes, no code) beside the weights; allow exactly that, nothing else.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=not trust)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         msg = str(e)
         found = re.search(r"GLOBAL (\S+)", msg)
@@ -83,14 +79,27 @@ def _read_torch(path: Path, trust: bool) -> Any:
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, str]]:
-    """The raw object stored in `path` and any file-level metadata (safetensors)."""
+def _parse(path: Path, data: bytes, trust: bool) -> tuple[Any, dict[str, str]]:
+    """The object held in `data` (the bytes of `path`) and any file-level metadata (safetensors)."""
+    if path.name.endswith(".safetensors"):
+        return _parse_safetensors(path, data)
+    return _parse_torch(path, data, trust), {}
+
+
+def read_checkpoint_hashed(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, str], str]:
+    """`(object, metadata, sha256)` of one weights file: the hash is of the very bytes parsed."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.name.endswith(".safetensors"):
-        return _read_safetensors(path)
-    return _read_torch(path, trust), {}
+    data, sha = read_once(path)
+    obj, metadata = _parse(path, data, trust)
+    return obj, metadata, sha
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, str]]:
+    """The raw object stored in `path` and any file-level metadata (safetensors)."""
+    obj, metadata, _ = read_checkpoint_hashed(path, trust)
+    return obj, metadata
 
 
 # ----- choosing the encoder's state dict ------------------------------------------------------
@@ -167,35 +176,60 @@ def select_state(obj: Any, key: str | None, path: Path) -> tuple[dict[str, torch
 
 
 def hf_weights_file(path: Path) -> Path:
-    """A Hugging Face model folder (`config.json` + `model.safetensors`) stands for its weights
-    file; each family's `checkpoint_filter` maps the HF key layout onto our modules."""
+    """A Hugging Face model folder stands for its weights file (a sharded folder: its index);
+    each family's `checkpoint_filter` maps the HF key layout onto our modules."""
+    path = Path(path)
     if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise CheckpointError(f"checkpoint {path} is a folder without model.safetensors; pass a "
-                                  f"weights file, or a Hugging Face folder saved with save_pretrained")
-        return weights
+        files = weights_files(path)
+        return files[0] if len(files) == 1 else path / "model.safetensors.index.json"
     return path
 
 
-def load_encoder_state(path: str | Path, key: str | None = None, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read the encoder's state dict from a checkpoint file.
+def _read_all(path: Path, trust: bool) -> tuple[Any, dict[str, str], str, list[Path]]:
+    """Every weights file of `path` read once: `(object, metadata, sha256, files)`; the shards of a
+    sharded folder are merged into one flat state dict."""
+    files = weights_files(path)
+    if len(files) == 1:
+        obj, metadata, sha = read_checkpoint_hashed(files[0], trust)
+        return obj, metadata, sha, files
+    merged: dict[str, Any] = {}
+    hashes = []
+    for f in files:
+        part, _, sha = read_checkpoint_hashed(f, trust)
+        if not isinstance(part, Mapping) or not _is_flat(part):
+            raise CheckpointError(f"shard {f} is not a flat state dict of tensors")
+        clash = sorted(set(part) & set(merged))
+        if clash:
+            raise CheckpointError(f"shards of {path} both hold {_listing(clash)}")
+        merged.update(part)
+        hashes.append((f, sha))
+    return merged, {}, combined_sha256(hashes), files
 
-    Returns `(state_dict, info)`; `info` has `path`, `sha256`, `key` (None for a flat state dict),
-    `format`, and `epoch`/`step` when the checkpoint records them.
+
+def load_encoder_state(path: str | Path, key: str | None = None, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read the encoder's state dict from a checkpoint file or Hugging Face folder.
+
+    Returns `(state_dict, info)`; `info` has `path`, `sha256` (of the bytes parsed here, see
+    `checkpoint_files`), `key` (None for a flat state dict), `format`, and `epoch`/`step` when the
+    checkpoint records them.
     """
-    path = hf_weights_file(Path(path))
-    obj, metadata = read_checkpoint(path, trust=trust)
-    state, key_used = select_state(obj, key, path)
+    given = Path(path).expanduser()
+    obj, metadata, sha, files = _read_all(given, trust)
+    where = files[0] if len(files) == 1 else given
+    state, key_used = select_state(obj, key, where)
     state = strip_prefixes(state)
     if _looks_like_probe(list(state)):
-        raise _probe_error(path, list(state))
+        raise _probe_error(where, list(state))
     info: dict[str, Any] = {
-        "path": str(path.resolve()),
-        "sha256": file_sha256(path),
+        "path": str(where.resolve()),
+        "sha256": sha,
         "key": key_used,
-        "format": "safetensors" if path.name.endswith(".safetensors") else "torch",
+        "format": "safetensors" if files[0].name.endswith(".safetensors") else "torch",
     }
+    if given.is_dir():
+        info["format"] = "huggingface"
+        info["folder"] = str(given.resolve())
+        info["weights_files"] = [f.name for f in files]
     source = obj if isinstance(obj, Mapping) and not _is_flat(obj) else metadata
     for k in STEP_KEYS:
         v = source.get(k) if isinstance(source, Mapping) else None
@@ -243,6 +277,18 @@ def adapt_pos_embed(state: dict[str, torch.Tensor], model: nn.Module, info: dict
     info["pos_embed_interpolated"] = {"from": list(src), "to": list(model_grid)}
 
 
+def fit_problems(expected: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """`(missing, unexpected, mismatched)` of a state dict against a model's `state_dict()`
+    (anything with `.shape`: meta tensors do); all empty means a strict load would take it."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    return missing, unexpected, mismatched
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Load `state` into `model`, refusing any missing, unexpected or mis-shaped key.
 
@@ -251,12 +297,7 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], info: di
     """
     adapt_pos_embed(state, model, info)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
+    missing, unexpected, mismatched = fit_problems(expected, state)
     if missing or unexpected or mismatched:
         parts = [f"checkpoint {info.get('path')} (key {info.get('key')!r}) does not fit the model:"]
         if missing:

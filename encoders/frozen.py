@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -10,9 +9,12 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .backbone import build_backbone, convert_state
 from .checkpoint import load_encoder_state, load_state_strict
 from .errors import CheckpointError
-from .registry import default_checkpoint, resolve_target, validate_config
+from .families import hint
+from .hf import plain_config, resolve_config
+from .registry import default_checkpoint, validate_config
 from .spec import EncoderSpec
 
 DEFAULT_SEED = 0
@@ -62,30 +64,17 @@ class FrozenEncoder(nn.Module):
         return f"name={self.spec.name!r}, modality={self.spec.modality!r}, weights={src}"
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    """A plain dict from a dict or an OmegaConf config (Hydra composes the latter)."""
-    if type(cfg).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
-
-
-def _build_backbone(builder, cfg: dict, device=None) -> nn.Module:
-    if device is not None and "device" in inspect.signature(builder).parameters:
-        return builder(cfg, device=device)
-    return builder(cfg)
-
-
 def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *, checkpoint_key: str | None = None,
                 trust_checkpoint: bool = False, random_init: bool = False, seed: int | None = None) -> FrozenEncoder:
     """Build the encoder a composed config describes, with weights from `checkpoint` or a seeded random init.
 
     `checkpoint_key` defaults to the config's `checkpoint_key`. Fields `checkpoint`,
     `trust_checkpoint`, `random_init` and `seed` in `cfg` are used when the arguments are not given,
-    so a Hydra-composed encoder group may carry them.
+    so a Hydra-composed encoder group may carry them. A Hugging Face folder's `config.json` sets the
+    architecture (`hf.resolve_config`, idempotent: a config the caller resolved stays as it is).
+    `checkpoint_info["sha256"]` is of the bytes loaded (see `checkpoint_files`).
     """
-    cfg = validate_config(_plain(cfg))
+    cfg = validate_config(plain_config(cfg))
     checkpoint = checkpoint if checkpoint is not None else cfg.get("checkpoint")
     trust_checkpoint = bool(trust_checkpoint or cfg.get("trust_checkpoint", False))
     random_init = bool(random_init or cfg.get("random_init", False))
@@ -99,8 +88,9 @@ def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *,
             f"encoder {cfg['name']!r} needs weights: pass --checkpoint PATH (checkpoint=...) to load a trained "
             "encoder, or --random-init (random_init=True) to evaluate a randomly initialised one"
         )
+    if checkpoint is not None:
+        cfg = validate_config(resolve_config(cfg, checkpoint))
     spec = EncoderSpec.from_config(cfg)
-    builder = resolve_target(cfg["builder"])
 
     if random_init:
         seed = DEFAULT_SEED if seed is None else int(seed)
@@ -108,7 +98,7 @@ def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *,
         # stream is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = _build_backbone(builder, cfg)
+            backbone = build_backbone(cfg)
         info = {"path": None, "sha256": None, "key": None, "random_init": True, "seed": seed}
         return FrozenEncoder(backbone, spec, info)
 
@@ -117,20 +107,14 @@ def from_config(cfg: Mapping[str, Any], checkpoint: str | Path | None = None, *,
     # Build on the meta device when the builder allows: every tensor comes from the checkpoint,
     # so a ViT-H is not randomly initialised only to be overwritten.
     raw = state
-    backbone = _build_backbone(builder, cfg, device="meta")
+    backbone = build_backbone(cfg, device="meta")
     try:
-        if cfg.get("checkpoint_filter"):
-            # timm-style: a family's converter maps its release layout onto our module, in one
-            # place; a filter that takes `model` sees the built (meta) module's exact names.
-            convert = resolve_target(cfg["checkpoint_filter"])
-            wants_model = "model" in inspect.signature(convert).parameters
-            state = convert(state, model=backbone) if wants_model else convert(state)
-        load_state_strict(backbone, state, info)
+        # timm-style: a family's converter maps its release layout onto our module, in one place.
+        load_state_strict(backbone, convert_state(cfg, state, model=backbone), info)
     except CheckpointError as err:
-        from .families import hint
-
-        # A file of another family (a VideoMAE file given to vjepa_vitl): name the likely entry.
-        extra = hint(raw, exclude=cfg["name"])
+        # A file of another family (a VideoMAE file given to vjepa_vitl): name the entry, or the
+        # overrides, it was tried against and fits.
+        extra = hint(raw, exclude=cfg["name"], requested=cfg, key=info.get("key"))
         if extra:
             raise CheckpointError(f"{err}\n  {extra}") from None
         raise

@@ -170,6 +170,12 @@ def hf_config_to_cfg(hf: Mapping[str, Any], name: str = "ijepa_hf") -> dict[str,
     }
 
 
+def hf_arch(hf: Mapping[str, Any], weight_names: Any = ()) -> dict[str, Any]:
+    """Our `arch` for an HF `IJepaConfig` dict (the reader `encoders.hf.resolve_config` calls);
+    the weights' names are not needed: every fact is in config.json."""
+    return hf_config_to_cfg(hf)["arch"]
+
+
 def load_hf_folder(path: str | Path, *, name: str = "ijepa_hf", **overrides: Any):
     """A `FrozenEncoder` from a local HF folder (`config.json` + `model.safetensors`, as
     `IJepaModel.save_pretrained` writes it), loaded strictly through the usual checkpoint path.
@@ -188,4 +194,4 @@ def load_hf_folder(path: str | Path, *, name: str = "ijepa_hf", **overrides: Any
         hint = " (it is sharded; save it with a larger max_shard_size)" if sharded.is_file() else ""
         raise FileNotFoundError(f"{folder} has no model.safetensors{hint}")
     cfg = hf_config_to_cfg(json.loads(config_file.read_text()), name=name)
-    return from_config(apply_overrides(cfg, **overrides), checkpoint=weights)
+    return from_config(apply_overrides(cfg, **overrides), checkpoint=folder)

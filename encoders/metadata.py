@@ -9,20 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-METADATA_KEYS = ("paper", "weights", "licence", "pretraining_data", "notes")
-
-
-def check_metadata(label: str, metadata: Any) -> dict[str, str]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise ValueError(f"encoder config {label!r}: metadata must be a mapping of "
-                         f"{', '.join(METADATA_KEYS)}")
-    unknown = sorted(set(metadata) - set(METADATA_KEYS))
-    if unknown:
-        raise ValueError(f"encoder config {label!r}: unknown metadata key(s) {', '.join(unknown)}; "
-                         f"allowed: {', '.join(METADATA_KEYS)}")
-    return {str(k): str(v) for k, v in metadata.items()}
+from .registry import METADATA_KEYS, check_metadata  # noqa: F401  (the checks live with the registry)
+from .spec import EncoderSpec
 
 
 def expected_input(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,16 +25,13 @@ def cost(cfg: Mapping[str, Any], frames: int | None = None, resolution: int | No
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .frozen import FrozenEncoder, _build_backbone
-    from .registry import resolve_target
-    from .spec import EncoderSpec
+    from .backbone import build_backbone  # torch-heavy: only when measuring
+    from .frozen import FrozenEncoder
 
     inp = expected_input(cfg)
     frames = int(frames or inp["frames"])
     res = int(resolution or inp["resolution"])
-    builder = resolve_target(cfg["builder"])
-    with torch.device("meta"):  # builders that ignore device= still land on meta
-        backbone = _build_backbone(builder, dict(cfg), device="meta")
+    backbone = build_backbone(cfg, device="meta", force_device=True)
     enc = FrozenEncoder(backbone.to("meta"), EncoderSpec.from_config(cfg))
     clip = torch.empty(1, len(cfg["mean"]), frames, res, res, device="meta")
     with FlopCounterMode(display=False) as counter:

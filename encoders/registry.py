@@ -2,20 +2,20 @@
 
 The config directory *is* the registry (it doubles as the Hydra group `encoder`), so listing
 encoders or reading a config never imports torch; the model code named by `builder`
-("module:function") is imported only when an encoder is built.
+("module:function") is imported only when an encoder is built. `encoders.build` (the package)
+composes a config here and builds it with `encoders.frozen`; this module imports no model code.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
-from common.names import unknown
+from common.names import did_you_mean, unknown
 
 from .errors import UnknownNameError  # noqa: F401  (re-exported)
 
@@ -31,6 +31,7 @@ ARCH_KEYS = frozenset(REQUIRED_ARCH_KEYS + (
     "drop_path_rate", "init_std", "use_rope", "mlp_hidden_dim", "cos_attn", "init_values", "norm_eps",
     "final_norm", "final_norm_eps",
 ))
+METADATA_KEYS = ("paper", "weights", "licence", "pretraining_data", "notes")
 
 
 def names() -> list[str]:
@@ -62,40 +63,41 @@ def config(name: str) -> dict[str, Any]:
     return cfg
 
 
-def _deep_merge(base: dict, update: Mapping) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+def _merged(conf, update: Mapping[str, Any]):
+    """`update` merged into the OmegaConf node `conf` (mappings merge key by key; anything else,
+    lists included, replaces), the one merge the harness uses for configs."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(conf, OmegaConf.create(dict(update), flags={"allow_objects": True}))
 
 
 def apply_overrides(cfg: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
-    """Deep-merge `overrides` into a copy of `cfg`.
+    """`overrides` merged into a copy of `cfg` (with OmegaConf, as Hydra merges the config groups).
 
     Architecture keys may be given flat (`num_frames=4`) or nested (`arch={"num_frames": 4}`);
     anything else must be a known top-level key (a typo is an error naming close keys, not a
     silently ignored setting).
     """
-    out = copy.deepcopy(dict(cfg))
-    out.setdefault("arch", {})
+    from omegaconf import OmegaConf
+
+    base = copy.deepcopy(dict(cfg))
+    base.setdefault("arch", {})
+    conf = OmegaConf.create(base, flags={"allow_objects": True})
     for key, value in overrides.items():
+        arch = conf.get("arch") or {}
         if key == "arch":
             if not isinstance(value, Mapping):
                 raise ValueError(f"override arch= must be a mapping, got {type(value).__name__}")
-            out["arch"] = _deep_merge(dict(out["arch"]), value)
-        elif key in out["arch"] or key in ARCH_KEYS:
-            out["arch"] = _deep_merge(dict(out["arch"]), {key: value})
-        elif key in out or key in TOP_LEVEL_KEYS:
-            out = _deep_merge(out, {key: value})
+            conf = _merged(conf, {"arch": value})
+        elif key in arch or key in ARCH_KEYS:
+            conf = _merged(conf, {"arch": {key: value}})
+        elif key in conf or key in TOP_LEVEL_KEYS:
+            conf = _merged(conf, {key: value})
         else:
-            choices = sorted(set(out) | set(out["arch"]) | TOP_LEVEL_KEYS | ARCH_KEYS)
-            close = difflib.get_close_matches(key, choices, n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown encoder setting {key!r}.{hint} Known settings: {', '.join(choices)}.")
-    return out
+            choices = sorted(set(conf) | set(arch) | TOP_LEVEL_KEYS | ARCH_KEYS)
+            raise ValueError(f"unknown encoder setting {key!r}.{did_you_mean(key, choices)} "
+                             f"Known settings: {', '.join(choices)}.")
+    return OmegaConf.to_container(conf, resolve=False)
 
 
 def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,10 +134,22 @@ def validate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         problems.append(f"builder {cfg['builder']!r} must be 'module:function'")
     if problems:
         raise ValueError(f"encoder config {label!r}: " + "; ".join(problems))
-    from .metadata import check_metadata
-
     check_metadata(label, cfg.get("metadata"))
     return cfg
+
+
+def check_metadata(label: str, metadata: Any) -> dict[str, str]:
+    """An entry's `metadata:` mapping (paper, weights, licence, ...) as strings; unknown keys are errors."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"encoder config {label!r}: metadata must be a mapping of "
+                         f"{', '.join(METADATA_KEYS)}")
+    unknown_keys = sorted(set(metadata) - set(METADATA_KEYS))
+    if unknown_keys:
+        raise ValueError(f"encoder config {label!r}: unknown metadata key(s) {', '.join(unknown_keys)}; "
+                         f"allowed: {', '.join(METADATA_KEYS)}")
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def resolve_target(target: str) -> Callable[..., Any]:
@@ -154,16 +168,6 @@ def resolve_target(target: str) -> Callable[..., Any]:
 def compose(name: str, **overrides: Any) -> dict[str, Any]:
     """The registered config of `name` with `overrides` merged and validated."""
     return validate_config(apply_overrides(config(name), **overrides))
-
-
-def build(name: str, checkpoint=None, *, checkpoint_key: str | None = None, trust_checkpoint: bool = False,
-          random_init: bool = False, seed: int | None = None, **overrides: Any):
-    """Build the registered encoder `name` as a `FrozenEncoder` (see `frozen.from_config`)."""
-    cfg = compose(name, **overrides)
-    from .frozen import from_config  # torch is imported only here
-
-    return from_config(cfg, checkpoint=checkpoint, checkpoint_key=checkpoint_key,
-                       trust_checkpoint=trust_checkpoint, random_init=random_init, seed=seed)
 
 
 def default_checkpoint(name_or_cfg) -> Path | None:

@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import inspect
@@ -33,6 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+
+from common.names import close_matches
 
 from .errors import UnknownNameError
 
@@ -58,12 +59,12 @@ def _unknown(model_name: str) -> UnknownNameError:
     base = model_name.split(".")[0]
     if timm.is_model(base):  # a known architecture with a tag timm does not have
         choices = timm.list_pretrained(f"{base}.*")
-        close = tuple(difflib.get_close_matches(model_name, choices, n=5, cutoff=0.0))
+        close = tuple(close_matches(model_name, choices, n=5, cutoff=0.0))
         hint = f" Its tags: {', '.join(PREFIX + c for c in choices)}." if choices else " It has no pretrained tags."
         return UnknownNameError(f"unknown timm pretrained tag {model_name!r}.{hint}",
                                 name=PREFIX + model_name, close=tuple(PREFIX + c for c in close))
     choices = timm.list_models()
-    close = tuple(difflib.get_close_matches(base, choices, n=5, cutoff=0.6))
+    close = tuple(close_matches(base, choices, n=5, cutoff=0.6))
     hint = f" Did you mean: {', '.join(PREFIX + c for c in close)}?" if close else ""
     return UnknownNameError(f"unknown timm model {model_name!r}.{hint} (timm.list_models() lists them.)",
                             name=PREFIX + model_name, close=tuple(PREFIX + c for c in close))

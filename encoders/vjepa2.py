@@ -283,20 +283,22 @@ def build_vjepa2(cfg: Mapping[str, Any], device=None) -> VJEPA2VisionTransformer
 
 
 def _is_hf_layout(state: Mapping[str, Any]) -> bool:
-    return any(k.startswith(("encoder.layer.", "encoder.embeddings.")) for k in state)
+    return any(k.startswith(("encoder.layer.", "encoder.embeddings.", "vjepa2.encoder.")) for k in state)
 
 
 def hf_to_release(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face `VJEPA2Model` state dict -> this module's (release) names.
 
-    `predictor.*` (the pretraining predictor, not part of the encoder) is dropped; separate
-    query/key/value are concatenated into `qkv` in that order. Any other key is kept under its own
-    name, so the strict loader reports it.
+    `predictor.*` (the pretraining predictor, not part of the encoder) is dropped, and so are a
+    `VJEPA2ForVideoClassification`'s `pooler.*` / `classifier.*` (its encoder sits under `vjepa2.`);
+    separate query/key/value are concatenated into `qkv` in that order. Any other key is kept under
+    its own name, so the strict loader reports it.
     """
     out: dict[str, torch.Tensor] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        if key.startswith("predictor."):
+        key = key.removeprefix("vjepa2.")
+        if key.startswith(("predictor.", "pooler.", "classifier.")):
             continue
         new = key
         if key.startswith("encoder.embeddings.patch_embeddings."):
@@ -338,6 +340,30 @@ def checkpoint_filter(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return state
 
 
+def hf_arch(hf: Mapping[str, Any], weight_names: Any = ()) -> dict[str, Any]:
+    """Our `arch` for a Hugging Face `VJEPA2Config` dict (a folder's config.json).
+
+    `frames_per_clip` (64 in the hub's files) is the pretraining clip and is not returned: rotary
+    positions follow the input, so an entry's probe clip (`num_frames`) stays; `crop_size` becomes
+    `resolution`. Settings this module cannot reproduce (another activation or LayerNorm eps) are
+    errors, not approximations.
+    """
+    if hf.get("model_type") != "vjepa2":
+        raise ValueError(f"config.json: model_type {hf.get('model_type')!r}, expected 'vjepa2'")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r}; only gelu is implemented")
+    if float(hf.get("layer_norm_eps", LN_EPS)) != LN_EPS:
+        raise ValueError(f"config.json: layer_norm_eps {hf['layer_norm_eps']}; the release uses {LN_EPS}")
+    patch = hf.get("patch_size", 16)
+    return {
+        "embed_dim": int(hf.get("hidden_size", 1024)), "depth": int(hf.get("num_hidden_layers", 24)),
+        "num_heads": int(hf.get("num_attention_heads", 16)), "mlp_ratio": float(hf.get("mlp_ratio", 4.0)),
+        "patch_size": int(patch[0] if isinstance(patch, (list, tuple)) else patch),
+        "tubelet_size": int(hf.get("tubelet_size", 2)), "resolution": int(hf.get("crop_size", 256)),
+        "in_chans": int(hf.get("in_chans", 3)), "qkv_bias": bool(hf.get("qkv_bias", True)),
+    }
+
+
 def load_hf_folder(path: str | Path, device=None) -> VJEPA2VisionTransformer:
     """Our encoder from a Hugging Face `VJEPA2Model.save_pretrained` folder (`config.json` +
     `model.safetensors`), read without running any code from it.
@@ -351,21 +377,12 @@ def load_hf_folder(path: str | Path, device=None) -> VJEPA2VisionTransformer:
 
     path = Path(path)
     hf = json.loads((path / "config.json").read_text())
-    if hf.get("model_type") != "vjepa2":
-        raise ValueError(f"{path}/config.json: model_type {hf.get('model_type')!r}, expected 'vjepa2'")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"{path}/config.json: hidden_act {hf['hidden_act']!r}; only gelu is implemented")
-    if float(hf.get("layer_norm_eps", LN_EPS)) != LN_EPS:
-        raise ValueError(f"{path}/config.json: layer_norm_eps {hf['layer_norm_eps']}; the release uses {LN_EPS}")
-    patch = hf.get("patch_size", 16)
-    patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
-    model = VJEPA2VisionTransformer(
-        img_size=int(hf.get("crop_size", 256)), patch_size=patch, num_frames=int(hf.get("frames_per_clip", 64)),
-        tubelet_size=int(hf.get("tubelet_size", 2)), in_chans=int(hf.get("in_chans", 3)),
-        embed_dim=int(hf.get("hidden_size", 1024)), depth=int(hf.get("num_hidden_layers", 24)),
-        num_heads=int(hf.get("num_attention_heads", 16)), mlp_ratio=float(hf.get("mlp_ratio", 4.0)),
-        qkv_bias=bool(hf.get("qkv_bias", True)), device="meta",
-    )
+    try:
+        arch = hf_arch(hf)
+    except ValueError as e:
+        raise ValueError(f"{path}/{e}") from None
+    arch["num_frames"] = int(hf.get("frames_per_clip", 64))
+    model = build_vjepa2({"name": f"hf:{path.name}", "modality": "video", "arch": arch}, device="meta")
     weights = path / "model.safetensors"
     state = checkpoint_filter(load_file(str(weights), device="cpu"))
     load_state_strict(model, state, {"path": str(weights), "key": None})

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `harness COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="warnings and errors only, no progress bars (`run` prints only the "
+                             "record path)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also debug lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(f"harness.commands.{module}")
@@ -47,13 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    # --debug is accepted anywhere on the line (`harness run ... --debug`), not only first.
+    # --debug, -q and -v are accepted anywhere on the line (`harness run ... -q`), not only first.
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    quiet = any(a in ("-q", "--quiet") for a in argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("--debug", "-q", "--quiet", "-v", "--verbose")]
     # `key=value` overrides may stand before, between and after the flags: argparse takes the
     # first run of them as the positional list, the later runs come back as extras.
     args, extra = parser.parse_known_args(argv)
-    args.debug = debug
+    args.debug, args.quiet, args.verbose = debug, quiet, verbose
+    if quiet and verbose:
+        parser.error("-q and -v contradict each other: pass one of them")
+    from harness import output
+
+    output.install(-1 if quiet else 1 if verbose else 0, rank=_launched_rank())
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
@@ -91,14 +102,28 @@ def main(argv: list[str] | None = None) -> int:
         return 70  # EX_SOFTWARE
 
 
-def _say_error(label: str, text: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
+def _launched_rank() -> int:
+    import os
 
-    # The message is the user's text (paths, SSv2 templates with [brackets]): never markup,
-    # and never hard-wrapped mid-path when stderr is a file or a pipe.
-    Console(stderr=True, soft_wrap=not sys.stderr.isatty()).print(
-        f"[bold red]{label}[/] {escape(text)}", highlight=False)
+    # torchrun sets RANK, SLURM SLURM_PROCID: only rank 0 speaks for a DDP run.
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def _say_error(label: str, text: str) -> None:
+    from rich.text import Text
+
+    from common.progress import console, reset_console
+    from harness.output import _printable
+
+    # The message is the user's text (paths, SSv2 templates with [brackets], terminal escapes
+    # in a name): never markup, never control sequences.
+    reset_console()
+    message = Text(label + " ", style="bold red")
+    message.append(_printable(text))
+    console().print(message, highlight=False)
 
 
 def _write_traceback(err: Exception) -> str:

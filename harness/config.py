@@ -104,6 +104,10 @@ def _compose(overrides: list[str]) -> "DictConfig":  # noqa: F821
         key, _, value = item.partition("=")
         if key in GROUP_DIRS and value:
             check_name(key, value)
+        if key == "task" and value:
+            import tasks
+
+            tasks.names()  # a user task on the include path named like a built-in is refused
     search = ",".join(f"file://{d}" for d in GROUP_DIRS.values())
     try:
         with initialize_config_dir(config_dir=str(RUN_CONFIG_DIR), version_base=None):
@@ -116,6 +120,15 @@ def _compose(overrides: list[str]) -> "DictConfig":  # noqa: F821
         ) from err
 
 
+def quote_override(value) -> str:
+    """A value for a `key=value` override: paths may hold spaces or characters Hydra's override
+    grammar treats specially."""
+    text = str(value)
+    if any(c in text for c in " ,[]{}()=:'\"\\*?$"):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
 def to_container(cfg) -> dict:
     from omegaconf import OmegaConf
 
@@ -123,34 +136,30 @@ def to_container(cfg) -> dict:
 
 
 # ----- typed values ---------------------------------------------------------------------------
-# Keys whose default is null, and what they take otherwise.
-NULLABLE = {
-    "checkpoint": str, "checkpoint_key": str, "probe_checkpoint": str, "label": str,
-    "micro_batch_size": int, "eval_batch_size": int, "encoder_chunk": int,
-    "task.optim.micro_batch_size": int,
-}
-# Keys that take more than their default's type: (what to say, test).
-SPECIAL = {
-    "cache_features": ("true, false or auto", lambda v: isinstance(v, bool) or v == "auto"),
-    "device": ("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str)),
-}
-# Ranges of the values that change a number; (low, low inclusive, high, high inclusive, why).
-RANGES = {
-    "seed": (0, True, None, False, ""),
-    "task.optim.epochs": (1, True, None, False, ""),
-    "task.optim.batch_size": (1, True, None, False, ""),
-    "task.optim.lr": (0, False, 1, True, "AdamW probes train at 1e-5 to 1e-2; the paper uses 1e-3"),
-    "task.optim.final_lr": (0, True, 1, True, ""),
-    "task.optim.weight_decay": (0, True, None, False, ""),
-    "task.optim.final_weight_decay": (0, True, None, False, ""),
-    "task.optim.warmup_epochs": (0, True, None, False, ""),
-    "task.optim.num_workers": (0, True, None, False, ""),
-    "task.optim.micro_batch_size": (1, True, None, False, ""),
-    "task.max_failure_fraction": (0, True, 1, True, "a fraction"),
-    "micro_batch_size": (1, True, None, False, ""),
-    "eval_batch_size": (1, True, None, False, ""),
-    "encoder_chunk": (1, True, None, False, ""),
-}
+# The dataclasses that take the composed values declare their types and ranges themselves
+# (`common.fields.bounded`); the override check reads those declarations, so a bad value is
+# named with the key and the text the user typed before anything is built.
+
+def _field_rule(key: str):
+    """(types, range) the dataclass taking `key` declares for it; None for other keys."""
+    from common.fields import field_rule
+
+    owner, _, name = key.rpartition(".")
+    if owner == "":
+        from harness.settings import RunSettings
+
+        return field_rule(RunSettings, name)
+    if owner == "task.optim":
+        from probes.optim import OptimConfig
+
+        return field_rule(OptimConfig, name)
+    if owner == "task":
+        from tasks.spec import TaskSpec
+
+        return field_rule(TaskSpec, name)
+    return None
+
+
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                list: "a list", dict: "a mapping"}
 
@@ -212,15 +221,20 @@ def _check_value(cfg, key: str, value, default, raw: str) -> None:
     from omegaconf import OmegaConf
 
     shown = raw.strip() or _show(value)  # as the user typed it (`1e6`, not 1000000.0)
-    if key in SPECIAL:
-        what, ok = SPECIAL[key]
-        if not ok(value):
-            raise ConfigError(f"{key}={shown}: expected {what}")
-        return
-    expected = _kind(default) if default is not None else NULLABLE.get(key)
+    rule = _field_rule(key)
+    declared = tuple(str if t is Path else t for t in rule.types if t is not type(None)) \
+        if rule else ()
+    if len(declared) > 1 or (rule and rule.choices):  # `bool | Literal["auto"]`
+        if value is not None and not rule.accepts(value):
+            raise ConfigError(f"{key}={shown}: expected {rule.describe()}")
+        expected = None
+    elif default is not None:
+        expected = _kind(default)
+    else:
+        expected = declared[0] if declared else None
     if expected is dict and isinstance(value, dict):
         for sub, v in value.items():
-            if sub in default:
+            if isinstance(default, dict) and sub in default:
                 _check_value(cfg, f"{key}.{sub}", v, default[sub], raw=_show(v))
         return
     if expected is not None and not _fits(value, expected):
@@ -234,13 +248,6 @@ def _check_value(cfg, key: str, value, default, raw: str) -> None:
         raise ConfigError(f"{key}={shown}: expected {_TYPE_WORDS[expected]}{like}, got {got}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}={shown}: expected a finite number")
-    if key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
-        low, low_in, high, high_in, why = RANGES[key]
-        below = low is not None and (value < low or (value == low and not low_in))
-        above = high is not None and (value > high or (value == high and not high_in))
-        if below or above:
-            lo = "" if low is None else f"{low} {'<=' if low_in else '<'} "
-            hi = "" if high is None else f" {'<=' if high_in else '<'} {high}"
-            name = key.rsplit(".", 1)[-1]
-            raise ConfigError(f"{key}={shown} is out of range: expected {lo}{name}{hi}"
-                              f"{' (' + why + ')' if why else ''}")
+    problem = rule.range.problem(key.rsplit(".", 1)[-1], value) if rule and rule.range else None
+    if problem:
+        raise ConfigError(f"{key}={shown} is out of range: {problem}")

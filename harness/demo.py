@@ -68,7 +68,7 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
     from harness.config import compose_run
     from harness.pretrain import run_pretrain
     from harness.runner import run_evaluation
-    from tasks.decode import FrameCache
+    from tasks.frame_cache import FrameCache
 
     console = Console()
     out_dir, data_dir = Path(out), Path(data)
@@ -231,7 +231,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         *(_seed_lines(table, spread, settings["seeds"]) if n_seeds > 1 else []),
         *_pretraining_lines(pretraining or []),
         "## Transfer audit", "", *describe(audit), "",
-        f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
+        "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
         f"![results]({chart.name})", "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))

@@ -37,7 +37,7 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
     c, task = plan.c, plan.task
     s = task.spec.sampling
     optim = plan.optim
-    enc_cfg = dict(c["encoder"])
+    enc_cfg = dict(plan.encoder_cfg)
     spec_enc = encoders.from_config(enc_cfg, random_init=True, seed=0)
     spec = spec_enc.spec
     res = task.spec.resolution or spec.resolution

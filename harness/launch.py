@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -157,8 +156,8 @@ def _override_axis(text: str, sweep: bool, parser) -> list[str]:
     return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 
-def expand_runs(flags: dict, fixed: list[str], overrides: list[str], sweep: bool = False) \
-        -> list[list[str]]:
+def expand_runs(flags: dict, fixed: list[str], overrides: list[str], sweep: bool = False,
+                data_roots: dict[str, str] | None = None) -> list[list[str]]:
     """The runs of a launch, each a `harness run` override list.
 
     `flags`: values of SWEEP_FLAGS given on the command line (comma lists / globs with `sweep`);
@@ -167,7 +166,7 @@ def expand_runs(flags: dict, fixed: list[str], overrides: list[str], sweep: bool
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from harness.commands.run import _quote
+    from harness.config import quote_override as _quote
 
     axes = []
     for flag in SWEEP_FLAGS:
@@ -178,7 +177,36 @@ def expand_runs(flags: dict, fixed: list[str], overrides: list[str], sweep: bool
     parser = OverridesParser.create()
     axes += [_override_axis(text, sweep, parser) for text in overrides]
     runs = [list(row) for row in itertools.product(*axes)]
-    return [list(r) for r in dict.fromkeys(tuple(r) for r in runs)]  # `seed=0,0`: one run
+    runs = [list(r) for r in dict.fromkeys(tuple(r) for r in runs)]  # `seed=0,0`: one run
+    return _with_data_roots(runs, data_roots or {})
+
+
+def _task_of(run: list[str]) -> str | None:
+    for item in run:
+        key, _, value = item.partition("=")
+        if key == "task":
+            return value.strip("'\"")
+    return None
+
+
+def _with_data_roots(runs: list[list[str]], roots: dict[str, str]) -> list[list[str]]:
+    """Each task's own data root (`--data-root TASK=DIR`), in place of one `task.data.root=`
+    for every task of the sweep (right only where the tasks share a folder, as the digits do)."""
+    from harness.config import ConfigError, quote_override
+
+    tasks_run = {_task_of(r) for r in runs}
+    unknown = sorted(set(roots) - tasks_run)
+    if unknown:
+        raise ConfigError(f"--data-root names task(s) {', '.join(unknown)} that this launch does "
+                          f"not run (its tasks: {', '.join(sorted(t for t in tasks_run if t))})")
+    out = []
+    for run in runs:
+        task = _task_of(run)
+        if task in roots:  # replaces a `task.data.root=` shared by every task of the sweep
+            run = [o for o in run if not o.startswith("task.data.root=")]
+            run.append(f"task.data.root={quote_override(roots[task])}")
+        out.append(run)
+    return out
 
 
 # ---------------------------------------------------------------- finished-run detection
@@ -192,26 +220,27 @@ def finished_record(cfg, hash_cache: dict | None = None) -> Path | None:
     `hash_cache` keeps checkpoint hashes across the runs of one sweep (a multi-GB file is hashed
     once per launch, not once per seed and task).
     """
-    from harness import runner
+    from common.digest import file_sha256
+    from harness import identity
     from harness.config import to_container
+    from harness.plan import plan_run
+    from harness.runner import run_key
 
     c = to_container(cfg)
     if not c["resume"]:
         return None  # resume=false redoes the run whatever exists
-    plan = runner.plan_run(cfg, estimate_only=True)
+    plan = plan_run(cfg, estimate_only=True)
     ident = _cached(hash_cache, ("ckpt", _file_key(c["checkpoint"]), c["random_init"],
                                  c["encoder"].get("name")),
-                    lambda: runner._checkpoint_identity(c))
+                    lambda: identity.checkpoint_identity(c))
     probe_sha = None
     if c.get("probe_checkpoint"):
-        from encoders.checkpoint import file_sha256
-
         path = c["probe_checkpoint"]
         if not Path(path).is_file():
             raise FileNotFoundError(f"probe checkpoint not found: {path}")
         probe_sha = _cached(hash_cache, ("probe", _file_key(path)), lambda: file_sha256(path))
-    identity = runner.run_id(plan, checkpoint_identity=ident, probe_sha256=probe_sha)
-    return runner.find_finished(Path(c["out"]) / "records", identity)
+    key = run_key(plan, checkpoint=ident, probe_sha256=probe_sha)
+    return identity.find_finished(Path(c["out"]) / "records", key)
 
 
 def _file_key(path) -> tuple:
@@ -233,12 +262,11 @@ def _cached(cache: dict | None, key, compute):
     return cache[key]
 
 
-def plan_launch(runs: list[list[str]], resources: Resources, log_fn=None) -> Launch:
+def plan_launch(runs: list[list[str]], resources: Resources) -> Launch:
     """Compose every run (a bad override fails here, before anything is submitted), fix its
     device to what the job will have, and find those already recorded."""
     from harness.config import compose_run, to_container
 
-    say = log_fn or (lambda _: None)
     planned, hashes = [], {}
     for i, overrides in enumerate(runs, 1):
         overrides = list(overrides)
@@ -253,7 +281,7 @@ def plan_launch(runs: list[list[str]], resources: Resources, log_fn=None) -> Lau
             # without GPUs) must plan with the device the job will run on.
             overrides.append("device=cuda" if resources.gpus_per_node > 0 else "device=cpu")
             cfg = compose_run(overrides)
-        say(f"checking run {i}/{len(runs)}: {' '.join(overrides)}")
+        log.info("checking run %d/%d: %s", i, len(runs), " ".join(overrides))
         planned.append(PlannedRun(overrides=overrides, finished=finished_record(cfg, hashes)))
     return Launch(runs=planned)
 
@@ -310,10 +338,6 @@ def submit(launch: Launch, launcher: str, folder: Path, resources: Resources) ->
 # ---------------------------------------------------------------- the job
 
 
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)  # submitit keeps it in the job's .err log
-
-
 def export_distributed() -> tuple[int, int]:
     """In a job of several tasks (GPUs), export RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
     MASTER_PORT for torch.distributed; returns (rank, world size)."""
@@ -352,7 +376,10 @@ class EvaluationJob(submitit.helpers.Checkpointable):
         from harness.runner import run_evaluation
         from probes import Preempted
 
+        from harness import output
+
         rank, _ = export_distributed()
+        output.install(0, rank=rank)  # the job's log file shows what `harness run` would
         cfg = compose_run(self.overrides)
         stop = threading.Event()
         box: dict = {}
@@ -360,7 +387,6 @@ class EvaluationJob(submitit.helpers.Checkpointable):
         def evaluate() -> None:
             try:
                 box["outcome"] = run_evaluation(cfg, overrides=self.overrides,
-                                                log_fn=_say if rank == 0 else None,
                                                 stop=stop.is_set)
             except BaseException as err:  # noqa: BLE001 - handed to the main thread as is
                 box["error"] = err
@@ -387,12 +413,12 @@ class EvaluationJob(submitit.helpers.Checkpointable):
         running = self._running
         if running is not None:
             stop, worker = running
-            _say("harness: preemption or time limit: saving the training state at the next "
-                 "step, then requeueing")
+            log.warning("preemption or time limit: saving the training state at the next "
+                        "step, then requeueing")
             stop.set()
             worker.join(timeout=self.grace_s)
             if worker.is_alive():
-                _say(f"harness: the state was not saved within {self.grace_s:.0f} s; the "
+                log.warning(f"the state was not saved within {self.grace_s:.0f} s; the "
                      f"requeued job resumes from the last save (work since then is redone)")
         return super().checkpoint(*args, **kwargs)
 

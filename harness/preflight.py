@@ -63,14 +63,17 @@ def check_label_folders(task, split: str, entries, class_names) -> None:
                 f"label map (a different K400 class order silently changes every number)")
 
 
-def preflight(task, eval_split: str, log_fn=None) -> dict:
+def preflight(task, eval_split: str, kind=None) -> dict:
     """Validate manifests, label map and files of the train and evaluation splits.
 
     Returns a summary for the record: videos listed, missing and to be used per split. Raises
     DataError when a split misses more files than the task's `max_failure_fraction` allows (the
     run would stop there anyway, later) or the label map disagrees with the class folders.
     """
-    say = log_fn or log.info
+    if kind is None:
+        from tasks.kinds import for_task
+
+        kind = for_task(task)
     class_names = task.class_names if task.paths.get("labels") else None
     summary: dict = {}
     labels_by_split = {}
@@ -79,15 +82,15 @@ def preflight(task, eval_split: str, log_fn=None) -> dict:
         if not entries:
             raise DataError(f"task {task.name!r}: the {split} manifest {task.manifest_path(split)} "
                             f"lists no videos")
-        multilabel = task.spec.kind == "multilabel"
         # One class per video (the class folder's) only in classification tasks.
-        if class_names is not None and task.spec.kind in ("video", "image"):
+        if class_names is not None and kind.single_label:
             check_label_folders(task, split, entries, class_names)
         missing = _missing_files(entries)
         summary[split] = {"videos": len(entries), "missing": len(missing),
                           "will_use": len(entries) - len(missing)}
         labels_by_split[split] = Counter(c for _, label in entries
-                                         for c in (label if multilabel else (label,)))
+                                         for c in ((label,) if kind.single_label or isinstance(label, int)
+                                                   else label))
         if missing:
             frac = len(missing) / len(entries)
             examples = "; ".join(missing[:_EXAMPLES])
@@ -97,16 +100,16 @@ def preflight(task, eval_split: str, log_fn=None) -> dict:
                     f"{task.manifest_path(split)} do not exist ({100 * frac:.1f}%, more than "
                     f"max_failure_fraction {task.spec.max_failure_fraction:g}), e.g. {examples}. "
                     f"Check task.data.root (paths resolve against the manifest's folder)")
-            say(f"warning: {len(missing)} {split} video(s) listed but missing (counted as "
-                f"unreadable, never replaced), e.g. {examples}")
-    if eval_split != "train" and class_names is not None and task.spec.kind != "detection":
+            log.warning("%d %s video(s) listed but missing (counted as unreadable, never "
+                        "replaced), e.g. %s", len(missing), split, examples)
+    if eval_split != "train" and class_names is not None and not kind.boxes:
         absent = sorted(set(labels_by_split[eval_split]) - set(labels_by_split["train"]))
         if absent:
             names = ", ".join(repr(class_names[i]) for i in absent[:_EXAMPLES])
-            say(f"warning: {len(absent)} class(es) of the {eval_split} split have no training "
-                f"video: {names}{' ...' if len(absent) > _EXAMPLES else ''}")
+            log.warning("%d class(es) of the %s split have no training video: %s%s",
+                        len(absent), eval_split, names, " ..." if len(absent) > _EXAMPLES else "")
             summary["eval_classes_without_training_videos"] = len(absent)
-    say("data: " + ", ".join(f"{split} {s['will_use']} of {s['videos']} videos"
+    log.info("data: " + ", ".join(f"{split} {s['will_use']} of {s['videos']} videos"
                              for split, s in summary.items() if isinstance(s, dict)))
     return summary
 
@@ -122,3 +125,17 @@ def check_first_clip(dataset, split: str, tries: int = 5) -> str | None:
         errors.append(f"{item['path']}: {item['error']}")
     raise DataError(f"none of the first {len(errors)} {split} videos could be read: "
                     + "; ".join(errors) + ". Check the files and the decoding backend")
+
+
+def run_size_notes(plan) -> list[str]:
+    """What a small replica does to the protocol, said before training (the paper's global batch
+    of 256 on 18 training videos is one optimiser step per epoch)."""
+    notes = []
+    n_train = len(plan.train_data.dataset)
+    steps = len(plan.train_data)
+    if plan.probe_type.trained and plan.optim.batch_size >= n_train:
+        notes.append(f"the global batch ({plan.optim.batch_size}) is not smaller than the "
+                     f"training split ({n_train} videos): {steps} optimiser step(s) per epoch, "
+                     f"{steps * plan.optim.epochs} in all; set task.optim.batch_size=N for a "
+                     f"small replica (the column title will show the change)")
+    return notes

@@ -14,7 +14,8 @@ Several manifests with `data.manifest_weights` (the release's `datasets` + `data
 e.g. K710 + SSv2 + HowTo100M for VideoMix2M) are a weighted mix: each epoch's clips are drawn
 with replacement, manifest d's videos each with probability w_d / (sum(w) * n_d), so d gives a
 w_d / sum(w) share of the clips whatever its size. `<out>/config.json` holds the mix under
-`data_mix`: each manifest's path, videos, weight, share and hashes.
+`data_mix`: each manifest's path, videos, weight, share and hashes. After training, rank 0 draws
+`<out>/loss.png` from `<out>/metrics.csv` (`results.pretrain_plot`).
 
     from harness.pretrain import run_pretrain
     run_pretrain("vjepa_tiny", ["optim.total_steps=200", "data.root=data/digits"])
@@ -28,33 +29,17 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from harness.pretrain_config import compose_pretrain_config
+
 log = logging.getLogger(__name__)
 
 MIN_SEEN_FOR_FAILURE_CHECK = 20  # don't stop a run on the first bad file of a tiny dataset
-
-
-def compose_pretrain_config(config: str, overrides: Sequence[str] = ()) -> dict:
-    """The named (or path) YAML with dotted `key=value` overrides merged, defaults filled, checked."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from encoders.jepa import load_config, resolve
-
-    base = OmegaConf.create(load_config(config))
-    items = [o[1:] if o.startswith("+") else o for o in overrides]
-    bad = [o for o in items if "=" not in o]
-    if bad:
-        raise ValueError(f"overrides must be key=value, got {bad}")
-    try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(items))
-    except OmegaConfBaseException as err:
-        raise ValueError(f"cannot apply overrides {list(overrides)} to pretraining config {config!r}: {err}") from err
-    return resolve(OmegaConf.to_container(merged, resolve=True))
+LOSS_PLOT_NAME = "loss.png"
 
 
 def read_pretrain_manifests(cfg: dict) -> list[dict]:
     """Each manifest of `data.manifests` (relative to `data.root`): its entries, weight, hashes."""
-    from encoders.checkpoint import file_sha256
+    from common.digest import file_sha256
     from tasks.errors import DataError
     from tasks.manifest import manifest_sha256, read_manifest
 
@@ -210,7 +195,7 @@ def build_pretrain_dataset(cfg: dict, encoder_cfg: dict, frame_cache=None, parts
     `frame_cache`: a shared `FrameCache` to use instead of one sized by `data.cache_decoded_mb`;
     `parts`: the manifests as `read_pretrain_manifests` read them (read here when None)."""
     from tasks.dataset import VideoDataset
-    from tasks.decode import FrameCache
+    from tasks.frame_cache import FrameCache
     from tasks.sampling import ClipSampler
     from tasks.transforms import TrainTransform
 
@@ -239,10 +224,12 @@ def _train_aug(aug: dict) -> dict:
     return out
 
 
-def run_pretrain(config: str, overrides: Sequence[str] = (), out_dir: str | os.PathLike | None = None,
+def run_pretrain(config: str | None, overrides: Sequence[str] = (), out_dir: str | os.PathLike | None = None,
                  resume: bool = True, progress: bool = True, frame_cache=None,
                  resume_from: str | os.PathLike | None = None) -> Path:
-    """Pretrain with a config from encoders/jepa/configs (or a YAML path); returns the final checkpoint.
+    """Pretrain with a recipe of encoders/jepa/configs/pretrain (or a YAML path; None: vjepa_tiny,
+    or the recipe a `pretrain=NAME` override selects) and Hydra `key=value` overrides (see
+    `harness.pretrain_config`); returns the final checkpoint.
 
     Re-running with the same `out_dir` resumes from `<out_dir>/latest.pth.tar` (unless
     `resume=False`). Under torchrun each process trains its shard (DDP); rank 0 writes.
@@ -270,8 +257,9 @@ def run_pretrain(config: str, overrides: Sequence[str] = (), out_dir: str | os.P
 
 def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_cache=None,
            resume_from=None) -> Path:
+    from encoders.jepa.model import build_encoder_config
+    from encoders.jepa.trainer import JepaTrainer
     from parallel import gather_objects
-    from encoders.jepa.trainer import JepaTrainer, build_encoder_config
 
     encoder_cfg = build_encoder_config(cfg)
     parts = read_pretrain_manifests(cfg)
@@ -295,6 +283,10 @@ def _train(cfg: dict, out: Path, info, *, resume: bool, progress: bool, frame_ca
     path = trainer.fit(data, resume=resume)
     per_rank = gather_objects(data.problems())  # collective: every rank reports its shard
     if info.is_main:
+        from encoders.jepa.reporting import METRICS_NAME
+        from results.pretrain_plot import plot_loss
+
+        plot_loss(out / METRICS_NAME, out / LOSS_PLOT_NAME, title=trainer.cfg.get("name") or "pretraining")
         problems = {"seen": sum(p["seen"] for p in per_rank),
                     "unreadable": sum(p["unreadable"] for p in per_rank),
                     "examples": [e for p in per_rank for e in p["examples"]][:50],

@@ -17,8 +17,8 @@ token-changing protocol fields and the manifest) so they are also shared across 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 

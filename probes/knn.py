@@ -21,8 +21,6 @@ chunk by chunk). Scores and rankings are in fp32 whatever autocast is active.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,70 +102,11 @@ def knn_votes(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tens
     return torch.cat(out) if out else torch.empty(0, num_classes, device=device)
 
 
-def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, tokens: torch.Tensor, **kw
-               ) -> torch.Tensor:
-    """Query tokens (q, V, L, D) (or (q, L, D)) -> view-merged scores (q, C): the mean over views
-    of each view's normalised votes."""
-    if tokens.ndim == 3:
-        tokens = tokens.unsqueeze(1)
-    feats = pool_tokens(tokens)  # (q, V, D)
-    q, v = feats.shape[:2]
-    votes = knn_votes(bank, bank_labels, feats.reshape(q * v, -1).to(bank.device), **kw)
-    return votes.reshape(q, v, -1).mean(dim=1)
-
-
-def rank_classes(scores: torch.Tensor) -> torch.Tensor:
-    """Classes by descending score, ties in class order (scikit-learn's argmax breaks them so):
-    (q, C) long."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices
-
-
-def knn_evaluate(train, evaluation, *, num_classes: int, k: int = DEFAULT_K,
-                 temperature: float | None = DEFAULT_TEMPERATURE, topk: Iterable[int] = (1, 5),
-                 bank_chunk: int = 16384, query_chunk: int = 1024, device="cpu"
-                 ) -> tuple[dict[str, float], dict]:
-    """Metrics (percent: top-k as the trainer names them, `mean_class_acc`) and per-sample
-    predictions {path, label, topk_index, topk_prob} (numpy; the trainer's form) of a k-NN
-    classifier whose bank is `train` and whose queries are `evaluation` (TokenCaches)."""
-    from torchmetrics.classification import MulticlassAccuracy
-
-    device = torch.device(device)
-    bank, bank_labels = bank_from(train.tokens, train.labels)
-    bank = bank.to(device)
-    labels = torch.as_tensor(evaluation.labels).long()
-    if labels.numel() == 0:
-        raise ValueError("the k-NN evaluation split is empty: no sample was encoded")
-    ranked, probs = [], []
-    for t in evaluation.tokens.split(query_chunk):
-        s = knn_scores(bank, bank_labels, t, num_classes=num_classes, k=k,
-                       temperature=temperature, bank_chunk=bank_chunk,
-                       query_chunk=query_chunk).cpu()
-        order = rank_classes(s)
-        ranked.append(order)
-        probs.append(s.gather(1, order))
-    ranked, probs = torch.cat(ranked), torch.cat(probs)
-    # torchmetrics scores a tie-free stand-in (C - rank) so its top-k is exactly this ranking:
-    # with the probabilities themselves its tie order (many classes get no vote) is unspecified.
-    stand_in = torch.empty_like(probs).scatter_(
-        1, ranked, torch.arange(num_classes, 0, -1, dtype=torch.float32).expand_as(probs).contiguous())
-    metrics = {}
-    for kk in topk:
-        kk = min(int(kk), num_classes)
-        m = MulticlassAccuracy(num_classes=num_classes, top_k=kk, average="micro")
-        metrics[f"top{kk}"] = 100.0 * m(stand_in, labels).item()
-    macro = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="macro")
-    metrics["mean_class_acc"] = 100.0 * macro(stand_in, labels).item()
-    n_top = min(5, num_classes)
-    paths = list(evaluation.paths) if getattr(evaluation, "paths", None) else [""] * len(labels)
-    predictions = {"path": paths, "label": labels.numpy(),
-                   "topk_index": ranked[:, :n_top].numpy(), "topk_prob": probs[:, :n_top].numpy()}
-    return metrics, predictions
-
-
 class KNNProbe(nn.Module):
     """The k-NN classifier as a probe module: `fit(tokens, labels)` stores the pooled bank;
     `forward(tokens (B, L, D))` returns log votes, so `softmax(forward(x))` is the normalised
-    votes and the trainer's view merge (mean of per-view softmaxes) gives `knn_scores`.
+    votes and the trainer's view merge (mean of per-view softmaxes) gives the mean over
+    views of each view's normalised votes.
 
     Nothing trains (`trainable = False`): the trainer must fit it on the training features
     instead of running epochs."""

@@ -1,6 +1,7 @@
 """Probe kinds = the YAML files in probes/configs/probe (listed without importing torch)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,73 @@ def from_config(cfg: dict[str, Any], *, embed_dim: int, num_classes: int,
     if kind == "attentive" and kw.get("num_heads") is None:
         kw["num_heads"] = num_heads
     return build(kind, embed_dim, num_classes, **kw)
+
+
+# ----- what each probe kind needs from a run (the planner asks; it never branches on a kind) -----
+
+@dataclass(frozen=True)
+class ProbeType:
+    kind: str
+    reads_boxes: bool = False          # classifies person boxes (needs a detection task)
+    trained: bool = True               # False: fitted on cached training features (k-NN)
+    encoder_heads: bool = True         # `num_heads: null` means the encoder's
+    needs_token_grid: bool = False     # reads one clip's token map (RoI pooling)
+    build_keys: tuple[str, ...] | None = None   # the only keys its builder takes (None: all)
+    unused_keys: tuple[str, ...] = ()  # keys of the shared probe schema it ignores
+    memory_keys: tuple[str, ...] = ()  # bound memory, never change a number: not protocol
+    loads_release: str = "vjepa"       # format of `--probe-checkpoint` files
+
+    def build_kwargs(self, cfg: dict, *, num_heads: int, token_grid=None) -> dict:
+        """The builder's keyword arguments from the (overridden) probe config."""
+        kw = {k: v for k, v in cfg.items() if k != "kind" and k not in GRID_KEYS}
+        if self.build_keys is not None:
+            kw = {k: v for k, v in kw.items() if k in self.build_keys}
+        kw = {k: v for k, v in kw.items() if k not in self.unused_keys}
+        if self.encoder_heads and "num_heads" not in self.unused_keys and kw.get("num_heads") is None:
+            kw["num_heads"] = num_heads
+        if self.needs_token_grid:
+            kw["token_grid"] = token_grid
+        return kw
+
+    def protocol(self, cfg: dict) -> dict:
+        """What of the probe config enters the protocol."""
+        out = {k: v for k, v in cfg.items() if k not in self.memory_keys}
+        if not out.get("grid"):  # one head: nothing is selected, the keys mean nothing
+            for key in GRID_KEYS:
+                out.pop(key, None)
+        return out
+
+    def load_trained(self, probe, path) -> dict:
+        """Load a trained probe file (`--probe-checkpoint`); what the record says of it."""
+        if self.loads_release == "vjepa2":
+            from probes.attentive_v2 import load_release_probe_checkpoint, load_release_state_dict
+
+            states = load_release_probe_checkpoint(path)
+            if len(states) != 1:
+                raise ValueError(f"{path} holds {len(states)} probe heads (V-JEPA 2 saves its "
+                                 f"whole grid); this scores one trained probe: save the chosen "
+                                 f"head alone as {{'classifiers': [state_dict]}}")
+            load_release_state_dict(probe, states[0])
+            return {"format": "vjepa2 release", "heads_in_file": 1}
+        from probes.attentive import load_probe_checkpoint
+
+        return load_probe_checkpoint(probe, path)
+
+
+_SINGLE_HEAD_KEYS = ("num_heads", "num_queries", "depth", "mlp_ratio", "xattn_proj")
+TYPES = {
+    "attentive": ProbeType("attentive"),
+    "attentive_v2": ProbeType("attentive_v2", encoder_heads=False, loads_release="vjepa2"),
+    "linear": ProbeType("linear", unused_keys=_SINGLE_HEAD_KEYS),
+    "roi_linear": ProbeType("roi_linear", reads_boxes=True, needs_token_grid=True,
+                            unused_keys=_SINGLE_HEAD_KEYS),
+    "knn": ProbeType("knn", trained=False, encoder_heads=False,
+                     build_keys=("k", "temperature", "bank_chunk", "query_chunk"),
+                     memory_keys=("bank_chunk", "query_chunk")),
+}
+
+
+def probe_type(kind: str) -> ProbeType:
+    if kind not in TYPES:
+        raise _unknown(kind)
+    return TYPES[kind]

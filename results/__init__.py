@@ -8,7 +8,8 @@ from __future__ import annotations
 # Imported eagerly on purpose: importing the submodule `results.leaderboard` sets the package
 # attribute `leaderboard` to the module; binding the function afterwards here keeps
 # `results.leaderboard(...)` the function however the submodule is imported later.
-from results.leaderboard import Leaderboard, leaderboard, protocol_diff
+from results.columns import protocol_diff
+from results.leaderboard import Leaderboard, leaderboard
 from results.formats import render
 from results.record import (PROTOCOL_VERSION, make_record, protocol_id, read_record,
                             record_filename, record_protocol_version, write_record)

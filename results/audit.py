@@ -36,7 +36,9 @@ class TaskComparison:
 
 
 def _name(rec: dict) -> str:
-    return (rec.get("extra") or {}).get("label") or rec["encoder"]["name"]
+    from results.store import encoder_label
+
+    return (rec.get("extra") or {}).get("label") or encoder_label(rec["encoder"])
 
 
 def _gflops(rec: dict | None) -> float | None:
@@ -48,14 +50,18 @@ def _gflops(rec: dict | None) -> float | None:
 
 
 def pick(records: list[dict], who: str, task: str) -> list[dict]:
-    """Records of `who` (a run label, or an encoder name: its trained checkpoints, or its
-    random init where it has nothing else) on `task`, newest first; several checkpoints of one
-    encoder are refused by the caller."""
-    by_label = [r for r in records if r.get("task") == task and (r.get("extra") or {}).get("label") == who]
+    """Records of `who` (a run label, an encoder label, or an encoder name: its trained
+    checkpoints, or its random init where it has nothing else) on `task`, newest first; several
+    checkpoints or architectures of one encoder are refused by the caller."""
+    from results.store import encoder_label
+
+    on_task = [r for r in records if r.get("task") == task]
+    by_label = [r for r in on_task if (r.get("extra") or {}).get("label") == who] or \
+        [r for r in on_task if encoder_label(r["encoder"]) == who]
     if by_label:
         hits = by_label
     else:
-        named = [r for r in records if r.get("task") == task and r["encoder"].get("name") == who]
+        named = [r for r in on_task if r["encoder"].get("name") == who]
         trained = [r for r in named if not (r.get("checkpoint") or {}).get("random_init")]
         hits = trained or named
     return sorted(hits, key=lambda r: r.get("created", ""), reverse=True)
@@ -70,7 +76,13 @@ def compare_task(records: list[dict], image: str, video: str, task: str, role: s
     missing = [who for who, hits in ((image, imgs), (video, vids)) if not hits]
     if missing:
         return TaskComparison(task, role, "missing", f"no record of {', '.join(missing)} on {task}")
+    from results.store import encoder_label
+
     for who, hits in ((image, imgs), (video, vids)):
+        archs = sorted({encoder_label(r["encoder"]) for r in hits})
+        if len(archs) > 1:
+            raise ValueError(f"{who} has records of {len(archs)} architectures on {task} "
+                             f"({'; '.join(archs)}): name one by its encoder label or run label")
         shas = {(r.get("checkpoint") or {}).get("sha256") for r in hits}
         if len(shas) > 1:
             labels = sorted({_name(r) for r in hits})

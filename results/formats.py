@@ -1,7 +1,9 @@
 """A leaderboard as text: rich, plain, markdown, CSV, JSON, LaTeX (booktabs) or one HTML page.
 
 Every format shows the same cells (`Cell.text`: rounded mean, `± std (n=runs)`, `[evaluated/
-split]`, best `*` / not significantly different `~`); none wraps or cuts a name. CSV and JSON
+split]`, best `*` / not significantly different `~`; markdown and LaTeX show the marks as markup,
+bold and italic / LaTeX's textbf and underline, and their legends name that markup); none wraps or
+cuts a name. CSV and JSON
 carry the numbers rounded as shown (no float32 noise) with the std, run count and marks in
 their own fields.
 """
@@ -73,6 +75,13 @@ def _footer(lb: Leaderboard) -> list[str]:
     return [f"legend: {line}" for line in lb.legend] + [f"note: {note}" for note in lb.notes]
 
 
+def _marks_legend(lb: Leaderboard, best: str, tied: str) -> list[str]:
+    """The legend for a format that shows the marks as markup (bold, italic, underline) instead
+    of the `*` / `~` the text cells carry: the legend names what the reader sees."""
+    return [x.replace(f"{BEST} best", f"{best}: best").replace(f"; {TIED} not", f"; {tied}: not")
+            for x in lb.legend]
+
+
 def plain(lb: Leaderboard) -> str:
     head, rows = _header(lb), _text_rows(lb)
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
@@ -134,8 +143,7 @@ def markdown(lb: Leaderboard) -> str:
                     shown[2 + i] = f"_{shown[2 + i]}_"
             lines.append("| " + " | ".join(shown) + " |")
     # '*' and '~' are markdown syntax: here the best is bold and a tie italic.
-    legend = [x.replace(f"{BEST} best", "bold: best").replace(f"; {TIED} not", "; italic: not")
-              for x in lb.legend]
+    legend = _marks_legend(lb, "bold", "italic")
     footer = [f"- legend: {_md(x)}" for x in legend] + [f"- {_md(n)}" for n in lb.notes]
     if footer:
         lines += [""] + footer
@@ -241,7 +249,9 @@ def latex(lb: Leaderboard) -> str:
                 shown[2 + i] = r"\underline{" + shown[2 + i] + "}"
         lines.append(" & ".join(shown) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [f"% {line}" for line in _footer(lb)]
+    # The cells carry \textbf / \underline, not '*' / '~': the legend says so.
+    legend = _marks_legend(lb, r"bold (\textbf)", r"underlined (\underline)")
+    lines += [f"% legend: {line}" for line in legend] + [f"% note: {note}" for note in lb.notes]
     return "\n".join(lines) + "\n"
 
 

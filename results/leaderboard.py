@@ -1,17 +1,18 @@
 """Leaderboards: encoders x tasks, numbers side by side only under the same protocol_id.
 
-- rows: (encoder, checkpoint); several checkpoints of one encoder are several rows;
-- columns: one per (task, protocol), named by what sets the protocol apart
-  (`k400 (16x8x3, attentive)`, plus the fields that differ from the task's other columns), with
-  the protocol id and version in `legend`; a task under several protocols splits into columns
-  and a note names the fields that differ (`frames 16 vs 8`);
+- rows: (encoder, checkpoint), the encoder shown by its label (`encoder_label`: the registry
+  name plus the architecture that differs from the entry, e.g. `videomae_vits (embed_dim 192,
+  depth 2)`), so an overridden model never shares the row of the real-size entry; several
+  checkpoints of one encoder are several rows;
+- columns: one per (task, protocol), named by what sets the protocol apart and where it departs
+  from the task's published protocol (`results.columns`: `k400 (16x8x3, attentive; epochs 1)`),
+  with the protocol id and version in `legend`; a task under several protocols splits into
+  columns and a note names the fields that differ (`frames 16 vs 8`);
 - cells: one run, or the mean +- std of several (seeds, low-shot folds) with their count; rounded
   to the precision the evaluated split supports; a cell evaluated on fewer samples than its
   split lists shows the count;
 - the best cell of each column is marked `*`, and cells not significantly different from it
-  `~` (McNemar's exact test on the saved per-sample predictions where both are single runs on
-  the same samples; Welch's t-test over runs where both have several; else a two-proportion
-  test from the sample counts);
+  `~` (`results.significance`);
 - `mean rank`: the average rank of a row over the columns (MTEB's aggregate), over the columns
   named in the legend.
 
@@ -25,44 +26,18 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
+from results.columns import column_names, mismatch_note
+from results.significance import ALPHA, mark
 from results.store import BASE_COLUMNS
+
+__all__ = ["BEST", "TIED", "ROW_KEYS", "Cell", "Column", "Leaderboard", "decimals_for",
+           "filter_frame", "leaderboard"]
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ROW_KEYS = ["encoder", "checkpoint"]
-# How many differing protocol fields a note spells out before summarising the rest.
-_MAX_DIFFS = 4
-ALPHA = 0.05
 BEST, TIED = "*", "~"
-
-# Protocol fields by the short names readers know them by (the dotted key stays in notes).
-SHORT_NAMES = {
-    "task.sampling.frames_per_clip": "frames",
-    "task.sampling.frame_step": "frame step",
-    "task.sampling.eval_segments": "segments",
-    "task.sampling.eval_views": "views",
-    "task.sampling.eval_placement": "eval placement",
-    "task.sampling.train_segments": "train segments",
-    "probe.kind": "probe",
-    "probe.selection": "selection",
-    "probe.depth": "probe depth",
-    "protocol_version": "version",
-    "precision": "precision",
-    "optim.lr": "lr",
-    "optim.epochs": "epochs",
-    "optim.weight_decay": "wd",
-    "optim.batch_size": "batch",
-    "task.manifests.eval.sha256": "eval manifest",
-    "task.manifests.train.sha256": "train manifest",
-    "task.manifests.eval.videos": "eval videos",
-    "task.manifests.train.videos": "train videos",
-    "task.num_classes": "classes",
-}
-# Which differing fields name a column first (when the sampling and probe do not tell apart).
-_NAME_PRIORITY = ["protocol_version", "precision", "probe.selection", "task.sampling.frame_step",
-                  "task.sampling.eval_placement", "optim.epochs", "optim.lr",
-                  "task.manifests.train.videos", "task.manifests.train.sha256"]
 
 
 @dataclass
@@ -133,68 +108,6 @@ class Leaderboard:
     cost: Any = None                   # DataFrame of cost columns per row, when asked for
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {dotted.key: leaf}; lists and scalars are leaves."""
-    if not isinstance(data, dict):
-        return {prefix: data} if prefix else {"": data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, dotted))
-        else:
-            out[dotted] = value
-    return out
-
-
-_ABSENT = object()
-
-
-def protocol_diff(a: dict, b: dict) -> list[str]:
-    """Differing dotted keys of two protocols, as 'key: a vs b' (sorted by key)."""
-    fa, fb = flatten(a or {}), flatten(b or {})
-    lines = []
-    for key in sorted(set(fa) | set(fb)):
-        va, vb = fa.get(key, _ABSENT), fb.get(key, _ABSENT)
-        if va != vb:
-            lines.append(f"{key}: {_show(va)} vs {_show(vb)}")
-    return lines
-
-
-def _differing_keys(protocols: list[dict]) -> list[str]:
-    flats = [flatten(p or {}) for p in protocols]
-    keys = sorted(set().union(*flats)) if flats else []
-    return [k for k in keys if len({repr(f.get(k, _ABSENT)) for f in flats}) > 1]
-
-
-def short_name(key: str) -> str:
-    return SHORT_NAMES.get(key, key[5:] if key.startswith("task.") else key)
-
-
-def _show(value: Any) -> str:
-    if value is _ABSENT or value is None:
-        return "<absent>" if value is _ABSENT else "none"
-    text = str(value)
-    if isinstance(value, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text):
-        return text[:8]  # a sha256: its prefix tells files apart
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _base_name(task: str, protocol: dict) -> str:
-    """`task (16x8x3, attentive)`: frames x segments x views of evaluation, and the probe."""
-    protocol = protocol if isinstance(protocol, dict) else {}
-    sampling = (protocol.get("task") or {}).get("sampling") if isinstance(protocol.get("task"), dict) else None
-    parts = []
-    if isinstance(sampling, dict) and sampling.get("frames_per_clip"):
-        parts.append("x".join(str(sampling.get(k, "?")) for k in
-                              ("frames_per_clip", "eval_segments", "eval_views")))
-    probe = protocol.get("probe")
-    kind = probe.get("kind") if isinstance(probe, dict) else probe
-    if kind:
-        parts.append(str(kind))
-    return f"{task} ({', '.join(parts)})" if parts else task
-
-
 def _checkpoint_labels(frame: pd.DataFrame) -> pd.Series:
     import pandas as pd
 
@@ -235,6 +148,15 @@ def _parse_list(value: Iterable[str] | str | None) -> list[str] | None:
     return out or None
 
 
+def encoder_labels(frame: pd.DataFrame) -> list[str]:
+    """Each row's encoder as shown and grouped: `encoder_label`, else the registry name (frames
+    made before the column existed)."""
+    if "encoder_label" not in frame:
+        return [str(n) for n in frame["encoder"]]
+    return [str(lab) if isinstance(lab, str) and lab else str(n)
+            for n, lab in zip(frame["encoder"], frame["encoder_label"])]
+
+
 def filter_frame(frame: pd.DataFrame, *, encoders=None, tasks=None, protocols=None,
                  since=None, until=None) -> tuple[pd.DataFrame, list[str]]:
     """Rows of `frame` matching every filter given: encoder names or globs (`vjepa_*`), task
@@ -243,14 +165,21 @@ def filter_frame(frame: pd.DataFrame, *, encoders=None, tasks=None, protocols=No
 
     notes = []
     df = frame
-    encoders, tasks, protocols = _parse_list(encoders), _parse_list(tasks), _parse_list(protocols)
+    shown = encoder_labels(df) if encoders else []
+    # A label holds commas (`videomae_vits (embed_dim 192, depth 2)`): a value naming one
+    # whole is that one, not a list.
+    whole = isinstance(encoders, str) and (encoders in shown or encoders in set(df["encoder"]))
+    encoders = [encoders] if whole else _parse_list(encoders)
+    tasks, protocols = _parse_list(tasks), _parse_list(protocols)
     if encoders:
-        names = set(df["encoder"])
-        keep = {n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in encoders)}
+        # A pattern matches the registry name or the label (`videomae_vits (depth 2)`).
+        names = set(df["encoder"]) | set(shown)
         for pat in encoders:
-            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            if not any(fnmatch.fnmatchcase(str(n), pat) for n in names):
                 notes.append(f"encoder {pat}: no records")
-        df = df[df["encoder"].isin(keep)]
+        hit = [any(fnmatch.fnmatchcase(str(n), pat) or fnmatch.fnmatchcase(str(lab), pat)
+                   for pat in encoders) for n, lab in zip(df["encoder"], shown)]
+        df = df[hit] if len(df) else df
     if tasks:
         for task in tasks:
             if task not in set(df["task"]):
@@ -300,6 +229,7 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
     if df.empty:
         return Leaderboard(empty, notes or ["no records match"], metric)
 
+    df["encoder"] = encoder_labels(df)
     df["checkpoint"] = _checkpoint_labels(df)
     df = df.sort_values("created", kind="stable")
     if "run_id" in df and df["run_id"].notna().all():
@@ -320,7 +250,8 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         pids = (sub.groupby("protocol_id").agg(n=("protocol_id", "size"), first=("created", "min"))
                 .sort_values(["n", "first"], ascending=[False, True]).index.tolist())
         protocols_of = {pid: sub[sub["protocol_id"] == pid]["protocol"].iloc[0] for pid in pids}
-        names = _column_names(task, pids, protocols_of)
+        departures = {pid: _departures(sub[sub["protocol_id"] == pid]) for pid in pids}
+        names = column_names(task, pids, protocols_of, departures)
         for pid in pids:
             first = sub[sub["protocol_id"] == pid].iloc[0]
             version, precision = _present(first.get("protocol_version")), _present(first.get("precision"))
@@ -330,7 +261,7 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
             columns.append(col)
             groups[col.name] = sub[sub["protocol_id"] == pid]
         if len(pids) > 1:
-            notes.append(_mismatch_note(task, pids, protocols_of, names))
+            notes.append(mismatch_note(task, pids, protocols_of, names))
 
     cells: dict[tuple, Cell] = {}
     for col in columns:
@@ -355,8 +286,7 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         table = table.sort_values(list(table.columns[:1]), ascending=False, na_position="last")
     if significance:
         for col in columns:
-            _mark(col.name, [cells[(r, col.name)] for r in table.index if (r, col.name) in cells],
-                  metric)
+            mark([cells[(r, col.name)] for r in table.index if (r, col.name) in cells], metric)
     lb = Leaderboard(table, notes, metric, cells, columns, [c.legend() for c in columns])
     if len(columns) > 1:
         lb.mean_rank = ranks.mean(axis=1).reindex(table.index)
@@ -382,65 +312,20 @@ def _present(value: Any) -> Any:
     return value
 
 
+def _departures(runs: pd.DataFrame) -> dict:
+    """The protocol's departures from the task's published one (the first record that names
+    them; records of one protocol id share them)."""
+    if "protocol_departures" not in runs:
+        return {}
+    return next((d for d in runs["protocol_departures"] if isinstance(d, dict) and d), {})
+
+
 def _version(protocol: Any) -> int:
     return int((protocol or {}).get("protocol_version") or 1) if isinstance(protocol, dict) else 1
 
 
 def _precision(protocol: Any) -> str | None:
     return protocol.get("precision") if isinstance(protocol, dict) else None
-
-
-def _column_names(task: str, pids: list[str], protocols: dict[str, dict]) -> dict[str, str]:
-    names = {pid: _base_name(task, protocols[pid]) for pid in pids}
-    if len(set(names.values())) == len(names):
-        return names
-    keys = _differing_keys([protocols[p] for p in pids])
-    base_keys = {"task.sampling.frames_per_clip", "task.sampling.eval_segments",
-                 "task.sampling.eval_views", "probe.kind"}
-    keys = [k for k in _NAME_PRIORITY if k in keys] + [k for k in keys if k not in _NAME_PRIORITY
-                                                        and k not in base_keys]
-    out = {}
-    for pid in pids:
-        clash = [p for p in pids if names[p] == names[pid]]
-        if len(clash) == 1:
-            out[pid] = names[pid]
-            continue
-        # The fewest fields (at most 2) that set this protocol apart from its namesakes.
-        flats = {p: flatten(protocols[p] or {}) for p in clash}
-        local = [k for k in keys if len({repr(flats[p].get(k, _ABSENT)) for p in clash}) > 1][:2]
-        extra = [_name_part(k, flats[pid].get(k, _ABSENT)) for k in local]
-        out[pid] = names[pid][:-1] + ", " + ", ".join(extra) + ")" if names[pid].endswith(")") \
-            else f"{names[pid]} ({', '.join(extra)})"
-    if len(set(out.values())) < len(out):  # still alike: the protocol id tells them apart
-        out = {pid: (n[:-1] + f", {pid[:6]})" if n.endswith(")") else f"{n} ({pid[:6]})")
-               for pid, n in out.items()}
-    return out
-
-
-def _name_part(key: str, value: Any) -> str:
-    if key == "protocol_version":
-        return f"v{1 if value is _ABSENT or value is None else value}"
-    if key == "precision":
-        return "precision unknown" if value is _ABSENT or value is None else str(value)
-    return f"{short_name(key)} {_show(value)}"
-
-
-def _mismatch_note(task: str, pids: list[str], protocols: dict, names: dict) -> str:
-    ref = pids[0]
-    parts = []
-    for pid in pids[1:]:
-        fa, fb = flatten(protocols[ref] or {}), flatten(protocols[pid] or {})
-        keys = [k for k in sorted(set(fa) | set(fb)) if fa.get(k, _ABSENT) != fb.get(k, _ABSENT)]
-        keys = [k for k in _NAME_PRIORITY + list(SHORT_NAMES) if k in keys] + \
-               [k for k in keys if k not in _NAME_PRIORITY and k not in SHORT_NAMES]
-        keys = list(dict.fromkeys(keys))
-        shown = "; ".join(f"{short_name(k)} {_show(fa.get(k, _ABSENT))} vs {_show(fb.get(k, _ABSENT))}"
-                          + (f" ({k})" if short_name(k) != k else "") for k in keys[:_MAX_DIFFS])
-        if len(keys) > _MAX_DIFFS:
-            shown += f"; and {len(keys) - _MAX_DIFFS} more"
-        parts.append(f"'{names[ref]}' vs '{names[pid]}': {shown or 'fields not recorded'}")
-    return (f"{task}: {len(pids)} protocols, not comparable, split into columns: "
-            + " | ".join(parts))
 
 
 def _int_or_none(value) -> int | None:
@@ -460,57 +345,6 @@ def _cell(runs: pd.DataFrame, metric: str) -> Cell:
     paths = [p for p in runs["path"] if isinstance(p, str)] if "path" in runs else []
     return Cell(mean=mean, std=std, runs=n, num_samples=samples, split_size=size,
                 decimals=decimals_for(size or samples), paths=paths, values=values)
-
-
-def _mark(name: str, cells: list[Cell], metric: str) -> None:
-    if not cells:
-        return
-    best = max(cells, key=lambda c: c.mean)
-    best.best = True
-    for cell in cells:
-        if cell is best:
-            continue
-        test, p = _test(best, cell, metric)
-        cell.test, cell.p_value = test, p
-        cell.tied = p is not None and p >= ALPHA
-
-
-def _test(best: Cell, other: Cell, metric: str) -> tuple[str | None, float | None]:
-    """(test name, p-value) of `best` vs `other`; (None, None) when nothing can be tested."""
-    k = {"top1": 1, "top5": 5}.get(metric)
-    if k and best.runs == 1 and other.runs == 1 and best.paths and other.paths:
-        p = _mcnemar(best.paths[0], other.paths[0], k)
-        if p is not None:
-            return "mcnemar", p
-    if best.runs > 1 and other.runs > 1:
-        from scipy.stats import ttest_ind
-
-        if best.std == 0 and other.std == 0:
-            return "welch", 1.0 if best.mean == other.mean else 0.0
-        return "welch", float(ttest_ind(best.values, other.values, equal_var=False).pvalue)
-    if best.num_samples and other.num_samples and 0 <= best.mean <= 100 and 0 <= other.mean <= 100:
-        from scipy.stats import norm
-
-        p1, n1, p2, n2 = best.mean / 100, best.num_samples, other.mean / 100, other.num_samples
-        pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
-        se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-        if se == 0:
-            return "two-proportion", 1.0 if p1 == p2 else 0.0
-        return "two-proportion", float(2 * norm.sf(abs(p1 - p2) / se))
-    return None, None
-
-
-def _mcnemar(path_a: str, path_b: str, k: int) -> float | None:
-    from results.predictions import correct, predictions_path, read_predictions
-    from results.stats import align, mcnemar_exact
-
-    try:
-        pa, pb = read_predictions(predictions_path(path_a)), read_predictions(predictions_path(path_b))
-        ia, ib = align(pa, pb)
-    except (OSError, ValueError):
-        return None  # no predictions, or not the same samples: fall back to the unpaired test
-    a, b = correct(pa, k)[ia], correct(pb, k)[ib]
-    return mcnemar_exact(int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum()))
 
 
 COST_COLUMNS = {"params": "params (M)", "gflops_per_clip": "GFLOPs/clip",

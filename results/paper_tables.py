@@ -6,10 +6,20 @@ source; cells the sources disagree on are listed as `uncertain` and marked `?`).
 says how a table's rows and columns map onto this harness: which registry encoder a row is,
 which task a column is, and which protocol fields a record must have to count as the paper's
 protocol. Rows and columns without a counterpart here are shown with the reason.
+
+A row is the registry entry at its registry size: records of an encoder whose architecture was
+overridden (`record.encoder.label`, e.g. `videomae_vits (embed_dim 192, depth 2)`) never fill
+it, nor do records whose protocol departs from the task's published one
+(`record.protocol_departures`) in more than the fields the table itself checks. Fill-in
+commands are shell-quoted and carry `task.data.root=` where a data root is known (`--data-root
+TASK=DIR`, else the root the newest record of the task ran on).
 """
 from __future__ import annotations
 
+import json
 import math
+import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,9 +204,12 @@ def matches(protocol: dict, spec: TableSpec, task: str, fraction: float | None =
 
 
 def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
-          command=None) -> PaperTable:
+          command=None, data_roots: dict[str, str] | None = None) -> PaperTable:
     """The table with our cells filled from `frame` (a ResultStore frame; may be empty).
-    `command(encoder, release_file, task, spec)` returns the fill-in command for a cell."""
+    `command(encoder, release_file, task, spec, data_root=None)` returns the fill-in command for
+    a cell (argv list or shell text); `data_roots` {task: folder} (default: what the records
+    ran on, `data_roots(frame)`) go into the commands as `task.data.root=`."""
+    roots = {**known_data_roots(frame), **(data_roots or {})}
     paper = reference.get(spec.paper) or {}
     body = paper.get(spec.table)
     if not isinstance(body, dict):
@@ -233,16 +246,22 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
             elif spec.low_shot:
                 _fill_low_shot(cell, frame, encoder, task, spec, fraction_of(frac))
                 if cell.ours is None and command is not None:
-                    cell.command = _low_shot_command(command(encoder, release, task, spec), task,
-                                                     fraction_of(frac))
+                    # The folds are written under the data root and read from it: one root for
+                    # both commands (a placeholder where none is known).
+                    root = roots.get(task) or f"DATA/{task}"
+                    cell.command = _low_shot_command(
+                        command(encoder, release, task, spec, data_root=root), task,
+                        fraction_of(frac), root)
             else:
                 _fill(cell, frame, encoder, task, spec)
                 if cell.ours is None and command is not None:
-                    cell.command = command(encoder, release, task, spec)
+                    cell.command = shell_text(command(encoder, release, task, spec,
+                                                      data_root=roots.get(task)))
             cells.append(cell)
         rows.append((method, cells))
         if row.get("note"):
             notes.append(f"{method}: {row['note']}")
+    notes += _left_out_notes(frame, body, spec)
     if spec.note:
         notes.insert(0, spec.note)
     return PaperTable(spec, str(body.get("source", "")), str(body.get("protocol", "")),
@@ -252,21 +271,134 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
 LOW_SHOT_SEEDS = (0, 1, 2)  # the paper: 3 random splits per fraction
 
 
-def _low_shot_command(run: str, task: str, fraction: float) -> str:
+def shell_text(command) -> str:
+    """A command as one shell line: an argv list quoted token by token (shlex), text as is."""
+    return command if isinstance(command, str) else shlex.join(str(c) for c in command)
+
+
+def hydra_value(text: str) -> str:
+    """A value as Hydra's override grammar reads it back unchanged: quoted where it holds
+    characters the grammar (or a reader) treats specially, in double quotes (they read better
+    inside the shell's single quotes) unless the value holds one. Inside quotes Hydra unescapes
+    only the backslashes before a quote or the closing quote, so only those are doubled."""
+    text = str(text)
+    if not any(c in text for c in " ,[]{}()=:'\"\\*?$;&|<>`#~"):
+        return text
+    quote = "'" if '"' in text and "'" not in text else '"'
+    escaped = re.sub(r"(\\*)(%s|$)" % re.escape(quote),
+                     lambda m: m.group(1) * 2 + ("\\" + quote if m.group(2) else ""), text)
+    return quote + escaped + quote
+
+
+def _low_shot_command(run, task: str, fraction: float, root: str) -> str:
     pct = f"{100 * fraction:g}pct"
     seeds = ",".join(str(s) for s in LOW_SHOT_SEEDS)
-    return (f"harness data split {task} --root DATA/{task} --fraction {fraction:g} --seeds {seeds}; "
-            + "; ".join(f"{run} --split {pct}:seed{s}" for s in LOW_SHOT_SEEDS))
+    split = ["harness", "data", "split", task, "--root", root, "--fraction", f"{fraction:g}",
+             "--seeds", seeds]
+    if isinstance(run, str):
+        runs = [f"{run} --split {pct}:seed{s}" for s in LOW_SHOT_SEEDS]
+    else:
+        runs = [shlex.join([*map(str, run), "--split", f"{pct}:seed{s}"]) for s in LOW_SHOT_SEEDS]
+    return "; ".join([shlex.join(split), *runs])
+
+
+def known_data_roots(frame) -> dict[str, str]:
+    """{task: the data root its newest record ran on}, read from the records' one-line commands
+    (`task.data.root=...`); tasks whose records name none are left out."""
+    if frame is None or frame.empty or "record" not in frame:
+        return {}
+    roots: dict[str, str] = {}
+    for _, row in frame.sort_values("created", kind="stable").iterrows():
+        root = _root_in(row.get("record"))
+        if root:
+            roots[str(row["task"])] = root
+    return roots
+
+
+def _root_in(record_text) -> str | None:
+    try:
+        command = (json.loads(record_text).get("extra") or {}).get("command")
+        tokens = shlex.split(command) if isinstance(command, str) else []
+    except (TypeError, ValueError, AttributeError):
+        return None
+    root = None
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        if eq and key.lstrip("+~") == "task.data.root" and value:
+            root = _unquote_hydra(value)
+    return root
+
+
+def _unquote_hydra(value: str) -> str:
+    """The value Hydra reads from a (possibly quoted) override value."""
+    if len(value) < 2 or value[0] != value[-1] or value[0] not in "'\"":
+        return value
+    quote, inner = value[0], value[1:-1]
+
+    def unescape(m):  # 2k backslashes -> k; 2k+1 before a quote -> k and the quote itself
+        return "\\" * (len(m.group(1)) // 2) + m.group(2)
+    return re.sub(r"(\\+)(%s|$)" % re.escape(quote), unescape, inner)
+
+
+# Departures from the task's published protocol that a table's own checks already judge (its
+# views and probe); a record departing in anything else is not the paper's protocol.
+CHECKED_DEPARTURES = ("task.sampling.frames_per_clip", "task.sampling.eval_segments",
+                      "task.sampling.eval_views", "probe.kind")
+# A label-efficiency fold is the low-shot table's own protocol, not a departure from it.
+_FOLD_KEYS = ("task.train_fold", "task.manifests.train", "task.data.train")
+
+
+def departs(departures) -> list[str]:
+    """The departures (dotted keys) that keep a record out of a paper's cell."""
+    if not isinstance(departures, dict):
+        return []
+    return sorted(k for k in departures if k not in CHECKED_DEPARTURES
+                  and not str(k).startswith(_FOLD_KEYS))
+
+
+def _candidates(frame, encoder: str, task: str):
+    """Records of the registry entry itself (not an overridden architecture, not random init)
+    on `task`, without departures the table cannot judge."""
+    sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
+                & (frame["checkpoint"] != "random-init")]
+    if "encoder_label" in sub and len(sub):
+        sub = sub[[not isinstance(lab, str) or lab in ("", encoder) for lab in sub["encoder_label"]]]
+    if "protocol_departures" in sub and len(sub):
+        sub = sub[[not departs(d) for d in sub["protocol_departures"]]]
+    return sub
+
+
+def _left_out_notes(frame, body: dict, spec: TableSpec) -> list[str]:
+    """Say which records of the table's encoders were left out, and why."""
+    if frame is None or frame.empty:
+        return []
+    wanted = {ENCODER_OF[m][0] for m in (body.get("rows") or {}) if m in ENCODER_OF}
+    sub = frame[frame["encoder"].isin(wanted)]
+    notes = []
+    if "encoder_label" in sub:
+        labels = sorted({lab for n, lab in zip(sub["encoder"], sub["encoder_label"])
+                         if isinstance(lab, str) and lab and lab != n})
+        if labels:
+            notes.append(f"records of overridden architectures fill no paper row: "
+                         f"{', '.join(labels)}")
+    if "protocol_departures" in sub:
+        keys = sorted({k for d in sub["protocol_departures"] for k in departs(d)})
+        if keys:
+            notes.append(f"records departing from the published protocol in "
+                         f"{', '.join(keys)} fill no cell")
+    return notes
 
 
 def _fill_low_shot(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec,
                    fraction: float) -> None:
     """Mean and std over the folds (seeds) of one fraction, as the paper reports them: one run
-    per seed (the newest), under one protocol apart from the fold itself."""
+    per seed (the newest), under one protocol apart from the fold itself (the base protocol of
+    `results.label_efficiency`, which `harness plot low-shot` draws the same way)."""
+    from results.label_efficiency import base_protocol
+
     if frame is None or frame.empty:
         return
-    sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
-                & (frame["checkpoint"] != "random-init")]
+    sub = _candidates(frame, encoder, task)
     sub = sub[[matches(p, spec, task, fraction) for p in sub["protocol"]]] if len(sub) else sub
     sub = sub[sub["top1"].notna()] if "top1" in sub and len(sub) else sub.iloc[0:0]
     if sub.empty:
@@ -275,11 +407,8 @@ def _fill_low_shot(cell: PaperCell, frame, encoder: str, task: str, spec: TableS
     # rest of the protocol and keep the most-used group, one run per seed (the newest).
     groups: dict[str, dict[int, tuple]] = {}
     for _, row in sub.sort_values("created").iterrows():
-        task_part = dict(row["protocol"]["task"])
-        seed = int(task_part.pop("train_fold")["seed"])
-        task_part["manifests"] = {k: v for k, v in (task_part.get("manifests") or {}).items()
-                                  if k != "train"}
-        key = protocol_id({**row["protocol"], "task": task_part})
+        seed = int(row["protocol"]["task"]["train_fold"]["seed"])
+        key = protocol_id(base_protocol(row["protocol"]))
         groups.setdefault(key, {})[seed] = (float(row["top1"]), row["protocol_id"])
     by_seed = max(groups.values(), key=len)
     values = [v for v, _ in by_seed.values()]
@@ -293,8 +422,7 @@ def _fill_low_shot(cell: PaperCell, frame, encoder: str, task: str, spec: TableS
 def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec) -> None:
     if frame is None or frame.empty:
         return
-    sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
-                & (frame["checkpoint"] != "random-init")]
+    sub = _candidates(frame, encoder, task)
     sub = sub[[matches(p, spec, task) for p in sub["protocol"]]] if len(sub) else sub
     metric = METRIC_OF.get(task, "top1")
     sub = sub[sub[metric].notna()] if metric in sub and len(sub) else sub.iloc[0:0]

@@ -1,10 +1,11 @@
-"""Plots of leaderboards (matplotlib, PNG): per-task bars with 95% intervals, and checkpoint
-series (accuracy against pretraining step). Legends sit outside the axes, so they never
-cover data.
+"""Plots of leaderboards (matplotlib, PNG): per-task bars with 95% intervals, checkpoint
+series (accuracy against pretraining step) and label-efficiency curves (accuracy against the
+fraction of training labels). Legends sit outside the axes, so they never cover data.
 
-Intervals (`cell_interval`): a single run with saved predictions gets the bootstrap interval
-over its evaluation videos; several runs (seeds, folds) the t interval of their mean; a run
-with only its sample count the normal approximation of a binomial proportion.
+Intervals (`results.intervals.cell_interval`, inside [0, 100]): a single run with saved
+predictions gets the percentile bootstrap over its evaluation videos; a run with only its
+sample count the Wilson interval; several runs (seeds, folds) the t interval of their mean,
+within [0, 100].
 """
 from __future__ import annotations
 
@@ -12,34 +13,10 @@ import math
 import os
 from pathlib import Path
 
-from results.leaderboard import Cell, Leaderboard
+from results.intervals import cell_interval
+from results.leaderboard import Leaderboard
 
-
-def cell_interval(cell: Cell, metric: str = "top1", *, n_boot: int = 2000,
-                  seed: int = 0) -> tuple[float, float, str] | None:
-    """(low, high, how) of a 95% interval of the cell's value, in the metric's units."""
-    k = {"top1": 1, "top5": 5}.get(metric)
-    if cell.runs == 1 and cell.paths and k:
-        from results.predictions import correct, predictions_path, read_predictions
-        from results.stats import bootstrap_ci
-
-        try:
-            pred = read_predictions(predictions_path(cell.paths[0]))
-        except (OSError, ValueError):
-            pred = None
-        if pred is not None and len(pred["label"]):
-            lo, hi = bootstrap_ci(correct(pred, k), n_boot=n_boot, seed=seed)
-            return 100 * lo, 100 * hi, "bootstrap"
-    if cell.runs > 1 and cell.std is not None:
-        from scipy.stats import t
-
-        half = t.ppf(0.975, cell.runs - 1) * cell.std / math.sqrt(cell.runs)
-        return cell.mean - half, cell.mean + half, "t over runs"
-    if cell.num_samples and 0 <= cell.mean <= 100:
-        p = cell.mean / 100
-        half = 1.96 * math.sqrt(p * (1 - p) / cell.num_samples)
-        return 100 * (p - half), 100 * (p + half), "binomial"
-    return None
+__all__ = ["bars", "cell_interval", "low_shot", "series"]
 
 
 def _figure(width: float, height: float):
@@ -64,6 +41,14 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _whiskers(mean: float, ci) -> tuple[float, float]:
+    # Lengths below and above the mean; never negative (a bootstrap interval of the saved
+    # predictions may sit a hair off the record's own rounded number).
+    if not ci:
+        return 0.0, 0.0
+    return max(0.0, mean - ci[0]), max(0.0, ci[1] - mean)
+
+
 def bars(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None,
          keep_figure: bool = False):
     """Grouped bars: one group per column, one bar per row, 95% interval whiskers."""
@@ -84,8 +69,9 @@ def bars(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None,
             intervals[(row, col.name)] = ci
             xs.append(i - 0.4 + width * (j + 0.5))
             ys.append(cell.mean)
-            lo.append(cell.mean - ci[0] if ci else 0.0)
-            hi.append(ci[1] - cell.mean if ci else 0.0)
+            low, high = _whiskers(cell.mean, ci)
+            lo.append(low)
+            hi.append(high)
         ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3,
                label=f"{row[0]} ({row[1]})")
     ax.set_xticks(range(len(lb.columns)))
@@ -112,31 +98,35 @@ def series(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None
         raise ValueError("nothing to plot: no records of that encoder match")
     fig, ax = _figure(7.0, 4.5)
     plotted = 0
+    # One line per column and encoder label: an overridden architecture (`vjepa_tiny (depth
+    # 2)`) is its own series, never points on the line of the registry entry.
+    labels = list(dict.fromkeys(row[0] for row in lb.table.index))
     for col in lb.columns:
-        points, floor = [], None
-        for row in lb.table.index:
-            cell = lb.cells.get((tuple(row), col.name))
-            step = _step_of(row[1])
-            if cell is None:
+        for label in labels:
+            name = col.name if len(labels) == 1 else f"{col.name}: {label}"
+            points, floor = [], None
+            for row in lb.table.index:
+                cell = lb.cells.get((tuple(row), col.name))
+                if cell is None or row[0] != label:
+                    continue
+                if row[1] == "random-init":
+                    floor = cell.mean
+                    continue
+                step = _step_of(row[1])
+                if math.isfinite(step):
+                    points.append((step, cell.mean, cell_interval(cell, lb.metric)))
+            if not points:
                 continue
-            if row[1] == "random-init":
-                floor = cell.mean
-                continue
-            if math.isfinite(step):
-                ci = cell_interval(cell, lb.metric)
-                points.append((step, cell.mean, ci))
-        if not points:
-            continue
-        points.sort()
-        xs = [p[0] for p in points]
-        ys = [p[1] for p in points]
-        err = [[y - (p[2][0] if p[2] else y) for p, y in zip(points, ys)],
-               [(p[2][1] if p[2] else y) - y for p, y in zip(points, ys)]]
-        line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=col.name)
-        if floor is not None:  # random init of the same column, in the same colour
-            ax.axhline(floor, linestyle="--", linewidth=1, color=line[0].get_color(),
-                       label=f"{col.name}: random init")
-        plotted += 1
+            points.sort(key=lambda p: p[0])
+            xs = [p[0] for p in points]
+            ys = [p[1] for p in points]
+            whiskers = [_whiskers(p[1], p[2]) for p in points]
+            line = ax.errorbar(xs, ys, yerr=[[w[0] for w in whiskers], [w[1] for w in whiskers]],
+                               marker="o", capsize=3, label=name)
+            if floor is not None:  # random init of the same column, in the same colour
+                ax.axhline(floor, linestyle="--", linewidth=1, color=line[0].get_color(),
+                           label=f"{name}: random init")
+            plotted += 1
     if not plotted:
         raise ValueError("no checkpoint with a known pretraining step: the records' "
                          "checkpoint.step is empty")
@@ -146,4 +136,50 @@ def series(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     if keep_figure:
         return fig, ax
+    return _save(fig, path)
+
+
+def low_shot(curves: list, path: str | os.PathLike, *, metric: str = "top1",
+             title: str | None = None, keep_figure: bool = False):
+    """Label-efficiency curves (`results.label_efficiency.curves`): one panel per task, one
+    line per (encoder, checkpoint) and protocol, the fraction of labels on a log axis, the mean
+    over each fraction's folds with its 95% interval."""
+    if not curves:
+        raise ValueError("nothing to plot: no label-efficiency fold records match")
+    tasks = list(dict.fromkeys(c.task for c in curves))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Panels stacked, so each legend can sit right of its own axes without covering another.
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7.0, 4.2 * len(tasks)), squeeze=False)
+    axes = [row[0] for row in axes]
+    for ax, task in zip(axes, tasks):
+        mine = [c for c in curves if c.task == task]
+        several = len({c.column for c in mine}) > 1
+        fractions = set()
+        for c in mine:
+            xs = [100 * p.fraction for p in c.points]
+            ys = [p.mean for p in c.points]
+            whiskers = [_whiskers(p.mean, (p.low, p.high) if p.low is not None else None)
+                        for p in c.points]
+            fractions.update(xs)
+            ax.errorbar(xs, ys, yerr=[[w[0] for w in whiskers], [w[1] for w in whiskers]],
+                        marker="o", capsize=3,
+                        label=f"{c.name}, {c.column}" if several else c.name)
+        ax.set_xscale("log")
+        ticks = sorted(fractions)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}%" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("training labels (% of the training split)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title(mine[0].column if not several else task, fontsize=9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
+    fig.suptitle(title or f"{metric} against the fraction of labels: mean over folds, "
+                 f"95% intervals")
+    fig.subplots_adjust(hspace=0.45)
+    if keep_figure:
+        return fig, axes
     return _save(fig, path)

@@ -67,3 +67,43 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def correct(pred: dict[str, np.ndarray], k: int = 1) -> np.ndarray:
     """Per-sample 0/1: the label is among the top k."""
     return (pred["topk_index"][:, :k] == pred["label"][:, None]).any(axis=1).astype(np.float64)
+
+
+def missing_reason(record: dict, record_path: str | os.PathLike) -> str | None:
+    """Why a record has no per-sample predictions beside it, or None when the file is there.
+
+    Three cases, told apart by the record itself: the run saved none (the record names no
+    `extra.predictions`: runs made before predictions were saved); the record was imported
+    from an export (`imported`; an export carries records only); the run saved them but the
+    file is gone (deleted, moved, or the record copied without it)."""
+    path = predictions_path(record_path)
+    if path.is_file():
+        return None
+    saved = (record.get("extra") or {}).get("predictions")
+    imported = record.get("imported")
+    if isinstance(imported, dict):
+        return (f"{record_path} was imported from {imported.get('from', 'an export')} (at "
+                f"{imported.get('at', '?')}): an export carries the records only, not their "
+                f"per-sample predictions; compare on the machine that ran it, or copy "
+                f"{saved or path.name} from there beside the record")
+    if not saved:
+        return (f"the run of {record_path} saved no per-sample predictions (the record names "
+                f"none; runs made before predictions were saved cannot be tested sample by "
+                f"sample)")
+    where = "" if Path(str(saved)).name == path.name else f"; put it back as {path.name}"
+    return (f"the run of {record_path} saved its per-sample predictions as {saved}, but no such "
+            f"file is beside the record: it was deleted or moved, or the record was copied or "
+            f"imported without it{where}")
+
+
+def record_predictions(record: dict, record_path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """`read_predictions` of the file beside a record; a missing file raises FileNotFoundError
+    with the true reason (`missing_reason`)."""
+    why = missing_reason(record, record_path)
+    if why is None:
+        return read_predictions(record_path)
+    saved = (record.get("extra") or {}).get("predictions")
+    named = Path(record_path).parent / str(saved) if saved else None
+    if named is not None and named.name.endswith(".predictions.npz") and named.is_file():
+        return read_predictions(named)  # the record file was renamed; its predictions were not
+    raise FileNotFoundError(why)

@@ -13,14 +13,16 @@ def _step_label(row) -> str:
 
 
 def series_frame(frame, encoder: str):
-    """Rows of `encoder`, each checkpoint named by its pretraining step (`step 450`) where the
-    record knows it, else by its file name; run labels are dropped so that the steps name the
-    rows."""
-    if frame.empty or encoder not in set(frame["encoder"]):
+    """Rows of `encoder` (a registry name: all its labels, each its own series; or one label),
+    each checkpoint named by its pretraining step (`step 450`) where the record knows it, else
+    by its file name; run labels are dropped so that the steps name the rows."""
+    labels = (frame["encoder_label"] if "encoder_label" in frame else frame["encoder"]) \
+        if not frame.empty else None
+    if frame.empty or (encoder not in set(frame["encoder"]) and encoder not in set(labels)):
         names = sorted(set(frame["encoder"])) if not frame.empty else []
         raise ValueError(f"no records of encoder {encoder!r}" + (
             f"; encoders with records: {', '.join(names)}" if names else ""))
-    sub = frame[frame["encoder"] == encoder].copy()
+    sub = frame[(frame["encoder"] == encoder) | (labels == encoder)].copy()
     sub["checkpoint"] = [_step_label(r) for _, r in sub.iterrows()]
     sub["label"] = None
     return sub

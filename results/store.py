@@ -17,11 +17,11 @@ newer record replaces the older one; runs that differ in seed are different runs
 
 The frame's schema (`SCHEMA`, version `SCHEMA_VERSION`) is documented column by column below;
 older record versions still load (missing fields become empty cells). `export_store` /
-`import_store` move a whole store between machines as one Parquet or CSV file.
+`import_store` move a whole store between machines as one Parquet or CSV file; per-sample
+predictions stay behind, and an imported record says so (`imported: {from, at}`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write
+from common.digest import sha256_hex
+from common.run_id import record_run_identity
 from results.record import RECORD_VERSION, read_record, record_protocol_version
 
 ENV_VAR = "HARNESS_RESULTS"
@@ -38,7 +40,8 @@ DEFAULT_ROOT = "runs"
 #   1: encoder .. protocol (BASE_COLUMNS of the first releases) + one column per metric.
 #   2: + checkpoint_step, protocol_version, precision, run_id, num_samples, split_size, the cost
 #      columns and `record` (the whole record as JSON text: exports round-trip through it).
-SCHEMA_VERSION = 2
+#   3: + encoder_label, protocol_departures.
+SCHEMA_VERSION = 3
 
 # column -> what it holds. Order is the frame's column order; metric columns follow.
 SCHEMA: dict[str, str] = {
@@ -66,11 +69,15 @@ SCHEMA: dict[str, str] = {
     "gflops_per_clip": "encoder GFLOPs per clip at the run's input size",
     "clips_per_s": "evaluation clips per second (timings.eval_samples_per_s)",
     "device_hours": "wall-clock hours x world size",
+    "encoder_label": "how the encoder is shown and grouped: record.encoder.label (the registry name "
+                     "plus the architecture that differs from its entry), else encoder.name",
+    "protocol_departures": "where the protocol departs from the task's published one: {dotted "
+                           "protocol key: value} (record.protocol_departures; {} when absent)",
     "record": "the whole record as JSON text",
 }
 BASE_COLUMNS = list(SCHEMA)
-# Schema-1 exports lacked these; they load with the columns empty (then filled from `protocol`).
-_ADDED_IN_2 = BASE_COLUMNS[BASE_COLUMNS.index("checkpoint_step"):]
+# Columns of the frame that hold dicts: exports leave them out (`record` carries them).
+_DICT_COLUMNS = ["protocol", "protocol_departures"]
 
 _RECORD_NAME = re.compile(r".+__.+__[0-9a-f]{12}__\d{8}T\d{6}_\d{6}Z-[0-9a-f]{6}\.json$")
 
@@ -93,24 +100,24 @@ def checkpoint_label(checkpoint: dict | None) -> str:
     return Path(str(path)).name
 
 
+def encoder_label(encoder: dict | None) -> str:
+    """How an encoder is shown and grouped: its `label` (registry name plus the architecture
+    that differs from the entry, e.g. `videomae_vits (embed_dim 192, depth 2)`), else its
+    registry name (records made before labels existed)."""
+    encoder = encoder if isinstance(encoder, dict) else {}
+    label = encoder.get("label")
+    return str(label) if isinstance(label, str) and label.strip() else str(encoder.get("name"))
+
+
 def looks_like_record_name(path: str | os.PathLike) -> bool:
     return bool(_RECORD_NAME.match(Path(path).name))
 
 
 def run_identity(rec: dict) -> str:
-    """The run a record belongs to: its runner-made `extra.run_id`, else a hash of what the
-    runner hashes (encoder, weights, task, split, protocol, seed, label)."""
-    run_id = (rec.get("extra") or {}).get("run_id")
-    if run_id:
-        return str(run_id)
-    checkpoint = rec.get("checkpoint") or {}
-    bits = {"encoder": (rec.get("encoder") or {}).get("name"),
-            "weights": checkpoint.get("sha256") or checkpoint_label(checkpoint),
-            "task": rec.get("task"), "split": rec.get("split"),
-            "protocol_id": rec.get("protocol_id"), "seed": rec.get("seed"),
-            "label": (rec.get("extra") or {}).get("label")}
-    blob = json.dumps(bits, sort_keys=True, default=str).encode()
-    return "r" + hashlib.sha256(blob).hexdigest()[:15]
+    """The run a record belongs to: its runner-made `extra.run_id`, else the same format over
+    what the record says (`common.run_id`: one format for the runner, the store, the launcher
+    and `watch`)."""
+    return record_run_identity(rec)
 
 
 class ResultStore:
@@ -237,6 +244,7 @@ def _row(rec: dict) -> dict[str, Any]:
     timings = rec.get("timings") or {}
     wall = _number(timings.get("wall_seconds"))
     record_text = {k: v for k, v in rec.items() if not k.startswith("_")}
+    departures = rec.get("protocol_departures") or {}
     row = {
         "encoder": rec["encoder"]["name"],
         "checkpoint": checkpoint_label(checkpoint),
@@ -262,6 +270,8 @@ def _row(rec: dict) -> dict[str, Any]:
         "gflops_per_clip": _number(at_run.get("gflops_per_clip", metadata.get("gflops_per_clip"))),
         "clips_per_s": _number(timings.get("eval_samples_per_s")),
         "device_hours": wall * int(rec.get("world_size") or 1) / 3600 if wall is not None else None,
+        "encoder_label": encoder_label(rec["encoder"]),
+        "protocol_departures": departures if isinstance(departures, dict) else {},
         "record": json.dumps(record_text, sort_keys=True, default=str),
     }
     for name, value in metrics.items():
@@ -283,7 +293,7 @@ def export_store(store: ResultStore, path: str | os.PathLike) -> int:
     path = Path(path)
     kind = _kind(path)
     frame = store.frame(latest_only=False)
-    out = frame.drop(columns=["protocol", "path"]).copy()
+    out = frame.drop(columns=[*_DICT_COLUMNS, "path"]).copy()
     out.insert(0, "record_name", [Path(p).name if isinstance(p, str) else None for p in frame["path"]])
     out["created"] = out["created"].map(lambda t: t.isoformat() if t is not None else None)
     out.attrs = {}
@@ -342,9 +352,18 @@ def import_store(path: str | os.PathLike, root: str | os.PathLike) -> tuple[int,
         if (out_dir / name).exists():
             present += 1
             continue
+        # Said in the record, so that a missing predictions file is explained truly later
+        # (an export carries none); a record imported twice keeps its first import.
+        rec.setdefault("imported", {"from": path.name, "at": _now()})
         write_record(rec, out_dir, filename=name)
         written += 1
     return written, present
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _stable_name(rec: dict, text: str) -> str:
@@ -353,7 +372,7 @@ def _stable_name(rec: dict, text: str) -> str:
     from results.record import record_filename
 
     name = record_filename(rec)
-    return name[: -len("xxxxxx.json")] + hashlib.sha256(text.encode()).hexdigest()[:6] + ".json"
+    return name[: -len("xxxxxx.json")] + sha256_hex(text)[:6] + ".json"
 
 
 def _original_name(frame, i: int) -> str | None:

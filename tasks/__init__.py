@@ -1,33 +1,23 @@
-"""Task registry: one YAML per task in `tasks/configs/task/`, datasets, clip sampling, transforms.
-
-Task configs outside the repo: a path (`config('path/to/my_task.yaml')`), or folders on the
-search path ($HARNESS_INCLUDE_PATH, os.pathsep-separated, or `include=`), as lm-evaluation-harness
-does; their configs are validated when read.
+"""Tasks: the registry (one YAML per task in `tasks/configs/task/`, plus user configs by path or
+on $HARNESS_INCLUDE_PATH; `tasks.registry`), datasets, clip sampling, transforms, metrics.
 
 `names()` and `config()` only read YAML (no torch import), so listing tasks stays fast; the
-torch-heavy modules are imported when a Task is built.
+torch-heavy modules are imported when a Task is built. This package's modules never import it
+(its names live in `tasks.registry` and below), so nothing here is an import circle.
 """
 
 from __future__ import annotations
 
-import copy
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from .errors import DataError, DecodeError, UnknownNameError, unknown_task
-
-if TYPE_CHECKING:
-    from .dataset import Task
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "task"
+from .errors import DataError, DecodeError, UnknownNameError
+from .registry import (CONFIG_DIR, INCLUDE_ENV, build, builtin_files, config, from_config,
+                       include_paths, is_config_path, names)
 
 __all__ = [
     "names",
     "config",
     "build",
     "from_config",
+    "builtin_files",
     "collate_clips",
     "make_digits",
     "UnknownNameError",
@@ -40,138 +30,9 @@ __all__ = [
 ]
 
 
-INCLUDE_ENV = "HARNESS_INCLUDE_PATH"
-_YAML = (".yaml", ".yml")
-
-
-def include_paths(include: str | os.PathLike | list | None = None) -> list[Path]:
-    """Folders searched for task configs after the repo's own: `include` (a folder, an
-    os.pathsep-separated string or a list), then $HARNESS_INCLUDE_PATH; each folder's YAMLs and
-    those of its `task/` subfolder (the layout of this repo's config groups)."""
-    items: list = []
-    for source in (include, os.environ.get(INCLUDE_ENV)):
-        if not source:
-            continue
-        if isinstance(source, (list, tuple)):
-            items += [str(x) for x in source]
-        else:
-            items += str(source).split(os.pathsep)
-    out = []
-    for item in items:
-        if not item.strip():
-            continue
-        folder = Path(os.path.expanduser(item)).resolve()
-        if not folder.is_dir():
-            where = f"${INCLUDE_ENV}" if item in (os.environ.get(INCLUDE_ENV) or "").split(os.pathsep) \
-                else "--include-path"
-            raise DataError(f"{where}: {item} is not a folder; give folders holding task YAML files")
-        out.append(folder)
-    return list(dict.fromkeys(out))
-
-
-def _config_files(include=None) -> dict[str, Path]:
-    """`name -> YAML path` over the repo's folder and the include paths; a name defined twice is
-    an error (a user's `k400.yaml` silently replacing the paper's protocol would be worse)."""
-    files: dict[str, Path] = {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
-    for folder in include_paths(include):
-        for sub in (folder, folder / "task"):
-            for p in sorted(q for ext in _YAML for q in sub.glob(f"*{ext}")):
-                if p.stem in files and files[p.stem] != p:
-                    raise DataError(f"task {p.stem!r} is defined twice: {files[p.stem]} and {p}; "
-                                    "rename one (the name is the file name)")
-                files[p.stem] = p
-    return files
-
-
-def is_config_path(name: str) -> bool:
-    """`--task path/to/my_task.yaml`: a YAML file name or a path, rather than a registered name."""
-    return str(name).endswith(_YAML) or os.sep in str(name) or "/" in str(name)
-
-
-def names(include=None) -> list[str]:
-    """Registered task names: the YAML files of `tasks/configs/task/` and of the include paths."""
-    return sorted(_config_files(include))
-
-
-def config(name: str, include=None) -> dict:
-    """The task's YAML as a plain dict; `name` is a registered name or a path to a YAML file."""
-    if is_config_path(name):
-        path = Path(os.path.expanduser(str(name)))
-        if not path.is_file():
-            raise DataError(f"task config {name} not found (a --task that ends in .yaml or holds a "
-                            f"/ is read as a file); known task names: {', '.join(names(include))}")
-        return _read_config(path, path.stem, validate=True)
-    files = _config_files(include)
-    if name not in files:
-        raise unknown_task(name, sorted(files))
-    return _read_config(files[name], name, validate=files[name].parent != CONFIG_DIR)
-
-
-def _read_config(path: Path, name: str, *, validate: bool) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise DataError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
-    if not isinstance(cfg, dict):
-        raise DataError(f"{path}: a task config is a mapping of keys (name, kind, num_classes, data, "
-                        f"sampling, ...), got {type(cfg).__name__}")
-    if cfg.get("name", name) != name:
-        raise DataError(f"{path} declares name {cfg['name']!r}; it must match the file name")
-    cfg.setdefault("name", name)
-    if validate:  # a config from outside the repo: the spec's clear errors now, not mid-run
-        from .spec import TaskSpec
-
-        TaskSpec.from_dict(cfg)
-    return cfg
-
-
-def _deep_merge(base: dict, overrides: Mapping[str, Any]) -> dict:
-    """Merge `overrides` into a copy of `base`; dotted keys ('sampling.eval_views') reach inside."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        last = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
-            node[last] = _deep_merge(node[last], value)
-        else:
-            node[last] = copy.deepcopy(value)
-    return out
-
-
-def build(name: str, root: str | None = None, *, backend: str = "auto", include=None,
-          **overrides) -> "Task":
-    """Build a registered task (or one from a YAML path); `root` replaces `data.root`, other
-    keywords deep-merge into the YAML; `include`: extra config folders (see `include_paths`).
-
-    e.g. `build('digits_motion', root='data/digits', sampling={'eval_views': 1}, resolution=64)`.
-    """
-    cfg = _deep_merge(config(name, include=include), overrides)
-    if root is not None:
-        cfg = _deep_merge(cfg, {"data": {"root": str(root)}})
-    return from_config(cfg, backend=backend)
-
-
-def from_config(cfg: Mapping, *, backend: str = "auto") -> "Task":
-    """Build a Task from an already-composed config dict (e.g. the `task` node of a Hydra config)."""
-    from .dataset import Task
-    from .spec import TaskSpec
-
-    return Task(TaskSpec.from_dict(cfg), backend=backend)
-
-
 def collate_clips(items):
-    """See `tasks.dataset.collate_clips`."""
-    from .dataset import collate_clips as _collate
+    """See `tasks.items.collate_clips`."""
+    from .items import collate_clips as _collate
 
     return _collate(items)
 

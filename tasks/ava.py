@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
-from .native.ava import OUTPUTS, VIDEOS_HEADER, read_box_rows, read_keyframes, read_label_map_file, shipped_label_map
+from .native.ava_files import (OUTPUTS, VIDEOS_HEADER, read_box_rows, read_keyframes,
+                               read_label_map_file, shipped_label_map)
 
 log = logging.getLogger(__name__)
 

@@ -1,164 +1,48 @@
-"""`Task` (a resolved spec with its data on disk) and `VideoDataset` (manifest -> clips)."""
+"""`Task`: a resolved spec bound to its data on disk (manifests, label map), its datasets and
+its protocol. The datasets themselves are `tasks.items` (video), `tasks.image_dataset` and
+`tasks.ava` (detection)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .decode import FrameCache, read_frames
+from . import ava
+from .backends import require
+from .classes import ClassSubset, warn_dropped
 from .errors import DataError
-from .manifest import label_map_sha256, manifest_sha256, read_label_map, read_manifest
+from .frame_cache import FrameCache
+from .image_dataset import ImageDataset
+from .image_transforms import build_image_transform
+from .items import ManifestItems, VideoDataset, collate_clips
+from .manifest import common_folder, label_map_sha256, manifest_sha256, read_label_map, read_manifest
+from .native.common import PREPARERS
 from .sampling import ClipSampler
 from .spec import TaskSpec
+from .temporal import CLASSES as TEMPORAL_CLASSES
+from .temporal import derive_entries
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
-
-
-class ManifestItems(torch.utils.data.Dataset):
-    """Items of a `path label` manifest: `dict(label, path, error)` plus what the subclass's
-    `_load(path, label)` returns. A file that cannot be read gives `video=None` and the reason
-    in `error`; it is never replaced by another sample (the release does that silently, in
-    evaluation too): the consumer counts failures (see `collate_clips`) and decides whether the
-    run may go on."""
-
-    entries: list
-    # A multi-label task's entries carry tuples of classes; items then hold `targets`, the
-    # multi-hot row over `num_classes` (and `label` 0, unused).
-    num_classes: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict:
-        path, label = self.entries[index]
-        item = {"label": 0 if isinstance(label, tuple) else int(label), "path": path, "error": None}
-        if isinstance(label, tuple):
-            if self.num_classes is None:
-                raise ValueError("multi-label entries need the dataset's num_classes")
-            targets = torch.zeros(self.num_classes)
-            targets[list(label)] = 1.0
-            item["targets"] = targets
-        try:
-            item.update(self._load(path, item["label"]))
-        except Exception as e:  # any failure is this sample's problem, reported, not hidden
-            item.update(video=None, error=f"{type(e).__name__}: {e}")
-            log.debug("skipping unreadable %s: %s", path, item["error"])
-        return item
-
-
-class VideoDataset(ManifestItems):
-    """Items: `dict(video=(S, V, 3, T, H, W) float32 | None, label=int, path=str, error=str|None)`.
-
-    A video that cannot be read gives `video=None` and the reason in `error`. It is never
-    replaced by another sample (the release does that silently, in evaluation too); the consumer
-    counts failures (see `collate_clips`) and decides whether the run may go on.
-    """
-
-    def __init__(
-        self,
-        entries: Sequence[tuple[str, int]],
-        *,
-        sampler: ClipSampler,
-        transform,
-        split: str = "",
-        backend: str = "auto",
-        class_names: Sequence[str] | None = None,
-        frame_cache: FrameCache | None = None,
-        device_finish: bool = False,
-        decode_isolation: str = "none",
-        decode_timeout_s: float | None = 60.0,
-        temporal_probe: str | None = None,
-    ):
-        self.entries = list(entries)
-        self.temporal_probe = temporal_probe
-        self.decode = {"isolation": decode_isolation, "timeout_s": decode_timeout_s}
-        # device_finish: items carry uint8 frames plus the random parameters drawn for them, and
-        # `tasks.loading.ClipFinisher` applies the transform on the compute device.
-        self.device_finish = bool(device_finish)
-        self.frame_cache = frame_cache
-        self.sampler = sampler
-        self.transform = transform
-        self.split = split
-        self.backend = backend
-        self.class_names = list(class_names) if class_names is not None else None
-
-    def _load(self, path: str, label: int = 0) -> dict:
-        # Every draw of this item comes from torch's generator, which the caller seeds per item
-        # (`tasks.loading.SeededItems`: seed, epoch, index), so clips are reproducible and a
-        # resumed run sees what the uninterrupted one would have.
-        rng = np.random.RandomState(int(torch.randint(0, 2**32, ()).item()))
-        segments: list[list[int]] = []
-
-        def indices_fn(num_frames: int) -> list[int]:
-            segments[:] = self.sampler.indices(num_frames, rng)
-            if self.temporal_probe is not None:  # label 1: the same clip reversed / shuffled
-                from .temporal import reorder
-
-                segments[:] = [reorder(self.temporal_probe, seg, label, rng) for seg in segments]
-            return [i for seg in segments for i in seg]
-
-        if os.path.isdir(path):  # a folder of numbered frames (Jester) is a video too
-            from .native.frames import read_frame_folder
-
-            decoded = read_frame_folder(path, indices_fn, backend=self.backend)
-        else:
-            read = self.frame_cache.read if self.frame_cache is not None else read_frames
-            decoded = read(path, indices_fn, backend=self.backend, **self.decode)
-        frames, backend = decoded.frames, decoded.backend
-        T = self.sampler.frames_per_clip
-        clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
-        draw = getattr(self.transform, "draw", None)
-        if self.device_finish:
-            if draw is None:  # evaluation: deterministic views, nothing to draw
-                return {"frames": torch.stack(clips), "params": None, "backend": backend}
-            # Each segment gets its own random augmentation, as in the release.
-            drawn = [draw(clip, int(torch.randint(0, 2**62, ()).item())) for clip in clips]
-            return {"frames": torch.stack([c for c, _ in drawn]), "params": [p for _, p in drawn],
-                    "backend": backend}
-        views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
-        return {"video": torch.stack(views), "backend": backend}  # (S, V, 3, T, H, W)
-
-
-def collate_clips(items: Sequence[dict]) -> dict:
-    """Stack the readable items; report the others.
-
-    Float items (`video`): `dict(video=(B, S, V, 3, T, H, W) or None when no item was readable,
-    label=(B,), path=[...], failures=[(path, error), ...])`. uint8 items (`frames`, device
-    finishing): `frames` is a list of (S, T, H, W, 3) tensors (videos differ in size) and
-    `params` the list of their drawn augmentation parameters; `video` is absent.
-    """
-    good = [it for it in items if it.get("error") is None]
-    failures = [(it["path"], it["error"]) for it in items if it.get("error") is not None]
-    out = {
-        "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
-        "path": [it["path"] for it in good],
-        "failures": failures,
-    }
-    if good and "targets" in good[0]:  # multi-label rows
-        out["targets"] = torch.stack([it["targets"] for it in good])
-    if good and "frames" in good[0]:
-        out["frames"] = [it["frames"] for it in good]
-        out["params"] = [it["params"] for it in good]
-    elif good:
-        out["video"] = torch.stack([it["video"] for it in good])
-    else:  # nothing readable: an empty batch in either form
-        out.update(video=None, frames=[], params=[])
-    return out
+# The datasets lived here before tasks.items; importing them from here still works.
+__all__ = ["Task", "ManifestItems", "VideoDataset", "collate_clips"]
 
 
 class Task:
-    """A task spec bound to its files. Paths in `spec.data` are resolved when the Task is made."""
+    """A task spec bound to its files. Paths in `spec.data` are resolved when the Task is made.
 
-    def __init__(self, spec: TaskSpec, *, backend: str = "auto"):
+    `backend`: the decoder (`spec.decoder`, 'auto' unless the task config names one); the
+    backend that actually decoded each item is in the item (`backend`) and so in the preflight
+    report (`decode_backend`)."""
+
+    def __init__(self, spec: TaskSpec):
         self.spec = spec
-        self.backend = backend
+        self.backend = spec.decoder
         data = dict(spec.data)
         # Relative roots resolve against the current directory at build time (documented).
         self.root = Path(os.path.abspath(os.path.expanduser(data.get("root") or ".")))
@@ -166,7 +50,10 @@ class Task:
         for key in ("train", "val", "test", "labels"):
             value = data.get(key)
             self.paths[key] = None if value is None else self.root / os.path.expanduser(str(value))
+        self._manifests: dict[str, list[tuple[str, int]]] = {}
         self._entry_cache: dict[str, list[tuple[str, int]]] = {}
+        self._dropped: dict[str, dict] = {}
+        self._content_roots: dict[str, Path] = {}
 
     def __repr__(self) -> str:
         return f"Task({self.spec.name!r}, root={str(self.root)!r})"
@@ -177,6 +64,9 @@ class Task:
 
     @property
     def num_classes(self) -> int:
+        """The probe's classes: the label map's, or with `classes: present` those kept."""
+        if self.class_subset is not None:
+            return len(self.class_subset.kept)
         return self.spec.num_classes
 
     @property
@@ -195,8 +85,6 @@ class Task:
                 f"point data.root at the folder holding the {self.spec.name} files "
                 "(`tasks.build(name, root=...)` or the override `task.data.root=...`)"
             )
-            from .native import PREPARERS
-
             if self.spec.name in PREPARERS:
                 hint += (f", or make them from the publisher's files with `harness data prepare "
                          f"{self.spec.name} --root DIR`")
@@ -212,42 +100,100 @@ class Task:
             raise self._missing(f"{split} manifest", path)
         return path
 
-    def entries(self, split: str) -> list[tuple[str, int]]:
-        """`(video path, label)` of a split's manifest (read once, validated against num_classes)."""
-        if split not in self._entry_cache:
+    def _manifest(self, split: str) -> list[tuple[str, int]]:
+        """The split's manifest as written (validated against the label map's `num_classes`)."""
+        if split not in self._manifests:
             if self.spec.kind == "detection":  # one (video, 0) per keyframe item (tasks.ava)
-                from .ava import entries
-
                 self.manifest_path(split)  # a clear error when the split's file is absent
-                self._entry_cache[split] = entries(self, split)
+                self._manifests[split] = ava.entries(self, split)
             elif self.spec.temporal_probe is not None:  # any video manifest; its labels unused
-                from .temporal import derive_entries
-
-                self._entry_cache[split] = derive_entries(read_manifest(self.manifest_path(split)))
+                self._manifests[split] = derive_entries(read_manifest(self.manifest_path(split)))
             else:
-                self._entry_cache[split] = read_manifest(
-                    self.manifest_path(split), self.num_classes,
-                    multilabel=self.spec.kind == "multilabel")
+                path = self.manifest_path(split)
+                try:
+                    self._manifests[split] = read_manifest(
+                        path, self.spec.num_classes, multilabel=self.spec.kind == "multilabel")
+                except DataError as e:  # a label past num_classes: say how to probe fewer
+                    hint = self._subset_hint() if "out of range" in str(e) else ""
+                    raise DataError(f"{e}{hint}") from None
+        return self._manifests[split]
+
+    def _subset_hint(self) -> str:
+        if self.spec.classes == "present":
+            return ""
+        return (f". num_classes ({self.spec.num_classes}) is the label map's class count; to probe "
+                "only the classes present in the training manifest keep it and set "
+                "task.classes=present")
+
+    def entries(self, split: str) -> list[tuple[str, int]]:
+        """`(video path, label)` of a split's manifest, read once. With `classes: present` the
+        labels are renumbered to the kept classes and samples of other classes dropped (counted:
+        `dropped(split)`)."""
+        if split not in self._entry_cache:
+            entries = self._manifest(split)
+            if self.class_subset is not None:
+                entries, self._dropped[split] = self.class_subset.remap(entries)
+                warn_dropped(self.name, split, self._dropped[split], len(self._manifest(split)),
+                             len(self.class_subset.kept))
+            self._entry_cache[split] = entries
         return self._entry_cache[split]
 
     @cached_property
-    def class_names(self) -> list[str]:
-        if self.spec.temporal_probe is not None:
-            from .temporal import CLASSES
+    def class_subset(self) -> ClassSubset | None:
+        """With `classes: present`: the classes the training manifest uses (`tasks.classes`)."""
+        if self.spec.classes != "present":
+            return None
+        return ClassSubset.present_in(self._manifest("train"), self.spec.num_classes)
 
-            return list(CLASSES[self.spec.temporal_probe])
+    def dropped(self, split: str) -> dict:
+        """`{"samples": n, "labels": m}` of `split` left out as of classes absent from training
+        (`classes: present`); zeros otherwise."""
+        self.entries(split)
+        return dict(self._dropped.get(split, {"samples": 0, "labels": 0}))
+
+    @cached_property
+    def label_map(self) -> list[str]:
+        """Every class name of the label map (`data.labels`), validated against num_classes."""
         path = self.paths.get("labels")
         if path is None:
             raise DataError(f"task {self.spec.name!r} has no label map (data.labels); add one, one class per line")
         if not path.is_file():
             raise self._missing("label map", path)
         names = read_label_map(path)
-        if len(names) != self.num_classes:
+        if len(names) != self.spec.num_classes:
             raise DataError(
                 f"task {self.spec.name!r}: label map {path} has {len(names)} classes but num_classes is "
-                f"{self.num_classes}"
+                f"{self.spec.num_classes}{self._subset_hint()}"
             )
         return names
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """The probe's class names, in its output order."""
+        if self.spec.temporal_probe is not None:
+            return list(TEMPORAL_CLASSES[self.spec.temporal_probe])
+        if self.class_subset is not None:
+            return self.class_subset.names(self.label_map)
+        return self.label_map
+
+    def content_root(self, split: str | None = None) -> Path:
+        """The deepest folder holding every video of the train and `split` (default: the
+        evaluation split) manifests: the dataset's own root, wherever the manifests are and
+        however they name the files (relative or absolute paths). Manifest digests are taken
+        relative to it, so they depend on the content only (see `entries_sha256`)."""
+        split = split or self.eval_split
+        if split not in self._content_roots:
+            names = dict.fromkeys(("train", split))
+            self._content_roots[split] = Path(common_folder(
+                [p for s in names for p, _ in self._manifest(s)]))
+        return self._content_roots[split]
+
+    def entries_sha256(self, entries: Sequence[tuple[str, object]], split: str | None = None) -> str:
+        """The digest of a list of this task's entries (a split, a fold, a held-out part):
+        `tasks.manifest.manifest_sha256` relative to `content_root(split)`, so the same videos
+        and labels give the same digest whether the data were prepared in place or with --out,
+        at any mount point, with relative or absolute manifest paths."""
+        return manifest_sha256(entries, self.content_root(split))
 
     def resolve_resolution(self, resolution: int | None) -> int:
         """The task's own resolution if it fixes one, else the caller's (the encoder's)."""
@@ -269,8 +215,6 @@ class Task:
                   num_frames: int | None = None):
         res = self.resolve_resolution(resolution)
         if self.spec.kind == "image":
-            from .image_transforms import build_image_transform
-
             return build_image_transform(train, res, mean, std, num_frames=self.image_frames(num_frames),
                                          train_aug=self.spec.train_aug,
                                          eval_transform=self.spec.eval_transform)
@@ -306,10 +250,10 @@ class Task:
         count (1 for an image encoder); default the task's `sampling.frames_per_clip`.
         """
         train = (split == "train") if train is None else bool(train)
+        if self.spec.kind != "image":  # images are read with PIL, whatever the decoder
+            require(self.backend, context=f"task {self.spec.name!r}: ")
         if self.spec.kind == "detection":  # `entries`: keyframes (tasks.ava.holdout)
-            from .ava import build_dataset
-
-            return build_dataset(self, split, train=train, resolution=self.resolve_resolution(resolution),
+            return ava.build_dataset(self, split, train=train, resolution=self.resolve_resolution(resolution),
                                  mean=mean, std=std, backend=self.backend, items=entries)
         if self.spec.kind == "image":
             dataset = self._image_dataset(split, train=train and not fixed, mean=mean, std=std,
@@ -346,8 +290,6 @@ class Task:
 
     def _image_dataset(self, split, *, train, mean, std, resolution, device_finish, entries, num_frames):
         # `fixed` (cached features) needs no branch: the evaluation transform is already fixed.
-        from .image_dataset import ImageDataset
-
         return ImageDataset(
             self.entries(split) if entries is None else list(entries),
             transform=self.transform(train=train, resolution=resolution, mean=mean, std=std,
@@ -359,7 +301,14 @@ class Task:
         """Everything that makes two numbers on this task comparable, as a JSON-able dict.
 
         Includes the manifests' and label map's sha256, so a different video set or class order
-        (the K400 class-index bug users hit) gives a different protocol id.
+        (the K400 class-index bug users hit) gives a different protocol id. A function of content
+        only: a manifest's digest covers its videos' paths relative to the dataset's own folder
+        (`content_root`) and their labels, so the same videos and labels give the same protocol
+        wherever they live and however they were prepared; not the videos' bytes (`harness data
+        check` judges those, and reading them all would cost a K400 protocol 450 GB of I/O).
+        Not in it: the decoder (`decoder`), which changes no number beyond colour-conversion
+        rounding; the record says which backend ran. With `classes: present`, `classes` records
+        the kept classes and the samples dropped (`tasks.classes`).
         """
         split = split or self.eval_split
         res = self.spec.resolution if self.spec.resolution is not None else resolution
@@ -367,7 +316,8 @@ class Task:
             return self._detection_protocol(split, res)
         train_entries = self.entries("train")
         eval_entries = self.entries(split)
-        labels = self.class_names
+        labels = self.class_names if self.spec.temporal_probe is not None else self.label_map
+        subset = self.class_subset
         return {
             "task": self.spec.name,
             "kind": self.spec.kind,
@@ -379,30 +329,27 @@ class Task:
             "eval_transform": _jsonable(self.spec.eval_transform),
             "splits": {"train": "train", "eval": split},
             "manifests": {
-                "train": {"videos": len(train_entries), "sha256": manifest_sha256(train_entries, self.root)},
-                "eval": {"videos": len(eval_entries), "sha256": manifest_sha256(eval_entries, self.root)},
+                "train": {"videos": len(train_entries), "sha256": self.entries_sha256(train_entries, split)},
+                "eval": {"videos": len(eval_entries), "sha256": self.entries_sha256(eval_entries, split)},
             },
             "label_map_sha256": label_map_sha256(labels),
+            **({"classes": subset.protocol(self.label_map, {"train": self.dropped("train"),
+                                                            "eval": self.dropped(split)})}
+               if subset is not None else {}),
             **({"temporal_probe": self.spec.temporal_probe} if self.spec.temporal_probe else {}),
             **({"train_fold": dict(self.spec.train_fold)} if self.spec.train_fold else {}),
         }
 
-
     def _detection_protocol(self, split: str, resolution) -> dict:
         # AVA's splits are box files, not `path label` manifests: their bytes (GT rows, excluded
         # keyframes, label map, the evaluation's proposals) and the keyframes found define them.
-        import dataclasses
-        import hashlib
-
-        from .ava import config, protocol_files
-
         def files_sha256(s: str) -> str:
             h = hashlib.sha256()
-            for path in protocol_files(self, s):
+            for path in ava.protocol_files(self, s):
                 h.update(hashlib.sha256(Path(path).read_bytes()).digest())
             return h.hexdigest()
 
-        cfg = dataclasses.asdict(config(self))
+        cfg = dataclasses.asdict(ava.config(self))
         for key in ("videos", "label_map", "excluded", "proposals"):  # file names: hashed above
             cfg.pop(key)
         return {

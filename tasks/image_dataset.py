@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .dataset import ManifestItems
+from .items import ManifestItems
 
 log = logging.getLogger(__name__)
 

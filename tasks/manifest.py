@@ -94,19 +94,31 @@ def write_manifest(path: str | os.PathLike, entries: list[tuple[str, int]]) -> N
             f.write(f"{video} {label_text(label)}\n")
 
 
-def manifest_sha256(entries: list[tuple[str, int]], base: str | os.PathLike | None = None) -> str:
-    """Hash the set of (video, label) pairs, independent of line order and of where the tree lives.
+def common_folder(paths: list[str]) -> str:
+    """The deepest folder holding every path (absolute); '' for no paths."""
+    if not paths:
+        return ""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
 
-    Paths are taken relative to `base` (the task's data root) when they all lie under it, else
-    relative to the entries' common folder; so the same data mounted at `/datasets/k400` or
-    `~/k400` gives the same hash, while a changed label or video set does not.
+
+def manifest_sha256(entries: list[tuple[str, int]], base: str | os.PathLike | None = None) -> str:
+    """Hash the (video, label) pairs, independent of line order and of where the tree lives.
+
+    What identifies a sample is its path inside the dataset's folder plus its label, not the
+    bytes of the video (a K400 digest would read 450 GB; `harness data check` judges the files)
+    nor where the dataset is mounted or how a manifest names it. Paths are taken relative to
+    `base` when they all lie under it (`Task.content_root`: the folder holding every video of
+    the protocol's splits, so the same data prepared in place or with `--out`, at any mount
+    point, with relative or absolute manifest paths gives the same digest while `val/x.mp4` and
+    `test/x.mp4` stay apart), else relative to the entries' common folder. A changed label or
+    video set changes the digest; a line listed twice counts twice.
     """
     if not entries:
         return hashlib.sha256(b"").hexdigest()
     paths = [os.path.abspath(p) for p, _ in entries]
     anchor = os.path.abspath(base) if base is not None else None
     if anchor is None or any(os.path.commonpath([anchor, p]) != anchor for p in paths):
-        anchor = os.path.commonpath([os.path.dirname(p) for p in paths])
+        anchor = common_folder(paths)
     lines = sorted(
         f"{Path(os.path.relpath(p, anchor)).as_posix()}\t{label_text(label)}"
         for p, (_, label) in zip(paths, entries)

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.fields import bounded
+from common.names import did_you_mean
+
 from .errors import DataError
 
 # Task kinds (`probes.kinds` holds what each changes in the probe trainer): single-label video
@@ -17,6 +20,13 @@ METRICS = ("top1", "top5", "mAP")
 KIND_METRICS = {"video": ("top1", "top5"), "image": ("top1", "top5"), "multilabel": ("mAP",),
                 "detection": ("mAP",)}
 PLACEMENTS = ("random", "start", "center")
+# `decoder`: who decodes the videos (not protocol: it changes no number beyond colour-conversion
+# rounding, and the record says which ran); `auto` takes the first usable of decord, torchcodec,
+# PyAV (tasks.clip_reader; the same names as tasks.backends.CHOICES).
+DECODERS = ("auto", "decord", "torchcodec", "pyav")
+# `classes`: `all` probes the label map's classes; `present` only those the training manifest
+# uses, renumbered (tasks.classes; in the protocol).
+CLASS_CHOICES = ("all", "present")
 
 
 def _check_keys(where: str, given: Mapping, allowed: set[str], required: set[str] = frozenset()) -> None:
@@ -36,6 +46,13 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
         return [_plain(v) for v in value]
+    return value
+
+
+def _choice(where: str, key: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
+        raise DataError(f"{where}: {key} {value!r} is not one of {', '.join(choices)}.{hint}")
     return value
 
 
@@ -104,9 +121,9 @@ class TaskSpec:
     resolution: int | None = None
     train_aug: dict = field(default_factory=dict)
     eval_transform: dict = field(default_factory=dict)
-    max_failure_fraction: float = 0.05
+    max_failure_fraction: float = bounded(0.05, low=0, high=1, why="a fraction")
     # How videos are decoded (not protocol: they change no number). "subprocess" decodes in a
-    # child process that a native crash or hang cannot take down (tasks.decode.read_frames);
+    # child process that a native crash or hang cannot take down (tasks.clip_reader.read_frames);
     # off by default: the container header check already refuses the known crafted files, and
     # the child costs 25-50% of decoding speed (benchmarks/decode.py).
     # A temporal probe derived from the manifests' videos (tasks/temporal.py): arrow_of_time or
@@ -114,6 +131,13 @@ class TaskSpec:
     temporal_probe: str | None = None
     decode_isolation: str = "none"
     decode_timeout_s: float | None = 60.0
+    # Which backend decodes (DECODERS); not protocol. A named backend that is not installed is an
+    # error when the datasets are made (tasks.backends.require), saying what to install.
+    decoder: str = "auto"
+    # Probe every class of the label map (`all`), or only the classes the training manifest uses
+    # (`present`: renumbered in label-map order, evaluation samples of other classes dropped and
+    # counted; all of it in the protocol). Not for detection or temporal probes.
+    classes: str = "all"
     optim: dict = field(default_factory=dict)
     description: str = ""
     # A detection task's own block (files of boxes, proposals, excluded frames; `tasks.ava`
@@ -177,8 +201,9 @@ class TaskSpec:
         if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
             raise DataError(f"{where}: resolution must be a positive integer or null, got {resolution!r}")
         mff = float(cfg.get("max_failure_fraction", 0.05))
-        if not 0.0 <= mff <= 1.0:
-            raise DataError(f"{where}: max_failure_fraction must be within [0, 1], got {mff}")
+        problem = _field_range("max_failure_fraction").problem("max_failure_fraction", mff)
+        if problem:
+            raise DataError(f"{where}: max_failure_fraction={mff:g} is out of range: {problem}")
 
         temporal = cfg.get("temporal_probe")
         if temporal is not None:
@@ -198,6 +223,13 @@ class TaskSpec:
             raise DataError(f"{where}: decode_timeout_s must be a positive number of seconds or "
                             f"null, got {timeout!r}")
 
+        decoder = _choice(where, "decoder", cfg.get("decoder", "auto"), DECODERS)
+        classes = _choice(where, "classes", cfg.get("classes", "all"), CLASS_CHOICES)
+        if classes == "present" and (kind == "detection" or temporal is not None):
+            raise DataError(f"{where}: classes: present picks the classes of a labelled training "
+                            f"manifest; a {'temporal probe' if temporal else 'detection task'} has "
+                            f"its own fixed classes (use classes: all)")
+
         copies = cfg.get("cached_train_copies", 0)
         if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
             raise DataError(f"{where}: cached_train_copies must be an integer >= 0, got {copies!r}")
@@ -216,6 +248,8 @@ class TaskSpec:
             temporal_probe=temporal,
             decode_isolation=isolation,
             decode_timeout_s=None if timeout is None else float(timeout),
+            decoder=decoder,
+            classes=classes,
             optim=dict(cfg.get("optim") or {}),
             description=str(cfg.get("description", "")),
             cache_features=bool(cfg.get("cache_features", False)),
@@ -237,3 +271,7 @@ class TaskSpec:
         d = dataclasses.asdict(self)
         d["sampling"] = self.sampling.to_dict()
         return d
+
+
+def _field_range(name: str):
+    return {f.name: f for f in dataclasses.fields(TaskSpec)}[name].metadata["range"]

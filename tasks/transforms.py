@@ -330,7 +330,7 @@ class TrainTransform:
         return x
 
     def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Back-compat (pretraining uses it): draw with a seed from torch's global RNG, apply on the CPU."""
+        """Draw and apply in one call on the CPU, the seed from torch's global RNG (pretraining)."""
         seed = int(torch.randint(0, 2**62, ()))
         out, params = self.draw(frames, seed)
         return [self.apply(out, params)]

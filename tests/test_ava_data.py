@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import tasks
-from common.atomic import atomic_write
 from tasks.errors import DataError
 from tasks.spec import SamplingSpec
 from tests.miniature import (AVA_BOX_P0, AVA_BOX_P1, AVA_CUTS, AVA_MISSING, ava_movie_digits,
@@ -37,7 +36,7 @@ def ava(tmp_path_factory):
     root = tmp_path_factory.mktemp("ava_native")
     planted = make_native_ava(root)
     out = root / "prepared"
-    report = prepare("ava", root, out, progress=False, workers=1, writer=atomic_write)
+    report = prepare("ava", root, out, progress=False, workers=1)
     return root, out, report, planted
 
 
@@ -96,7 +95,7 @@ def test_prepare_reports_each_problem_line_by_line_and_loses_no_good_row(ava):
     # The verdicts come from the header plus one seek-decode: re-running reuses them.
     from tasks.native import prepare
 
-    again = prepare("ava", root, out, progress=False, workers=1, writer=atomic_write)
+    again = prepare("ava", root, out, progress=False, workers=1)
     assert again["files"] == report["files"] and again["splits"] == report["splits"]
 
 
@@ -108,7 +107,7 @@ def test_both_video_folders_are_refused(tmp_path):
     for folder in ("videos", "videos_15min"):
         (tmp_path / folder / "x.mp4").write_bytes(b"\0" * 10)
     with pytest.raises(DataError, match="both .*videos.* hold videos"):
-        prepare("ava", tmp_path, progress=False, writer=atomic_write)
+        prepare("ava", tmp_path, progress=False)
 
 
 def test_train_items_merge_a_persons_rows_into_one_multi_hot_box(ava):
@@ -226,7 +225,8 @@ def movie(tmp_path_factory) -> Path:
 
 
 def test_seek_equals_a_full_decode_and_decodes_far_fewer_frames(movie):
-    from tasks.decode import backend_problem, read_frames
+    from tasks.backends import problem as backend_problem
+    from tasks.clip_reader import read_frames
     from tasks.seek import read_at
 
     wanted = [1868, 1872, 1876, 1900, 1931]
@@ -262,7 +262,7 @@ def test_full_movie_clip_is_centred_on_the_keyframe(tmp_path):
     from tasks.seek import centred_indices
 
     planted = make_native_ava_movies(tmp_path / "ava")
-    report = prepare("ava", tmp_path / "ava", progress=False, workers=1, writer=atomic_write)
+    report = prepare("ava", tmp_path / "ava", progress=False, workers=1)
     assert "videos/ (full movies" in " ".join(report["notes"]) and not report["problems"]
     assert ",0,2,1000" in (tmp_path / "ava" / "videos.csv").read_text()  # movie time, 2 fps
     T, step = 8, 4

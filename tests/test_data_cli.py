@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from common.atomic import atomic_write
 
 CLASSES = ("abseiling", "passing American football (in game)", "riding a bike")
 
@@ -62,8 +61,8 @@ def test_two_users_missing_different_files_draw_the_same_fold(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _k400_annotations(a, present=lambda k: k % 7 != 3)
     _k400_annotations(b, present=lambda k: k % 5 != 1)
-    fa = write_splits("k400", a, fractions=[0.5], seeds=[2], writer=atomic_write)["folds"][0]
-    fb = write_splits("k400", b, fractions=[0.5], seeds=[2], writer=atomic_write)["folds"][0]
+    fa = write_splits("k400", a, fractions=[0.5], seeds=[2])["folds"][0]
+    fb = write_splits("k400", b, fractions=[0.5], seeds=[2])["folds"][0]
     assert fa["sha256"] == fb["sha256"] and fa["drawn"] == fb["drawn"] == 15
     assert fa["missing_locally"] > 0 and fb["missing_locally"] > 0
     assert fa["written"] + fa["missing_locally"] == 15
@@ -72,7 +71,7 @@ def test_two_users_missing_different_files_draw_the_same_fold(tmp_path):
     names_b = {Path(line.rsplit(" ", 1)[0]).name for line in Path(fb["manifest"]).read_text().splitlines()}
     full = tmp_path / "full"
     _k400_annotations(full)
-    ff = write_splits("k400", full, fractions=[0.5], seeds=[2], writer=atomic_write)["folds"][0]
+    ff = write_splits("k400", full, fractions=[0.5], seeds=[2])["folds"][0]
     names_full = {Path(line.rsplit(" ", 1)[0]).name for line in Path(ff["manifest"]).read_text().splitlines()}
     assert names_a <= names_full and names_b <= names_full and len(names_full) == 15
 
@@ -85,9 +84,9 @@ def test_a_fold_changes_the_protocol(tmp_path):
     from tasks.native import prepare
     from tasks.native.splits import write_splits
 
-    prepare("k400", root, verify=False, progress=False, writer=atomic_write)
+    prepare("k400", root, verify=False, progress=False)
     (root / "val.csv").write_text((root / "train.csv").read_text())
-    fold = write_splits("k400", root, fractions=[0.1], seeds=[0], writer=atomic_write)["folds"][0]
+    fold = write_splits("k400", root, fractions=[0.1], seeds=[0])["folds"][0]
     full = tasks.build("k400", root=root).protocol()
     part = tasks.build("k400", root=root, data={"train": f"splits/{fold['name']}.csv"}).protocol()
     assert full["manifests"]["train"]["sha256"] != part["manifests"]["train"]["sha256"]

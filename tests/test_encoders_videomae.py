@@ -13,9 +13,8 @@ import torch
 
 import encoders
 from encoders import CheckpointError
-from encoders.videomae import (
-    build_videomae, checkpoint_filter, convert_hf_state, hf_arch, load_hf_folder, sinusoid_table,
-)
+from encoders.videomae import build_videomae, sinusoid_table
+from encoders.videomae_checkpoint import checkpoint_filter, convert_hf_state, hf_arch, load_hf_folder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -40,7 +39,7 @@ def _case(release, name):
 
 def _cfg(case):
     return {"name": f"test_{case['name']}", "family": case["release"], "modality": "video",
-            "builder": "encoders.videomae:build_videomae", "checkpoint_filter": "encoders.videomae:checkpoint_filter",
+            "builder": "encoders.videomae:build_videomae", "checkpoint_filter": "encoders.videomae_checkpoint:checkpoint_filter",
             "arch": dict(case["arch"]), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
             "checkpoint_key": case["wrapper"]}
 
@@ -282,7 +281,7 @@ def test_full_size_entries_build_on_meta_with_release_parameter_counts(release, 
     spec = encoders.EncoderSpec.from_config(cfg)
     assert spec.num_tokens == (2048 if name == "videomaev2_vitg" else 1568)
     assert tuple(spec.mean) == (0.485, 0.456, 0.406) and spec.family in ("videomae", "videomaev2")
-    assert cfg["description"] and cfg["checkpoint_filter"] == "encoders.videomae:checkpoint_filter"
+    assert cfg["description"] and cfg["checkpoint_filter"] == "encoders.videomae_checkpoint:checkpoint_filter"
 
 
 def test_vitg_mlp_width():

@@ -257,7 +257,7 @@ ERRORS = {
     "classes_non_utf8": r"classes\.txt:1: .*(UTF-8|utf-8)",
     "manifest_blank_lines_only": r"the train manifest .*train\.csv lists no videos",
     "manifest_zero_bytes": r"the train manifest .*train\.csv lists no videos",
-    "classes_zero_bytes": r"label map .*classes\.txt has 0 classes but num_classes is 8$",
+    "classes_zero_bytes": r"label map .*classes\.txt has 0 classes but num_classes is 8\b.*task\.classes=present",
     "bad_videos_past_threshold": r"^error: 2 of 26 samples \(7\.7%\) in evaluation could not be read, "
                                  r"above max_failure_fraction=0\.05 .*crafted header\.mp4: DecodeError: "
                                  r"corrupt or crafted container header.*notes\.mp4: DecodeError: "

@@ -18,14 +18,6 @@ import pytest
 from harness.cli import main
 
 
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory) -> Path:
-    from tasks.digits import make_digits
-
-    root = tmp_path_factory.mktemp("digits")
-    make_digits(root, seed=0, per_class_train=4, per_class_val=1, per_class_test=2,
-                num_frames=20, size=32, progress=False)
-    return root
 
 
 def _tiny(root: Path, out: Path, epochs: int = 2) -> list[str]:
@@ -59,6 +51,26 @@ def test_sweep_is_the_product_of_comma_lists_and_checkpoint_globs(tmp_path):
         expand_runs({"task": "digits_motion,digits_appearance"}, [], [], sweep=False)
     with pytest.raises(ValueError, match="add --sweep"):
         expand_runs({}, [], ["seed=0,1"], sweep=False)
+
+
+def test_each_task_of_a_sweep_gets_its_own_data_root():
+    from harness.config import ConfigError
+    from harness.launch import expand_runs
+
+    flags = {"encoder": "vjepa_tiny", "task": "digits_motion,digits_appearance"}
+    runs = expand_runs(flags, [], ["seed=0,1"], sweep=True,
+                       data_roots={"digits_motion": "/d/m", "digits_appearance": "/d/a b"})
+    assert len(runs) == 4
+    for run in runs:
+        root = [o for o in run if o.startswith("task.data.root=")]
+        assert root == (["task.data.root=/d/m"] if "task=digits_motion" in run
+                        else ["task.data.root='/d/a b'"])
+    with pytest.raises(ConfigError, match="does not run"):
+        expand_runs(flags, [], [], sweep=True, data_roots={"k400": "/d/k"})
+    shared = expand_runs(flags, [], ["task.data.root=/d"], sweep=True,
+                         data_roots={"digits_motion": "/d/m"})
+    assert sorted(o for r in shared for o in r if o.startswith("task.data.root=")) == \
+        ["task.data.root=/d", "task.data.root=/d/m"]
 
 
 def test_dry_run_prints_the_runs_and_the_sbatch_file_and_submits_nothing(digits_root, tmp_path,

@@ -33,7 +33,7 @@ def _args(root: Path, out: Path, *extra: str) -> list[str]:
 def _plan_pid(argv: list[str]) -> str:
     from harness.commands.run import overrides_from_args
     from harness.config import compose_run
-    from harness.runner import plan_run
+    from harness.plan import plan_run
 
     args, extra = build_parser().parse_known_args(argv)
     args.overrides = list(args.overrides) + extra

@@ -28,10 +28,12 @@ def test_intervals_against_independent_values(lb):
                           random_state=np.random.default_rng(1)).confidence_interval
     assert how == "bootstrap"
     assert lo == pytest.approx(100 * ref.low, abs=1.5) and hi == pytest.approx(100 * ref.high, abs=1.5)
-    # counts only: 78% of 98, the normal approximation worked by hand
+    # counts only: 78% of 98, the Wilson score interval worked by hand
     lo, hi, how = plots.cell_interval(lb.cells[(VMAE, C16)])
-    half = 1.96 * math.sqrt(0.78 * 0.22 / 98) * 100
-    assert how == "binomial" and (lo, hi) == pytest.approx((78 - half, 78 + half))
+    z, n, p = stats.norm.ppf(0.975), 98, 0.78
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert how == "wilson" and (lo, hi) == pytest.approx((100 * (centre - half), 100 * (centre + half)))
 
 
 def _overlaps(a, b) -> bool:
@@ -72,5 +74,7 @@ def test_plot_command(tmp_path, capsys):
     assert (tmp_path / "b.png").is_file()
     assert main(["plot", "series", "vjepa_vitl", "--results", str(root),
                  "--out", str(tmp_path / "s.png")]) == 0
+    # no fold records in this store: the error says how to make them
     assert main(["plot", "low-shot", "--results", str(root), "--out", str(tmp_path / "l.png")]) == 2
-    assert "label-fraction splits" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no records of label-efficiency folds" in err and "harness data split" in err

@@ -57,7 +57,9 @@ def test_frozen_table_published_ours_difference_and_commands(tmp_path, capsys):
     assert vith["K400"]["command"] == (f"harness run --encoder vjepa_vith --checkpoint "
                                        f"vith16.pth.tar --task k400 --out {root}")
     assert vith["SSv2"]["ours"] is None and vith["SSv2"]["command"].endswith(f"--task ssv2 --out {root}")
-    assert vith["AVA"]["ours"] is None and vith["AVA"]["command"].endswith(f"--task ava --out {root}")
+    # AVA's cell is the paper's own AVA probe: the command that fills it names that probe
+    assert vith["AVA"]["ours"] is None and vith["AVA"]["command"].endswith(
+        f"--task ava --probe roi_linear --out {root}")
     assert rows["DINOv2 ViT-g/14"]["SSv2"]["uncertain"] is True
     assert rows["I-JEPA ViT-H/16_512"]["K400"]["why_not"] == "no registry encoder for this row"
 

@@ -17,7 +17,8 @@ import torch
 from encoders.jepa import load_config, resolve
 from encoders.jepa.masks import MaskBatch, MaskCollator
 from encoders.jepa.schedules import Schedules
-from encoders.jepa.trainer import RELEASE_PREFIX, JepaTrainer
+from encoders.jepa.checkpoints import RELEASE_PREFIX
+from encoders.jepa.trainer import JepaTrainer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RUN = json.loads((FIXTURES / "release_pretrain_run.json").read_text())

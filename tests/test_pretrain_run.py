@@ -42,7 +42,7 @@ def test_compose_overrides_and_errors():
 def test_data_order_and_augmentation_depend_only_on_seed_epoch_index(digits_root):
     cfg = compose_pretrain_config("vjepa_tiny", TINY + [f"data.root={digits_root}",
                                                         "data.manifests=[digits_motion/train.csv]"])
-    from encoders.jepa.trainer import build_encoder_config
+    from encoders.jepa.model import build_encoder_config
 
     ds = build_pretrain_dataset(cfg, build_encoder_config(cfg))
     assert len(ds) == 16
@@ -106,7 +106,7 @@ def _two_manifests(root):
 
 
 def test_weighted_mix_draws_each_manifest_at_its_weight(digits_root):
-    from encoders.jepa.trainer import build_encoder_config
+    from encoders.jepa.model import build_encoder_config
     from harness.pretrain import read_pretrain_manifests, sample_weights
 
     names = _two_manifests(digits_root)

@@ -116,7 +116,10 @@ def test_initial_parameters_equal_the_releases_after_the_same_seed(cfg):
     for key, ref in cfg["init"].items():
         t = state[key].double()
         assert list(t.shape) == ref["shape"], key
-        assert t.flatten()[:len(ref["first"])].tolist() == ref["first"], key
+        # Equal to a float32 ulp: the vectorised erfinv of the inverse-CDF draw rounds the last
+        # bit differently on some CPUs (AVX-512 vs AVX2); another draw would differ everywhere.
+        assert t.flatten()[:len(ref["first"])].tolist() == pytest.approx(
+            ref["first"], rel=2e-7, abs=1e-9), key
         assert t.sum().item() == pytest.approx(ref["sum"], rel=1e-6, abs=1e-9), key
         assert (t * t).sum().item() == pytest.approx(ref["sumsq"], rel=1e-6, abs=1e-9), key
     assert rng_after == cfg["rng_after"]  # the construction drew the RNG exactly as the release

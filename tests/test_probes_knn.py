@@ -1,6 +1,7 @@
 """The k-NN probe against scikit-learn (majority voting) and hand-worked weighted votes."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -11,7 +12,75 @@ from sklearn.neighbors import KNeighborsClassifier
 
 import probes
 from probes.feature_cache import TokenCache
-from probes.knn import KNNProbe, bank_from, knn_evaluate, knn_scores, knn_votes, rank_classes
+from probes.kinds import Classification
+from probes.knn import (DEFAULT_K, DEFAULT_TEMPERATURE, KNNProbe, bank_from, knn_votes,
+                        pool_tokens)
+
+# --------------------------------------------------------------------------------------------
+# the test's own k-NN classifier on the library's votes: the reference the probe is held to
+
+
+def knn_scores(bank, bank_labels, tokens, **kw):
+    """Query tokens (q, V, L, D) (or (q, L, D)) -> view-merged scores (q, C): the mean over views
+    of each view's normalised votes."""
+    if tokens.ndim == 3:
+        tokens = tokens.unsqueeze(1)
+    feats = pool_tokens(tokens)  # (q, V, D)
+    q, v = feats.shape[:2]
+    votes = knn_votes(bank, bank_labels, feats.reshape(q * v, -1).to(bank.device), **kw)
+    return votes.reshape(q, v, -1).mean(dim=1)
+
+
+def rank_classes(scores):
+    """Classes by descending score, ties in class order (scikit-learn's argmax breaks them so)."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def knn_evaluate(train, evaluation, *, num_classes, k=DEFAULT_K, temperature=DEFAULT_TEMPERATURE,
+                 topk=(1, 5), bank_chunk=16384, query_chunk=1024):
+    """Metrics (top-k, `mean_class_acc`, percent) and per-sample predictions {path, label,
+    topk_index, topk_prob} of a k-NN classifier whose bank is `train` and whose queries are
+    `evaluation` (TokenCaches)."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    bank, bank_labels = bank_from(train.tokens, train.labels)
+    labels = torch.as_tensor(evaluation.labels).long()
+    ranked, probs = [], []
+    for t in evaluation.tokens.split(query_chunk):
+        s = knn_scores(bank, bank_labels, t, num_classes=num_classes, k=k,
+                       temperature=temperature, bank_chunk=bank_chunk, query_chunk=query_chunk)
+        order = rank_classes(s)
+        ranked.append(order)
+        probs.append(s.gather(1, order))
+    ranked, probs = torch.cat(ranked), torch.cat(probs)
+    # torchmetrics scores a tie-free stand-in (C - rank) so its top-k is exactly this ranking:
+    # with the probabilities themselves its tie order (many classes get no vote) is unspecified.
+    stand_in = torch.empty_like(probs).scatter_(
+        1, ranked, torch.arange(num_classes, 0, -1, dtype=torch.float32).expand_as(probs).contiguous())
+    metrics = {}
+    for kk in topk:
+        kk = min(int(kk), num_classes)
+        m = MulticlassAccuracy(num_classes=num_classes, top_k=kk, average="micro")
+        metrics[f"top{kk}"] = 100.0 * m(stand_in, labels).item()
+    macro = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="macro")
+    metrics["mean_class_acc"] = 100.0 * macro(stand_in, labels).item()
+    n_top = min(5, num_classes)
+    predictions = {"path": list(evaluation.paths), "label": labels.numpy(),
+                   "topk_index": ranked[:, :n_top].numpy(), "topk_prob": probs[:, :n_top].numpy()}
+    return metrics, predictions
+
+
+def probe_views(probe, tokens):
+    """tokens (B, V, L, D) -> logits (B, V, C): one probe pass per view, as the trainer runs it."""
+    return Classification().forward(probe, tokens, {}, contextlib.nullcontext)
+
+
+def merge_views(logits):
+    """The trainer's view merge: the mean over views of the softmax."""
+    return Classification().merge(logits)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def _data(n=60, q=25, classes=4, length=3, dim=6, seed=0):
@@ -99,8 +168,6 @@ def test_chunking_and_view_merge():
 
 
 def test_registered_probe_plugs_into_the_trainers_view_merge():
-    from probes.trainer import merge_views, probe_views
-
     assert "knn" in probes.names()
     cfg = probes.config("knn")
     assert (cfg["k"], cfg["temperature"]) == (20, 0.07)

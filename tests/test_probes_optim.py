@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 import probes
 from probes.optim import CosineSchedule, build_adamw, cosine_value, param_groups
@@ -44,12 +43,27 @@ def test_cosine_with_warmup():
     assert s(30) == pytest.approx(0.1)
 
 
-def test_schedule_apply_sets_every_group():
-    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.ones(2))]},
-                             {"params": [torch.nn.Parameter(torch.ones(2))]}], lr=5.0)
-    lr = CosineSchedule(2.0, 0.0, 10).apply(opt, 5)
-    assert lr == pytest.approx(1.0)
-    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(1.0)] * 2
+def test_probe_optimiser_sets_every_groups_lr_and_weight_decay_per_step():
+    from probes.grid import ProbeGrid, grid_param_groups
+    from probes.optim import OptimConfig, ProbeOptimiser
+
+    cfg = OptimConfig(epochs=2, batch_size=4, lr=1.0, weight_decay=0.1)
+    wd = cosine_value(5, 10, 0.1, cfg.final_weight_decay)
+    # update 4 of 10 runs at the schedule's value at 5 (stepped before the update): the middle
+    one = ProbeOptimiser(probes.build("linear", 8, 3), cfg, steps_per_epoch=5)
+    assert one.begin(4) == pytest.approx(0.5)
+    assert [g["lr"] for g in one.opt.param_groups] == [pytest.approx(0.5)] * 2
+    assert [g["weight_decay"] for g in one.opt.param_groups] == [pytest.approx(wd), 0.0]
+    # a grid's heads: the protocol's schedule scaled to each head's own lr and weight decay
+    grid = ProbeGrid(lambda: probes.build("linear", 8, 3),
+                     [{"lr": 2.0, "weight_decay": 0.1}, {"lr": 0.2, "weight_decay": 0.0}])
+    heads = ProbeOptimiser(grid, cfg, steps_per_epoch=5, groups=grid_param_groups(grid))
+    heads.begin(4)
+    assert [(g["head"], g["lr"]) for g in heads.opt.param_groups] == [
+        (0, pytest.approx(1.0)), (0, pytest.approx(1.0)), (1, pytest.approx(0.1)),
+        (1, pytest.approx(0.1))]
+    assert [g["weight_decay"] for g in heads.opt.param_groups] == [pytest.approx(wd), 0.0, 0.0,
+                                                                   0.0]
 
 
 def test_cosine_value_for_weight_decay_ramps():

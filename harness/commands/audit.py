@@ -7,8 +7,9 @@ EPILOG = """\
   harness audit --image ijepa_tiny --video vjepa_tiny \\
       --static-task digits_appearance --temporal-task digits_motion --results runs/demo
 
---image / --video: a run label (`label=...` of the records) or an encoder name (its trained
-checkpoint; name the label when an encoder has records of several checkpoints).
+--image / --video: a run label (`label=...` of the records), an encoder label (`vjepa_tiny
+(depth 2)`) or an encoder name (its trained checkpoint; name the label when an encoder has
+records of several checkpoints or architectures).
 With --run, evaluations that have no record yet are run first (same probe and split for both
 encoders: each task's own protocol), with --image-checkpoint / --video-checkpoint and any
 key=value overrides (e.g. task.data.root=...). The verdict is written to
@@ -37,7 +38,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def _run_missing(args, root, records) -> None:
-    from harness.commands.run import _quote
+    from harness.config import quote_override as _quote
     from harness.config import compose_run
     from harness.runner import run_evaluation
     from results.audit import pick

@@ -5,23 +5,28 @@ from __future__ import annotations
 import argparse
 
 EPILOG = """\
-A and B are record files (runs/records/*.json), or names matched against the records under
---results: a record's label, or an encoder name (the newest record of it on --task).
+A and B are record files (runs/records/*.json), run ids (extra.run_id, or a unique prefix of 6
+or more characters), or names matched against the records under --results: a run's label
+(`label=...`), an encoder label (`vjepa_tiny (depth 2)`) or an encoder name. A name that fits
+several records (two checkpoints, seeds, tasks) is refused with the list of them: pick one by
+its record file or run id, or narrow with --task.
 
   harness compare runs/records/a.json runs/records/b.json
-  harness compare vjepa_tiny mobilenet_v2_imagenet --task digits_motion --results runs/demo
+  harness compare "video, latent targets (V-JEPA)" "random init (floor)" --task digits_motion \\
+      --results runs/demo
 
 Refused when the two records were made under different protocols (protocol_id) or evaluated
 different samples: a paired test needs the same samples under the same protocol.
-Prints each run's top-1 with a bootstrap 95% interval, the difference with its paired bootstrap
-interval and p-value, and McNemar's exact test on the samples exactly one of them got right.
+Prints each run's encoder and checkpoint (file name, sha256 prefix, step), its top-1 with a
+bootstrap 95% interval, the difference with its paired bootstrap interval and p-value, and
+McNemar's exact test on the samples exactly one of them got right.
 """
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
-    p.add_argument("a", help="record file, record label or encoder name")
-    p.add_argument("b", help="record file, record label or encoder name")
+    p.add_argument("a", help="record file, run id, run label, encoder label or encoder name")
+    p.add_argument("b", help="record file, run id, run label, encoder label or encoder name")
     p.add_argument("--task", help="task, when A/B are names")
     p.add_argument("--results", default=None,
                    help="results root searched for names (default: $HARNESS_RESULTS, else runs)")
@@ -29,46 +34,110 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _find(ref: str, task: str | None, root: str):
+def checkpoint_text(record: dict) -> str:
+    """`latest.pth.tar (sha256 1a2b3c4d, step 450)`, `random init`, or `no checkpoint`."""
+    from results.store import checkpoint_label
+
+    ckpt = record.get("checkpoint") or {}
+    label = checkpoint_label(ckpt)
+    if label == "random-init":
+        return "random init"
+    if label == "none":
+        return "no checkpoint"
+    facts = []
+    if isinstance(ckpt.get("sha256"), str) and ckpt["sha256"]:
+        facts.append(f"sha256 {ckpt['sha256'][:8]}")
+    for key in ("step", "epoch"):
+        if ckpt.get(key) is not None:
+            facts.append(f"{key} {ckpt[key]}")
+            break
+    return f"{label} ({', '.join(facts)})" if facts else label
+
+
+def run_name(record: dict) -> str:
+    """The run as a reader knows it: its label, else its encoder's label (registry name plus
+    the architecture that differs from the entry)."""
+    from results.store import encoder_label
+
+    return (record.get("extra") or {}).get("label") or encoder_label(record.get("encoder"))
+
+
+def _candidates(hits: list[dict]) -> str:
+    from results.store import encoder_label, run_identity
+
+    lines = []
+    for r in sorted(hits, key=lambda r: (str(r.get("task")), str(r.get("created")))):
+        label = (r.get("extra") or {}).get("label")
+        lines.append(f"  {r['_path']}\n    run id {run_identity(r)}; {r.get('task')} "
+                     f"({r.get('split')}); {encoder_label(r.get('encoder'))}"
+                     + (f", label {label!r}" if label else "")
+                     + f"; checkpoint {checkpoint_text(r)}; seed {r.get('seed')}; "
+                     f"protocol {r.get('protocol_id')}; created {r.get('created')}")
+    return "\n".join(lines)
+
+
+def find(ref: str, task: str | None, root) -> tuple:
+    """(record path, record) that `ref` names; ValueError when none or several fit."""
     from pathlib import Path
 
     import results
+    from results.store import encoder_label, run_identity
 
     path = Path(ref)
-    if path.suffix == ".json" and path.is_file():
+    if path.is_file():
         return path, results.read_record(path)
     root = results.default_root(root)
     store = results.ResultStore(root)
-    hits = [r for r in store.records()
-            if (task is None or r.get("task") == task)
-            and ref in ((r.get("extra") or {}).get("label"), r["encoder"].get("name"))]
+    records = [r for r in store.records() if task is None or r.get("task") == task]
+    # Most specific first: a run id, then a run's label, then an encoder label, then a name.
+    tiers = [
+        [r for r in records if run_identity(r) == ref or Path(r["_path"]).stem == ref],
+        [r for r in records if len(ref) >= 6 and run_identity(r).startswith(ref)],
+        [r for r in records if (r.get("extra") or {}).get("label") == ref],
+        [r for r in records if encoder_label(r.get("encoder")) == ref],
+        [r for r in records if (r.get("encoder") or {}).get("name") == ref],
+    ]
+    hits = next((t for t in tiers if t), [])
     if not hits:
         raise ValueError(f"no record named {ref!r}" + (f" on task {task!r}" if task else "")
-                         + f" under {root}; pass a record file or check --results/--task")
-    newest = max(hits, key=lambda r: r["created"])
-    return Path(newest["_path"]), newest
+                         + f" under {root}; pass a record file or run id, or check "
+                           f"--results/--task")
+    if len(hits) > 1:
+        tasks = {r.get("task") for r in hits}
+        narrow = " or narrow with --task" if len(tasks) > 1 and task is None else ""
+        raise ValueError(f"{ref!r} fits {len(hits)} records under {root}; pick one by its record "
+                         f"file or run id{narrow}:\n{_candidates(hits)}")
+    return Path(hits[0]["_path"]), hits[0]
 
 
 def main(args) -> int:
-    from results.predictions import correct, read_predictions
+    from results.predictions import correct, record_predictions
     from results.stats import align, bootstrap_ci, paired
 
-    (pa, ra), (pb, rb) = _find(args.a, args.task, args.results), _find(args.b, args.task, args.results)
+    (pa, ra), (pb, rb) = (find(args.a, args.task, args.results),
+                          find(args.b, args.task, args.results))
     if ra["protocol_id"] != rb["protocol_id"]:
         raise ValueError(f"the records were made under different protocols ({ra['protocol_id']} "
                          f"vs {rb['protocol_id']}): their numbers are not comparable")
-    preds_a, preds_b = read_predictions(pa), read_predictions(pb)
-    ia, ib = align(preds_a, preds_b)
-    a, b = correct(preds_a)[ia], correct(preds_b)[ib]
+    preds = []
+    for path, rec in ((pa, ra), (pb, rb)):
+        try:
+            pred = record_predictions(rec, path)
+        except FileNotFoundError as err:
+            raise ValueError(f"no paired test: {err}") from None
+        if "topk_index" not in pred:
+            raise ValueError(f"no paired top-1 test: {path} holds {pred.get('kind', 'other')} "
+                             f"predictions (scores per class), not classification top-k")
+        preds.append(pred)
+    ia, ib = align(*preds)
+    a, b = correct(preds[0])[ia], correct(preds[1])[ib]
     res = paired(a, b, n_boot=args.bootstrap, seed=args.seed)
 
-    def name(r):
-        return (r.get("extra") or {}).get("label") or r["encoder"]["name"]
-
     print(f"{ra['task']} ({ra['split']}), protocol {ra['protocol_id']}, {res.n} samples, top-1:")
-    for label, x in ((name(ra), a), (name(rb), b)):
+    for tag, rec, x in (("A", ra, a), ("B", rb, b)):
         lo, hi = bootstrap_ci(x, n_boot=args.bootstrap, seed=args.seed)
-        print(f"  {label}: {100 * x.mean():.1f} (95% CI {100 * lo:.1f} to {100 * hi:.1f})")
+        print(f"  {tag} {run_name(rec)} [{checkpoint_text(rec)}]: {100 * x.mean():.1f} "
+              f"(95% CI {100 * lo:.1f} to {100 * hi:.1f})")
     verdict = "significant" if res.significant else "not significant"
     print(f"  difference A - B: {100 * res.diff:+.1f} points (paired 95% CI {100 * res.ci[0]:+.1f} "
           f"to {100 * res.ci[1]:+.1f}, bootstrap p = {res.p_bootstrap:.3f}): {verdict} at 5%")

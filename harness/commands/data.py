@@ -74,8 +74,6 @@ def _print_problems(console, report: dict, all_problems: bool) -> None:
 def main(args) -> int:
     from rich.console import Console
 
-    from common.atomic import atomic_write
-
     console = Console(soft_wrap=True)
     if args.action == "make":
         return _make(args, console)
@@ -84,7 +82,7 @@ def main(args) -> int:
 
         report = prepare(args.task, args.root, args.out, annotations=args.annotations,
                          verify=not args.no_verify, workers=args.workers,
-                         progress=not args.no_progress, writer=atomic_write)
+                         progress=not args.no_progress)
         _print_problems(console, report, args.all_problems)
         for note in report["notes"]:
             console.print(f"  note: {note}", highlight=False)
@@ -100,7 +98,7 @@ def main(args) -> int:
         from tasks.native import check
 
         report = check(args.task, args.root, workers=args.workers, progress=not args.no_progress,
-                       report_path=args.report, writer=atomic_write)
+                       report_path=args.report)
         _print_problems(console, report, args.all_problems)
         for note in report["notes"]:
             console.print(f"  note: {note}", highlight=False)
@@ -115,13 +113,22 @@ def main(args) -> int:
         fractions = [float(x) for x in str(args.fraction).split(",") if x.strip()]
         seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
         summary = write_splits(args.task, args.root, args.out, fractions=fractions, seeds=seeds,
-                               annotations=args.annotations, writer=atomic_write)
+                               annotations=args.annotations)
+        import shlex
+
         for fold in summary["folds"]:
             console.print(f"  {fold['name']}: {fold['drawn']} drawn, {fold['written']} written, "
                           f"{fold['missing_locally']} missing locally  sha256 {fold['sha256'][:12]}",
-                          highlight=False)
-        console.print(f"[bold green]wrote[/] {len(summary['folds'])} folds in {summary['out']}; use one "
-                      f"with task.data.train={summary['out']}/<fold>.csv", highlight=False)
+                          highlight=False, markup=False)
+        first = summary["folds"][0] if summary["folds"] else None
+        example = shlex.join(["harness", "run", "--encoder", "ENCODER", "--checkpoint", "FILE",
+                              "--task", args.task, "--split",
+                              f"{100 * first['fraction']:.6g}pct:seed{first['seed']}"
+                              if first and "fraction" in first else "10pct:seed0",
+                              *([f"task.data.root={args.root}"] if args.root else [])])
+        console.print(f"wrote {len(summary['folds'])} folds in {summary['out']}; run on one with "
+                      f"--split FRACTIONpct:seedSEED, e.g.\n  {example}", highlight=False,
+                      markup=False)
         return 0
     raise ValueError(f"unknown data action {args.action!r}")
 

@@ -9,7 +9,12 @@ the cartesian product of runs, submitted as one job array; checkpoint globs expa
 matching files:
 
   harness launch --sweep --encoder vjepa_vitl,vjepa_vith --task k400,ssv2 seed=0,1,2 \\
-      --checkpoint 'ckpts/*.pth.tar' --partition gpu --gpus-per-node 8 --time 720 --dry-run
+      --checkpoint 'ckpts/*.pth.tar' --partition gpu --gpus-per-node 8 --time 720 --dry-run \\
+      --data-root k400=/data/k400 --data-root ssv2=/data/ssv2
+
+--device (cpu, cuda) is the device the jobs run on; without it, cuda when --gpus-per-node > 0,
+else cpu. The device decides the precision, which is part of the protocol, so records made on
+another device under another precision do not count as done.
 
 Runs already recorded under <out>/records with the same encoder, weights, protocol and seed are
 skipped before anything is submitted. A job that reaches its time limit or is preempted saves
@@ -27,7 +32,7 @@ LAUNCH_DEFAULTS = {"sweep": False, "partition": None, "gpus_per_node": 0, "nodes
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    from harness.commands import run as run_cmd
+    from harness.commands import run_flags as run_cmd
 
     run_cmd.add_arguments(name, p)  # every flag of `harness run`, --launcher included
     p.epilog = EPILOG
@@ -55,8 +60,26 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     g.add_argument("--constraint", help="SLURM node constraint (features)")
     g.add_argument("--max-parallel", type=int, help="array tasks running at once")
     g.add_argument("--folder", help="submitit logs and job files (default <out>/submitit)")
+    g.add_argument("--data-root", action="append", default=[], metavar="TASK=DIR",
+                   help="the data folder of one task of the sweep (repeatable: one per task)")
     g.add_argument("--wait", action="store_true",
                    help="wait for the jobs and print their results (always with --launcher local)")
+
+
+def _data_roots(items: list[str]) -> dict[str, str]:
+    from harness.config import ConfigError
+
+    roots = {}
+    for item in items:
+        task, sep, folder = item.partition("=")
+        if not sep or not task or not folder:
+            raise ConfigError(f"--data-root {item!r}: expected TASK=DIR, e.g. --data-root "
+                              f"k400=/data/k400")
+        if task in roots and roots[task] != folder:
+            raise ConfigError(f"--data-root gives task {task!r} two folders: {roots[task]} and "
+                              f"{folder}")
+        roots[task] = folder
+    return roots
 
 
 def _option(args, name):
@@ -65,23 +88,14 @@ def _option(args, name):
 
 
 def main(args) -> int:
-    import sys
     from pathlib import Path
 
-    from rich.console import Console
-    from rich.markup import escape
-
     from harness import launch
-    from harness.commands.run import overrides_from_args
+    from harness.commands.run_flags import overrides_from_args
     from harness.config import compose_run, to_container
 
     if getattr(args, "show_config", False):
         raise ValueError("--show-config shows one run: use `harness run ... --show-config`")
-    err = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
-
-    def say(text: str) -> None:
-        err.print(escape(text))
-
     resources = launch.Resources(
         partition=_option(args, "partition"), gpus_per_node=_option(args, "gpus_per_node"),
         nodes=_option(args, "nodes"), cpus_per_task=_option(args, "cpus_per_task"),
@@ -94,8 +108,9 @@ def main(args) -> int:
         setattr(rest, name, None)
     rest.overrides = []
     runs = launch.expand_runs(flags, overrides_from_args(rest), list(args.overrides),
-                              sweep=_option(args, "sweep"))
-    planned = launch.plan_launch(runs, resources, log_fn=say)
+                              sweep=_option(args, "sweep"),
+                              data_roots=_data_roots(getattr(args, "data_root", None) or []))
+    planned = launch.plan_launch(runs, resources)
     out = Path(to_container(compose_run(planned.runs[0].overrides))["out"])
     folder = Path(_option(args, "folder") or out / "submitit")
     launcher = args.launcher

@@ -6,8 +6,11 @@ import argparse
 FORMATS = ("rich", "plain", "markdown", "csv", "json", "latex", "html")
 
 EPILOG = """\
-Rows are (encoder, checkpoint); columns are (task, protocol), named by what sets the protocol
-apart, e.g. `k400 (16x8x3, attentive)`, with each column's protocol id in the legend. Several
+Rows are (encoder, checkpoint), the encoder by its label: an architecture overridden from its
+registry entry is its own row (`videomae_vits (embed_dim 192, depth 2)`). Columns are (task,
+protocol), named by what sets the protocol apart, e.g. `k400 (16x8x3, attentive)`, and where it
+departs from the task's published protocol (`k400 (16x8x3, attentive; epochs 1, batch_size
+8)`), with each column's protocol id in the legend. Several
 runs of one cell (seeds, folds) show as mean ± std (n=runs); `[N/M]` means the run evaluated N
 of the split's M samples. `*` marks the best of a column, `~` a cell not significantly
 different from it (McNemar on the saved predictions where possible).
@@ -32,7 +35,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     add_results_argument(p)
     p.add_argument("--tasks", help="comma-separated task names (default: all)")
-    p.add_argument("--encoder", help="comma-separated encoder names or globs ('vjepa_*')")
+    p.add_argument("--encoder", help="comma-separated encoder names, labels or globs ('vjepa_*')")
     p.add_argument("--protocol", help="comma-separated protocol id prefixes")
     p.add_argument("--since", help="records created on or after this date (ISO, e.g. 2026-12-01)")
     p.add_argument("--until", help="records created on or before this date")

@@ -6,11 +6,17 @@ import argparse
 EPILOG = """\
   harness plot bars --tasks digits_motion,digits_appearance --out bars.png
   harness plot series vjepa_tiny --out series.png
+  harness plot low-shot --tasks k400 --out low_shot.png
 
 bars: one group per (task, protocol) column, one bar per (encoder, checkpoint), with 95%
-intervals (bootstrap over the saved per-sample predictions; t over seeds; else binomial).
+intervals inside [0, 100] (percentile bootstrap over the saved per-sample predictions; t over
+seeds, within [0, 100]; else the Wilson interval from the sample count).
 series: one encoder's checkpoints against their pretraining step, random init dashed.
-Label-efficiency curves need label-fraction splits, which the task registry does not have yet.
+low-shot: label-efficiency curves, top-1 against the fraction of training labels, from the
+records of runs on label-efficiency folds (`harness data split TASK --root DIR --fraction
+0.05,0.1,0.5 --seeds 0,1,2`, then `harness run ... task.data.root=DIR --split 10pct:seed0`):
+each point the mean over the fraction's folds with its 95% interval; a full-label run under the
+same protocol is the 100% point.
 """
 
 
@@ -19,10 +25,11 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
     p.epilog = EPILOG
     p.add_argument("kind", choices=["bars", "series", "low-shot"])
-    p.add_argument("encoder", nargs="?", help="the encoder (series)")
+    p.add_argument("encoder", nargs="?", help="the encoder (series): registry name or label")
     add_results_argument(p)
     p.add_argument("--tasks", help="comma-separated task names (default: all)")
-    p.add_argument("--encoders", help="comma-separated encoder names or globs (bars)")
+    p.add_argument("--encoders", help="comma-separated encoder names, labels or globs (bars, "
+                                      "low-shot)")
     p.add_argument("--metric", default="top1")
     p.add_argument("--out", required=True, help="PNG file to write")
 
@@ -32,9 +39,6 @@ def main(args) -> int:
     from results import plots
     from results.series import order_by_step, series_frame
 
-    if args.kind == "low-shot":
-        raise ValueError("label-efficiency curves need label-fraction splits (5/10/50% of "
-                         "labels), which the task registry does not have yet")
     root = results.default_root(args.results)
     if not root.exists():
         raise FileNotFoundError(f"no results at '{root}': pass --results DIR or set HARNESS_RESULTS")
@@ -43,7 +47,27 @@ def main(args) -> int:
     from harness.commands.leaderboard import report_problems
 
     report_problems(store)
-    if args.kind == "series":
+    if args.kind == "low-shot":
+        from results.label_efficiency import curves
+
+        found, notes = curves(frame, tasks=args.tasks, encoders=args.encoders, metric=args.metric)
+        if not found:
+            raise ValueError(
+                f"no records of label-efficiency folds under {root}"
+                + (f" ({'; '.join(notes)})" if notes else "")
+                + ": a fold run records protocol.task.train_fold. Make folds with `harness data "
+                "split TASK --root DIR --fraction 0.05,0.1,0.5 --seeds 0,1,2` and evaluate them "
+                "with `harness run ... task.data.root=DIR --split 10pct:seed0`")
+        path = plots.low_shot(found, args.out, metric=args.metric)
+        for c in found:
+            points = ", ".join(
+                f"{100 * p.fraction:g}% {p.mean:.1f}"
+                + (f" [{p.low:.1f}, {p.high:.1f}]" if p.low is not None else "")
+                + f" (n={p.runs})" for p in c.points)
+            print(f"{c.column}: {c.name}: {points}")
+        for note in notes:
+            print(f"note: {note}")
+    elif args.kind == "series":
         if not args.encoder:
             raise ValueError("`harness plot series ENCODER --out FILE.png`: name the encoder")
         lb = results.leaderboard(series_frame(frame, args.encoder), tasks=args.tasks,

@@ -6,12 +6,13 @@ import argparse
 EPILOG = """\
 Each cell: the published number / ours (our minus published). A number marked `?` is one the
 sources disagree on (see the notes). A cell we lack shows `[k]`: the k-th command under the
-table fills it. The low-shot table also gives each published number's relative drop from the
-same method with all labels (Table 6).
+table fills it (shell-quoted; with `task.data.root=` where the task's data root is known:
+--data-root TASK=DIR, else the root its newest record ran on). The low-shot table also gives
+each published number's relative drop from the same method with all labels (Table 6).
 
   harness table --list
   harness table vjepa-frozen --results runs
-  harness table vjepa-low-shot --format markdown
+  harness table vjepa-low-shot --format markdown --data-root k400=/data/k400
 """
 
 
@@ -22,26 +23,58 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="table name (see --list)")
     p.add_argument("--list", action="store_true", help="list the tables")
     add_results_argument(p)
+    p.add_argument("--data-root", action="append", default=[], metavar="TASK=DIR",
+                   help="the data root of a task, for the fill-in commands (repeatable; "
+                        "default: the root the newest record of the task ran on)")
     p.add_argument("--format", choices=["plain", "markdown", "json"], default="plain")
 
 
-def fill_command(root: str):
-    def command(encoder: str, release: str | None, task: str, spec) -> str:
+def fill_argv(root: str):
+    """`argv(encoder, release, task, spec, data_root=None)`: the `harness run` that fills a cell,
+    as a list of arguments (quote it with shlex.join to print it)."""
+    def argv(encoder: str, release: str | None, task: str, spec,
+             data_root: str | None = None) -> list[str]:
         import tasks
+        from results.paper_tables import PROBE_OF, hydra_value
 
-        parts = ["harness run", f"--encoder {encoder}",
-                 f"--checkpoint {release or f'PATH/TO/{encoder}-weights.pth'}", f"--task {task}"]
-        if spec.probe != "attentive":
-            parts.append(f"--probe {spec.probe}")
-        parts.append(f"--out {root}")
+        parts = ["harness", "run", "--encoder", encoder,
+                 "--checkpoint", release or f"PATH/TO/{encoder}-weights.pth", "--task", task]
+        probe = PROBE_OF.get(task, spec.probe)
+        if probe != "attentive":
+            parts += ["--probe", probe]
+        parts += ["--out", str(root)]
+        if data_root:
+            parts.append(f"task.data.root={hydra_value(data_root)}")
         want = spec.views.get(task)
         if want:
             s = tasks.config(task).get("sampling", {})
             for key, value in zip(("frames_per_clip", "eval_segments", "eval_views"), want):
                 if s.get(key) != value:
                     parts.append(f"task.sampling.{key}={value}")
-        return " ".join(parts)
+        return parts
+    return argv
+
+
+def fill_command(root: str):
+    """Like `fill_argv`, the command as one shell-quoted line."""
+    import shlex
+
+    argv = fill_argv(root)
+
+    def command(encoder: str, release: str | None, task: str, spec,
+                data_root: str | None = None) -> str:
+        return shlex.join(argv(encoder, release, task, spec, data_root=data_root))
     return command
+
+
+def _data_roots(values: list[str]) -> dict[str, str]:
+    roots = {}
+    for value in values or []:
+        task, eq, folder = str(value).partition("=")
+        if not eq or not task.strip() or not folder:
+            raise ValueError(f"--data-root {value!r}: expected TASK=DIR, e.g. k400=/data/k400")
+        roots[task.strip()] = folder
+    return roots
 
 
 def _published(cell) -> str:
@@ -105,7 +138,7 @@ def main(args) -> int:
 
     report_problems(store)
     table = paper_tables.build(spec, reference, frame, known_tasks=set(tasks.names()),
-                               command=fill_command(str(root)))
+                               command=fill_argv(str(root)), data_roots=_data_roots(args.data_root))
     commands: list[str] = []
     rows = [[method] + [_cell_text(c, commands) for c in cells] for method, cells in table.rows]
     head = ["method"] + table.columns

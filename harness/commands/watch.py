@@ -13,9 +13,9 @@ import argparse
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    from harness.commands import run
+    from harness.commands import run_flags
 
-    run.add_arguments(name, p)
+    run_flags.add_arguments(name, p)
     p.epilog = ("Every flag and key=value override of `harness run` applies to each evaluation, "
                 "for example:\n\n  harness watch runs/pretrain/vjepa_vitl --encoder vjepa_vitl "
                 "--task k400 --pattern 'e*.pth.tar'\n")
@@ -44,8 +44,12 @@ def main(args) -> int:
         raise ValueError("harness watch evaluates the checkpoints it finds: drop --checkpoint")
     seen: dict[str, tuple] = {}      # path -> (size, mtime) when evaluated
     pending: dict[str, tuple] = {}   # path -> (size, mtime) at the last look
-    print(f"watching {folder / args.pattern} every {args.interval:g} s (Ctrl-C to stop)",
-          flush=True)
+    if args.once:
+        print(f"evaluating the checkpoints matching {folder / args.pattern} now, once "
+              f"(files still being written are evaluated as they are)", flush=True)
+    else:
+        print(f"watching {folder / args.pattern} every {args.interval:g} s (Ctrl-C to stop)",
+              flush=True)
     while True:
         pattern = str(folder / args.pattern)
         found = checkpoint_series(pattern) or ([pattern] if os.path.isfile(pattern) else [])

@@ -5,32 +5,22 @@ One small module per dataset reads the publisher's annotation files (`read(root)
 and `prepare_report.json` into the output folder, and returns the report: every sample the
 publisher lists that is missing, unreadable, too short, mislabelled or malformed, line by line.
 `check` does the same for a task's existing manifests. Both are safe to re-run: files are
-written atomically, and a file already opened with the same size and mtime is not reopened.
+written atomically (`common.atomic`), and a file already opened with the same size and mtime is
+not reopened.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import time
 from pathlib import Path
 
-from ..errors import DataError, unknown_task
-from .common import DROPPING, Problem, as_json, problems_by_kind
+from ..errors import DataError
+from ..registry import build, config
+from .common import (CHECK_REPORT, DROPPING, PREPARE_REPORT, PREPARERS, Problem, as_json, preparer,
+                     previous_verdicts, problems_by_kind, write_prepared, write_report)
+from .opening import open_all
 
-# task name -> module of tasks/native (imported only when that task is prepared)
-PREPARERS = {"k400": "k400", "ssv2": "ssv2", "in1k": "imagenet", "places205": "places205",
-             "inat21": "inat21", "diving48": "diving48", "jester": "jester", "ava": "ava"}
-PREPARE_REPORT = "prepare_report.json"
-CHECK_REPORT = "check_report.json"
-
-__all__ = ["PREPARERS", "prepare", "check", "layout", "preparer"]
-
-
-def preparer(task: str):
-    if task not in PREPARERS:
-        raise unknown_task(task, sorted(PREPARERS))
-    return importlib.import_module(f"{__name__}.{PREPARERS[task]}")
+__all__ = ["PREPARERS", "PREPARE_REPORT", "CHECK_REPORT", "prepare", "check", "layout", "preparer"]
 
 
 def layout(task: str) -> str:
@@ -41,54 +31,29 @@ def layout(task: str) -> str:
 def _min_frames(task: str) -> int:
     """Frames one clip spans under the task's protocol (frames_per_clip x frame_step): a shorter
     video is what the release calls too short (it pads such clips by repeating frames)."""
-    from .. import config
-
     try:
-        s = config(task).get("sampling") or {}
+        cfg = config(task)
     except Exception:
         return 0
-    if (config(task).get("kind") or "video") != "video":
+    if (cfg.get("kind") or "video") != "video":
         return 0
+    s = cfg.get("sampling") or {}
     return int(s.get("frames_per_clip", 0)) * int(s.get("frame_step", 1))
-
-
-def _previous_verdicts(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("files") or {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _writer(writer):
-    if writer is None:
-        raise TypeError("pass writer=results.record.atomic_write (an atomic file writer); tasks/ "
-                        "does not import results/")
-    return writer
-
-
-def _write_report(path: Path, report: dict, writer) -> None:
-    text = json.dumps(report, indent=1, sort_keys=False) + "\n"
-    writer(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *,
             annotations: str | os.PathLike | None = None, verify: bool = True, workers: int = 0,
-            progress: bool = True, writer=None) -> dict:
+            progress: bool = True) -> dict:
     """Read `task`'s native layout under `root`, write manifests + label map into `out`
     (default `root`), return (and write) the report. `verify`: open every found file and keep
-    unreadable ones out of the manifests. `writer`: `results.record.atomic_write`."""
-    writer = _writer(writer)
-    from .opening import open_all
-    from .common import write_prepared
-
+    unreadable ones out of the manifests."""
     root = Path(os.path.abspath(os.path.expanduser(str(root))))
     if not root.is_dir():
         raise DataError(f"{task}: data root {root} is not a folder; expected {layout(task)}")
     out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out is not None else root
     if hasattr(preparer(task), "prepare"):  # AVA: boxes at keyframes, its own files and report
         return preparer(task).prepare(root, out, annotations=annotations, verify=verify,
-                                      workers=workers, progress=progress, writer=writer)
+                                      workers=workers, progress=progress)
     t0 = time.time()
     prepared = preparer(task).read(root, **({"annotations": Path(annotations)} if annotations else {}))
     problems = list(prepared.problems)
@@ -96,10 +61,10 @@ def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = 
     verdicts: dict = {}
     if verify:
         found = [s.path for samples in prepared.samples.values() for s in samples if s.path]
-        verdicts = open_all(found, workers=workers, cache=_previous_verdicts(out / PREPARE_REPORT),
+        verdicts = open_all(found, workers=workers, cache=previous_verdicts(out / PREPARE_REPORT),
                             progress=progress, label=f"{task}: opening files")
         problems += _verdict_problems(prepared.samples, verdicts, _min_frames(task), dropped)
-    counts = write_prepared(prepared, out, dropped, writer)
+    counts = write_prepared(prepared, out, dropped)
     report = {
         "task": task, "root": str(root), "out": str(out), "layout": layout(task),
         "labels_source": prepared.labels_source, "num_classes": len(prepared.classes),
@@ -107,7 +72,7 @@ def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = 
         "problem_counts": problems_by_kind(problems), "notes": prepared.notes,
         "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
     }
-    _write_report(out / PREPARE_REPORT, report, writer)
+    write_report(out / PREPARE_REPORT, report)
     return report
 
 
@@ -131,15 +96,10 @@ def _verdict_problems(samples_by_split, verdicts, min_frames: int, dropped: set)
 
 
 def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int = 0,
-          progress: bool = True, report_path: str | os.PathLike | None = None, writer=None,
+          progress: bool = True, report_path: str | os.PathLike | None = None,
           **overrides) -> dict:
     """Open every file of a task's manifests; report missing, unreadable, too-short and
-    mislabelled entries and duplicate lines, and write the report (default ROOT/check_report.json)
-    with `writer` (`results.record.atomic_write`)."""
-    writer = _writer(writer)
-    from .. import build
-    from .opening import open_all
-
+    mislabelled entries and duplicate lines, and write the report (default ROOT/check_report.json)."""
     task = build(task_name, root=root, **overrides)
     if task.spec.kind == "detection":
         # Its files are box tables over long videos: `prepare` is its check (it opens every
@@ -163,7 +123,7 @@ def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int
         entries = task.entries(split)
         paths_by_split[split] = (manifest, entries)
     present = [p for _, entries in paths_by_split.values() for p, _ in entries if os.path.exists(p)]
-    verdicts = open_all(present, workers=workers, cache=_previous_verdicts(report_path),
+    verdicts = open_all(present, workers=workers, cache=previous_verdicts(report_path),
                         progress=progress, label=f"{task_name}: opening files")
     min_frames = (task.spec.sampling.frames_per_clip * task.spec.sampling.frame_step
                   if task.spec.kind in ("video", "multilabel") else 0)
@@ -197,7 +157,7 @@ def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int
     report = {"task": task_name, "root": str(task.root), "splits": per_split, "notes": notes,
               "problem_counts": problems_by_kind(problems), "problems": as_json(problems),
               "seconds": round(time.time() - t0, 2), "files": verdicts}
-    _write_report(report_path, report, writer)
+    write_report(report_path, report)
     report["report_path"] = str(report_path)
     return report
 

@@ -26,29 +26,37 @@ fps, duration) and `prepare_report.json`, and reports every problem line by line
 video reads its header and seek-decodes one frame (`tasks.seek`): a 15-minute or 2-hour file is
 never decoded whole.
 
-The readers here (`read_box_rows`, `read_keyframes`, `read_label_map_file`) are small private
-parsers for these files; the evaluator's own (`tasks/ava_eval.py`) may replace them later.
+The files' parsers (`read_box_rows`, `read_keyframes`, `read_label_map_file`) and the prepared
+files' names (`OUTPUTS`) are in `tasks.native.ava_files`.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import multiprocessing as mp
 import os
-import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
+from common.atomic import atomic_write_text
+
 from ..errors import DataError
-from .common import CLASS_LIST_DIR, Problem, as_json, first_existing, problems_by_kind
+from .ava_files import (FIRST_KEYFRAME, OUTPUTS, VIDEOS_HEADER, BoxRow, format_gt, format_proposal,
+                        num_text, parse_row, parse_timestamp, read_box_rows, read_keyframes,
+                        read_label_map_file, shipped_label_map)
+from .common import (PREPARE_REPORT, Problem, as_json, first_existing, manifest_path_text,
+                     previous_verdicts, problems_by_kind, write_report)
+from .opening import _progress, file_key
+
+# The file parsers live in ava_files (tasks.ava reads them there); their old names still work.
+__all__ = ["prepare", "read", "layout", "find_videos", "probe_video", "open_videos", "OUTPUTS",
+           "VIDEOS_HEADER", "BoxRow", "format_gt", "format_proposal", "parse_row", "parse_timestamp",
+           "read_box_rows", "read_keyframes", "read_label_map_file", "shipped_label_map"]
 
 SPLITS = ("train", "val")
 VIDEO_EXTENSIONS = (".mkv", ".mp4", ".webm")
 # Where each file starts in movie time: full movies at 0, SlowFast's cuts at 900 s.
 VIDEO_FOLDERS = {"videos": 0.0, "videos_15min": 900.0}
-FIRST_KEYFRAME, LAST_KEYFRAME = 902, 1798  # AVA's annotated seconds (SlowFast's AVA_VALID_FRAMES)
 ALL_ACTION_IDS = range(1, 81)              # AVA's 80 actions; the 60 evaluated are a subset
 NUM_CLASSES = 60
 
@@ -58,170 +66,12 @@ LABEL_MAP_NAMES = ["ava_action_list_v2.2_for_activitynet_2019.pbtxt",
                    "ava_action_list_v2.2_for_activitynet_2019.pbtxt.txt"]
 PROPOSAL_NAMES = {s: [f"ava_{s}_predicted_boxes.csv"] for s in SPLITS}
 
-# What `prepare` writes (names relative to OUT); tasks/ava.py's AvaConfig defaults to these.
-OUTPUTS = {
-    "gt": "ava_{split}_gt.csv", "excluded": "ava_{split}_excluded.csv",
-    "proposals": "ava_{split}_proposals.csv", "classes": "classes.txt",
-    "label_map": "label_map.txt", "videos": "videos.csv",
-}
-VIDEOS_HEADER = "video_id,path,start_s,fps,duration_s"
-
 
 def layout() -> str:
     return ("ROOT/annotations/ava_{train,val}_v2.2.csv, ava_{train,val}_excluded_timestamps_v2.2.csv, "
             "ava_action_list_v2.2_for_activitynet_2019.pbtxt, ava_val_predicted_boxes.csv (also "
             "directly in ROOT), and the videos ROOT/videos/{video_id}.{mkv,mp4,webm} (full movies) "
             "or ROOT/videos_15min/{video_id}.{mkv,mp4,webm} (the 15-minute cuts from 900 s)")
-
-
-# ----- label map --------------------------------------------------------------------------------
-
-def shipped_label_map() -> list[tuple[int, str]]:
-    """The 60 evaluated classes as `(publisher's id, name)` in id order (`ava_classes.txt`)."""
-    return read_label_map_file(CLASS_LIST_DIR / "ava_classes.txt")
-
-
-_PBTXT_ITEM = re.compile(r"\b(?:item|label)\s*\{(.*?)\}", re.S)  # `label {` in the 80-class list
-
-
-def read_label_map_file(path: str | os.PathLike) -> list[tuple[int, str]]:
-    """`(id, name)` pairs of a pbtxt (`item { name: "..." id: N }`) or an `id<TAB>name` file,
-    in file order; ids must be distinct integers."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as e:
-        raise DataError(f"label map {path} cannot be read: {e}") from None
-    pairs: list[tuple[int, str]] = []
-    if "{" in text:
-        for n, block in enumerate(_PBTXT_ITEM.findall(text), start=1):
-            name = re.search(r'name:\s*"([^"]*)"', block)
-            # `id:` (the ActivityNet lists) or `label_id:` (the 80-class v2.2 list)
-            aid = re.search(r"\b(?:label_)?id:\s*(\d+)", block)
-            if not (name and aid):
-                raise DataError(f"{path}: item {n} has no `name: \"...\"` and `id: N`: {block.strip()!r}")
-            pairs.append((int(aid.group(1)), name.group(1)))
-    else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            aid, sep, name = line.partition("\t")
-            if not sep or not aid.strip().isdigit() or not name.strip():
-                raise DataError(f"{path}:{lineno}: expected `id<TAB>name`, got {line!r}")
-            pairs.append((int(aid), name.strip()))
-    ids = [a for a, _ in pairs]
-    if not pairs or len(set(ids)) != len(ids):
-        raise DataError(f"{path}: a label map needs distinct ids, got {len(pairs)} items, "
-                        f"{len(ids) - len(set(ids))} repeated")
-    return pairs
-
-
-# ----- rows -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BoxRow:
-    video_id: str
-    timestamp: int
-    box: tuple[float, float, float, float]
-    action_id: int | None    # None: a proposal (empty or -1 in the file)
-    person_id: int | None    # GT rows
-    score: float | None      # proposals
-    line: int
-
-
-def _num(v: float) -> str:
-    return format(v, ".6g")
-
-
-def format_gt(r: BoxRow) -> str:
-    return (f"{r.video_id},{r.timestamp:04d},{','.join(_num(v) for v in r.box)},{r.action_id},"
-            f"{'' if r.person_id is None else r.person_id}\n")
-
-
-def format_proposal(r: BoxRow) -> str:
-    return f"{r.video_id},{r.timestamp:04d},{','.join(_num(v) for v in r.box)},,{_num(r.score)}\n"
-
-
-def parse_timestamp(text: str) -> int | str:
-    """An integer second in AVA's annotated range, or the reason it is not one."""
-    t = text.strip()
-    if not t.isdigit():
-        return f"timestamp {text!r} is not an integer second"
-    ts = int(t)
-    if not FIRST_KEYFRAME <= ts <= LAST_KEYFRAME:
-        return f"timestamp {ts} is outside AVA's annotated seconds {FIRST_KEYFRAME}..{LAST_KEYFRAME}"
-    return ts
-
-
-def parse_row(fields: list[str], line: int, *, proposals: bool) -> BoxRow | str:
-    """One CSV row as a BoxRow, or the reason it is malformed."""
-    want = "video_id,timestamp,x1,y1,x2,y2," + ("action_id,score" if proposals else "action_id,person_id")
-    if len(fields) not in (7, 8):
-        return f"expected 8 columns {want}, got {len(fields)}"
-    vid = fields[0].strip()
-    if not vid:
-        return "empty video id"
-    ts = parse_timestamp(fields[1])
-    if isinstance(ts, str):
-        return ts
-    try:
-        box = tuple(float(v) for v in fields[2:6])
-    except ValueError:
-        return f"box {','.join(fields[2:6])!r} is not four numbers"
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in box):
-        return f"box {','.join(fields[2:6])} is not normalised to [0, 1]"
-    if not (box[2] > box[0] and box[3] > box[1]):
-        return f"box {','.join(fields[2:6])} has x2 <= x1 or y2 <= y1"
-    if proposals:
-        # 8 columns: SlowFast's (action empty or -1, score); 7: the score right after the box.
-        # The action column is not read: LFB's training proposals may carry a label there (it
-        # parses `-1 if empty else int`), and a proposal's boxes, not its label, are used.
-        score_text = fields[-1].strip()
-        try:
-            score = float(score_text)
-        except ValueError:
-            return f"score {score_text!r} is not a number"
-        if not math.isfinite(score):
-            return f"score {score_text!r} is not finite"
-        return BoxRow(vid, ts, box, None, None, score, line)
-    action = fields[6].strip()
-    if not action.lstrip("-").isdigit():
-        return f"action id {fields[6]!r} is not an integer"
-    person = fields[7].strip() if len(fields) == 8 else ""
-    if person and not person.lstrip("-").isdigit():
-        return f"person id {person!r} is not an integer"
-    return BoxRow(vid, ts, box, int(action), int(person) if person else None, None, line)
-
-
-def read_box_rows(path: str | os.PathLike, *, proposals: bool) -> tuple[list[BoxRow], list[tuple[int, str]]]:
-    """Every row of an AVA box CSV: (rows, [(line, reason) of the malformed ones])."""
-    rows, bad = [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            got = parse_row(line.rstrip("\r\n").split(","), lineno, proposals=proposals)
-            (bad.append((lineno, got)) if isinstance(got, str) else rows.append(got))
-    return rows, bad
-
-
-def read_keyframes(path: str | os.PathLike) -> tuple[list[tuple[str, int, int]], list[tuple[int, str]]]:
-    """`video_id,timestamp` rows (excluded timestamps): ([(video, ts, line)], [(line, reason)])."""
-    rows, bad = [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\r\n").split(",")
-            if len(fields) != 2 or not fields[0].strip():
-                bad.append((lineno, f"expected video_id,timestamp, got {line.strip()!r}"))
-                continue
-            t = fields[1].strip()
-            if not t.isdigit():  # out-of-range seconds are harmless here: they match no row
-                bad.append((lineno, f"timestamp {fields[1]!r} is not an integer second"))
-                continue
-            rows.append((fields[0].strip(), int(t), lineno))
-    return rows, bad
 
 
 # ----- videos -----------------------------------------------------------------------------------
@@ -261,8 +111,7 @@ def find_videos(root: Path) -> tuple[str, float, dict[str, str], list[Problem]]:
 def probe_video(path: str, time_s: float) -> dict:
     """`{"ok", "fps", "frames", "duration_s", "error"}`: the header, plus one frame decoded by
     seeking to `time_s` (file time), so a file that opens but does not decode is found."""
-    from ..seek import frame_at, read_at, stream_info
-
+    from ..seek import frame_at, read_at, stream_info  # torch: only when videos are opened
     try:
         info = stream_info(path)
         index = min(frame_at(max(time_s, 0.0), info.fps), info.num_frames - 1)
@@ -282,8 +131,6 @@ def open_videos(jobs: dict[str, float], *, workers: int, cache: dict, progress: 
     """`path -> verdict` (each probed at its file time); verdicts of unchanged files (same size
     and mtime as in the previous report) are reused. Worker processes, as `opening.open_all`:
     a decoder that crashes costs its file, not the run."""
-    from .opening import _progress, file_key
-
     out, todo = {}, []
     for p, t in jobs.items():
         key, prev = file_key(p), cache.get(p)
@@ -321,11 +168,9 @@ def read(root: Path, annotations: Path | None = None):
 
 
 def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: bool = True,
-            workers: int = 0, progress: bool = True, writer=None) -> dict:
+            workers: int = 0, progress: bool = True) -> dict:
     """Read AVA's native layout under `root`, write the prepared files into `out`, return (and
-    write) the report; see the module doc. `writer`: `results.record.atomic_write`."""
-    from . import PREPARE_REPORT, _previous_verdicts, _write_report
-
+    write) the report; see the module doc."""
     t0 = time.time()
     root, out = Path(root), Path(out)
     ann_dirs = [Path(annotations)] if annotations else [root / "annotations", root]
@@ -444,7 +289,7 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
                     rows_of[r.video_id].append((split, r))
         jobs = {videos[v]: sorted(ts)[len(ts) // 2] - start_s for v, ts in times.items()}
         verdicts = open_videos(jobs, workers=workers, progress=progress,
-                               cache=_previous_verdicts(out / PREPARE_REPORT))
+                               cache=previous_verdicts(out / PREPARE_REPORT))
         for vid in sorted(times):
             v = verdicts[videos[vid]]
             split, where = first_line[vid]
@@ -470,7 +315,7 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
     out.mkdir(parents=True, exist_ok=True)
 
     def put(name: str, text: str) -> None:
-        writer(out / name, lambda f: f.write(text.encode("utf-8")))
+        atomic_write_text(out / name, text)
 
     counts = {}
     for split, rows in gt.items():
@@ -493,13 +338,11 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
     put(OUTPUTS["label_map"], "".join(f"{aid}\t{name}\n" for aid, name in label_map))
     lines = [VIDEOS_HEADER + "\n"]
     for vid in sorted(usable):
-        p = os.path.abspath(videos[vid])
-        rel = os.path.relpath(p, out)
-        path = p if rel.startswith("..") else Path(rel).as_posix()
+        path = manifest_path_text(videos[vid], out)
         v = verdicts.get(videos[vid]) or {}
-        fps = "" if v.get("fps") is None else _num(v["fps"])
-        dur = "" if v.get("duration_s") is None else _num(v["duration_s"])
-        lines.append(f"{vid},{path},{_num(start_s)},{fps},{dur}\n")
+        fps = "" if v.get("fps") is None else num_text(v["fps"])
+        dur = "" if v.get("duration_s") is None else num_text(v["duration_s"])
+        lines.append(f"{vid},{path},{num_text(start_s)},{fps},{dur}\n")
     put(OUTPUTS["videos"], "".join(lines))
     report = {
         "task": "ava", "root": str(root), "out": str(out), "layout": layout(),
@@ -507,5 +350,5 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
         "verified": bool(verify), "problem_counts": problems_by_kind(problems), "notes": notes,
         "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
     }
-    _write_report(out / PREPARE_REPORT, report, writer)
+    write_report(out / PREPARE_REPORT, report)
     return report

@@ -4,25 +4,28 @@ way, the shipped class lists, and writing the project's manifests + label map.
 A preparer (`tasks/native/<dataset>.py`) reads the publisher's annotation files and returns a
 `Prepared`: for each split, every sample the publisher lists (found on disk or not), and every
 problem with the line of the annotation file it came from. `tasks.native.prepare` then opens the
-found files and writes the manifests; nothing here decodes.
+found files and writes the manifests; nothing here decodes. Every file is written atomically
+(`common.atomic`): a reader sees no file or a whole one.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ..errors import DataError
+from common.atomic import atomic_write_text
 
-# `writer(path, write)`: calls `write(binary file)` and puts the result at `path` atomically.
-# The caller passes `results.record.atomic_write` (tasks/ never imports results/, by design).
-Writer = Callable[[Path, Callable[[Any], Any]], Any]
+from ..errors import DataError, unknown_task
 
 CLASS_LIST_DIR = Path(__file__).resolve().parent
+# task name -> module of tasks/native (imported only when that task is prepared)
+PREPARERS = {"k400": "k400", "ssv2": "ssv2", "in1k": "imagenet", "places205": "places205",
+             "inat21": "inat21", "diving48": "diving48", "jester": "jester", "ava": "ava"}
+PREPARE_REPORT = "prepare_report.json"
+CHECK_REPORT = "check_report.json"
 
 # Problem kinds, in the order a report lists them.
 PROBLEM_KINDS = ("malformed", "unknown_label", "duplicate", "missing", "unreadable", "too_short",
@@ -67,6 +70,26 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     labels_source: str = ""
     kind: str = "video"
+
+
+def preparer(task: str):
+    """The module of `tasks/native` that reads `task`'s publisher layout."""
+    if task not in PREPARERS:
+        raise unknown_task(task, sorted(PREPARERS))
+    return importlib.import_module(f"{__package__}.{PREPARERS[task]}")
+
+
+def previous_verdicts(path: Path) -> dict:
+    """The per-file verdicts of an earlier report (`files`), reused for unchanged files."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("files") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_report(path: Path, report: dict) -> None:
+    atomic_write_text(path, json.dumps(report, indent=1, sort_keys=False) + "\n")
 
 
 def shipped_classes(name: str) -> list[str]:
@@ -114,9 +137,17 @@ def load_json(path: Path, what: str):
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); re-download the {what}") from None
 
 
-def write_prepared(prepared: Prepared, out: Path, dropped: set[tuple[str, int]], writer: Writer) -> dict:
+def manifest_path_text(path: str, out: Path) -> str:
+    """How a manifest in `out` names a file: relative to `out` where it lies under it, else
+    absolute (the protocol's digest does not depend on which: `tasks.manifest.manifest_sha256`)."""
+    p = os.path.abspath(path)
+    rel = os.path.relpath(p, out)
+    return p if rel.startswith("..") else Path(rel).as_posix()
+
+
+def write_prepared(prepared: Prepared, out: Path, dropped: set[tuple[str, int]]) -> dict:
     """Write `{split}.csv` (`path label`, paths relative to `out` where they lie under it) and
-    `classes.txt` with `writer`; returns per-split counts. `dropped`: (split, index) pairs kept
+    `classes.txt`; returns per-split counts. `dropped`: (split, index) pairs kept
     out (unreadable files found by the check)."""
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -125,18 +156,15 @@ def write_prepared(prepared: Prepared, out: Path, dropped: set[tuple[str, int]],
         for i, s in enumerate(samples):
             if s.path is None or not s.keep or (split, i) in dropped:
                 continue
-            p = os.path.abspath(s.path)
-            rel = os.path.relpath(p, out)
-            path = p if rel.startswith("..") else Path(rel).as_posix()
+            path = manifest_path_text(s.path, out)
             if "\n" in path:
                 raise DataError(f"video path contains a newline and cannot go in a manifest: {path!r}")
             lines.append(f"{path} {s.label}\n")
         target = out / f"{split}.csv"
         _refuse_foreign(target)
-        writer(target, lambda f, t="".join(lines): f.write(t.encode("utf-8")))
+        atomic_write_text(target, "".join(lines))
         counts[split] = {"listed": len(samples), "written": len(lines)}
-    text = "".join(f"{c}\n" for c in prepared.classes)
-    writer(out / "classes.txt", lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in prepared.classes))
     return counts
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..clip_reader import Decoded
 from ..errors import DecodeError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -35,11 +36,10 @@ def frame_files(folder: str) -> list[str]:
 
 
 def read_frame_folder(folder: str, indices_fn: Callable[[int], Sequence[int]], **_ignored):
-    """`tasks.decode.Decoded` of the frames `indices_fn(num_frames)` selects, backend 'frames'."""
+    """`tasks.clip_reader.Decoded` of the frames `indices_fn(num_frames)` selects, backend 'frames'."""
     import torch
     from PIL import Image
 
-    from ..decode import Decoded
 
     files = frame_files(folder)
     if not files:

@@ -44,7 +44,7 @@ def probe_file(path: str) -> dict:
             with Image.open(path) as im:
                 im.convert("RGB").load()
             return {"ok": True, "frames": 1, "error": None}
-        from ..decode import read_frames
+        from ..clip_reader import read_frames
 
         decoded = read_frames(path, lambda n: sorted({0, max(n - 1, 0)}), backend="auto")
         return {"ok": True, "frames": int(decoded.num_frames), "error": None}

@@ -5,8 +5,9 @@ differ between any two users. Here a fold of fraction f and seed s is drawn, per
 publisher's list of training samples (each class's samples ordered by their publisher file name,
 so the draw depends on nothing local): round(f * n) samples of a class of n, at least one. The
 fold's identity (`fold_sha256`, over the drawn names and labels) is the same for everyone; its
-manifest lists the drawn samples present locally, and the report says how many are missing. A
-run on a fold (`task.data.train=<out>/<fold>.csv`) hashes that manifest into its protocol.
+manifest lists the drawn samples present locally, and the report says how many are missing.
+Folds go to ROOT/splits/ by default, where `harness run ... --split 10pct:seed1` finds them
+(`fold_override`); a run on a fold hashes its manifest, fraction and seed into its protocol.
 """
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import atomic_write_text
+
 from ..errors import DataError
+from .common import manifest_path_text, preparer
+
+# Where `harness run --split` looks for folds, relative to the task's data root.
+FOLDS_DIR = "splits"
 
 
 def fold_name(fraction: float, seed: int) -> str:
@@ -49,12 +56,15 @@ def fold_sha256(drawn) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=None, writer=None) -> dict:
-    """Write one manifest per (fraction, seed) into `out` (default ROOT/splits) plus
-    `splits.json` (each fold's drawn / written / missing counts and fold_sha256)."""
-    from . import _writer, preparer
+def split_text(fraction: float, seed: int) -> str:
+    """The `harness run --split` value of a fold: `10pct:seed1` (`parse_split` reads it back)."""
+    return f"{100 * fraction:.6g}pct:seed{seed}"
 
-    writer = _writer(writer)
+
+def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=None) -> dict:
+    """Write one manifest per (fraction, seed) into `out` (default ROOT/splits) plus
+    `splits.json` (each fold's drawn / written / missing counts, fold_sha256 and its `--split`
+    value); `run` in the summary says how to train on a fold."""
     if not fractions or not seeds:
         raise DataError("give at least one --fraction and one --seed")
     root = Path(os.path.abspath(os.path.expanduser(str(root))))
@@ -63,7 +73,7 @@ def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=Non
     samples = prepared.samples.get("train")
     if not samples:
         raise DataError(f"{task}: no training annotations under {root}; expected {mod.layout()}")
-    out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out else root / "splits"
+    out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out else root / FOLDS_DIR
     out.mkdir(parents=True, exist_ok=True)
     folds = []
     for fraction in fractions:
@@ -73,21 +83,30 @@ def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=Non
             for s in drawn:
                 if s.path is None or not s.keep:
                     continue
-                p = os.path.abspath(s.path)
-                rel = os.path.relpath(p, out)
-                lines.append(f"{p if rel.startswith('..') else Path(rel).as_posix()} {s.label}\n")
+                lines.append(f"{manifest_path_text(s.path, out)} {s.label}\n")
             name = fold_name(float(fraction), int(seed))
-            writer(out / f"{name}.csv", lambda f, t="".join(lines): f.write(t.encode("utf-8")))
+            atomic_write_text(out / f"{name}.csv", "".join(lines))
             folds.append({"name": name, "fraction": float(fraction), "seed": int(seed),
+                          "split": split_text(float(fraction), int(seed)),
                           "drawn": len(drawn), "written": len(lines),
                           "missing_locally": len(drawn) - len(lines), "sha256": fold_sha256(drawn),
                           "manifest": str(out / f"{name}.csv")})
     summary = {"task": task, "root": str(root), "out": str(out), "drawn_from": "the publisher's "
                "training annotations" if task != "in1k" else "the training images on disk "
-               "(ImageNet publishes no training file list)", "folds": folds}
-    text = json.dumps(summary, indent=1) + "\n"
-    writer(out / "splits.json", lambda f: f.write(text.encode("utf-8")))
+               "(ImageNet publishes no training file list)", "folds": folds,
+               "run": _run_hint(task, root, out, folds)}
+    atomic_write_text(out / "splits.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _run_hint(task: str, root: Path, out: Path, folds: list[dict]) -> str:
+    """How to train on the folds: `--split` (the README's way) when they are where it looks."""
+    example = folds[0]["split"] if folds else "10pct:seed1"
+    hint = f"harness run --task {task} --split {example} task.data.root={root} ..."
+    if out != root / FOLDS_DIR:
+        hint += (f"; --split reads folds from the data root's {FOLDS_DIR}/ folder, and these are "
+                 f"in {out}: write them there (leave out --out) to train on them")
+    return hint
 
 
 def parse_split(text: str) -> tuple[float, int]:
@@ -103,7 +122,7 @@ def parse_split(text: str) -> tuple[float, int]:
     return f, s
 
 
-def fold_override(text: str, out: str = "splits") -> dict:
+def fold_override(text: str, out: str = FOLDS_DIR) -> dict:
     """The task override a `--split` means: the fold's manifest as the training split."""
     f, s = parse_split(text)
     return {"data": {"train": f"{out}/{fold_name(f, s)}.csv"}, "train_fold": {"fraction": f, "seed": s}}

@@ -1,141 +1,36 @@
-"""On-disk feature cache: a split's frozen-encoder tokens written once as memory-mapped fp16 files.
+"""The on-disk store: complete entries read back memory-mapped and verified; one locked writer.
 
-The frozen encoder's forward is the whole cost of an evaluation. Protocols without training
-augmentation (linear probes, k-NN, low-shot, centre-crop image tasks) see the same tokens every
-epoch and every run, so they are encoded once and read back from disk.
-
-A cache entry is keyed by a content hash of everything that changes the tokens (`feature_key`):
-a digest of the encoder's weights (`state_dict_digest`), the protocol fields that change what the
-encoder sees (sampling, transform, resolution, frames, copies, the seed where clips are random,
-the precision the encoder ran in) and the manifest's hash. A changed checkpoint, transform or
-video list is another key, so stale features are never reused (CLIP_benchmark keys its cache
-by model and dataset *names*, and silently reuses features after a preprocessing change).
-
-Layout under `root`:
-
-    <key>/             a complete entry: meta.json, tokens.f16, labels.i64, paths.txt
-    <key>.partial/     an entry being written (or left by a killed writer): progress.json + files
-    <key>.lock         fcntl lock held by the one process writing <key>
-
-Rows are appended in the loader's order. Every `checkpoint_rows` rows (and on commit) the files
-are fsync'ed and `progress.json` is replaced atomically with the rows, samples and micro-batches
-done and a CRC-32 of every finished chunk of each file. A writer killed anywhere leaves
-a `.partial` folder that `get` never reads; the next writer verifies its chunks, cuts the files
-back to the last verified one and encodes only what is missing. The entry becomes complete in one
-atomic step: `meta.json` is written into the partial folder, then the folder is renamed to
-`<key>`. Every load re-checks the chunk checksums, so a damaged file is a clear error that names
-it, never wrong numbers.
+See `probes.feature_store` for the layout. Rows are appended in the loader's order; every
+`checkpoint_rows` rows (and on commit) the files are fsync'ed and `progress.json` is replaced
+atomically with the rows, samples and micro-batches done and a CRC-32 of every finished chunk of
+each file. A killed writer's `.partial` folder is verified and continued by the next writer; an
+entry becomes complete in one atomic rename, and every load re-checks the chunk checksums.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import inspect
 import json
 import logging
 import os
 import shutil
 import time
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from probes.digest import content_digest
-from probes.feature_cache import TokenCache, merge_copies
 from common.atomic import atomic_write
+from probes.feature_cache import TokenCache
+from probes.feature_store.keys import FORMAT_VERSION, FeatureCacheError, canonical
 
 _log = logging.getLogger(__name__)
 
-# Bumped when the layout or the meaning of an entry changes (it is part of every key).
-FORMAT_VERSION = 1
 TOKENS, LABELS, PATHS = "tokens.f16", "labels.i64", "paths.txt"
 FP16_MAX = float(np.finfo(np.float16).max)
-
-
-class FeatureCacheError(ValueError):
-    """A cache entry that cannot be used (damaged file, wrong layout) or tokens it cannot hold."""
-
-
-# --------------------------------------------------------------------------------------------
-# keys
-
-
-def state_dict_digest(weights: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
-    """`probes.digest.content_digest` of every tensor's name, dtype, shape and bytes.
-
-    Computed on the loaded weights, so the same weights hash alike whatever file they came from
-    (pth, safetensors, a converted release checkpoint). Take it before any precision cast: a
-    bf16 copy of the weights is another digest (and the precision belongs in the fields anyway).
-    One pass over the bytes: sha256 is the fastest hashlib digest on CPUs with SHA extensions
-    (about 0.5 GB/s on this project's shared machine: ViT-L's 1.2 GB in ~2.5 s, next to a
-    checkpoint load that reads the same bytes). A cryptographic digest, because a collision
-    here would silently reuse another model's features."""
-    sd = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-    return content_digest({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return repr(value)  # exact; JSON would also print floats exactly, this only makes it plain
-    # str() of arbitrary objects can embed memory addresses: a key must never depend on them.
-    raise FeatureCacheError(f"feature cache key field of type {type(value).__name__} "
-                            f"({value!r}) is not plain data; pass str, int, float, bool, lists "
-                            f"or dicts of them")
-
-
-def feature_key(*, encoder_digest: str, fields: Mapping[str, Any], manifest_hash: str) -> str:
-    """The entry name: sha256 of (format version, encoder digest, token-changing fields, manifest).
-
-    `fields` must hold everything besides the weights and the video list that changes the
-    tokens: the encoder's architecture overrides (resolution, frames, pos-embed interpolation),
-    the clip sampling and the transform that made the clips (the eval transform, or the train
-    augmentation for augmented copies), the split, copies, the seed where clips are random
-    (random eval placement, augmented copies, a shuffled caching order), and the precision the
-    encoder ran in."""
-    if not encoder_digest or not manifest_hash:
-        raise FeatureCacheError("feature_key needs the encoder's weight digest and the manifest "
-                                "hash (an empty one would let different runs share an entry)")
-    blob = json.dumps({"format": FORMAT_VERSION, "encoder": str(encoder_digest),
-                       "fields": _canonical(fields), "manifest": str(manifest_hash)},
-                      sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def token_fields(task_protocol: Mapping[str, Any], *, split: str, resolution: int | None,
-                 precision: str, encoder: Mapping[str, Any] | None = None, copies: int = 0,
-                 seed: int | None = None, random_clips: bool = False,
-                 views: int | None = None) -> dict:
-    """The `fields` of `feature_key` for one split, from a task's `protocol()` dict.
-
-    `encoder`: the encoder's name and architecture overrides (resolution, frames, pos-embed
-    settings: the same weights at another input size give other tokens). The transform is the
-    eval transform, or the train augmentation when `copies` augmented passes are cached.
-    `random_clips`: the clips depend on the seed (random eval placement, augmented copies, a
-    shuffled caching order); only then is `seed` part of the key, so deterministic clips are
-    shared across probe seeds. `views`: how many views per sample are kept (training caches
-    keep view 0)."""
-    random_clips = bool(random_clips or copies)
-    if random_clips and seed is None:
-        raise FeatureCacheError("clips drawn at random need their seed in the feature cache key")
-    return {"split": split, "sampling": task_protocol.get("sampling"),
-            "transform": task_protocol.get("train_aug" if copies else "eval_transform"),
-            "resolution": resolution, "precision": precision, "encoder": dict(encoder or {}),
-            "copies": int(copies), "seed": int(seed) if random_clips else None, "views": views,
-            "label_map": task_protocol.get("label_map_sha256")}
-
-
-# --------------------------------------------------------------------------------------------
-# the store
 
 
 class _Checksum:
@@ -285,7 +180,7 @@ class FeatureStore:
 
     def writer(self, key: str, *, describe: Mapping[str, Any] | None = None,
                batching: Any = None, checkpoint_rows: int = 1024,
-               checkpoint_s: float = 60.0, verify: bool = True) -> "FeatureWriter":
+               checkpoint_s: float = 60.0, verify: bool = True) -> FeatureWriter:
         """A context manager that holds the entry's lock and appends rows (see FeatureWriter)."""
         return FeatureWriter(self, self._check_key(key), describe=describe, batching=batching,
                              checkpoint_rows=checkpoint_rows, checkpoint_s=checkpoint_s,
@@ -307,8 +202,8 @@ class FeatureWriter:
         self.store, self.key, self.verify = store, key, bool(verify)
         self.final = store.path(key)
         self.partial = store.root / f"{key}.partial"
-        self.describe = _canonical(dict(describe or {}))
-        self.batching = _canonical(batching)
+        self.describe = canonical(dict(describe or {}))
+        self.batching = canonical(batching)
         self.checkpoint_rows, self.checkpoint_s = int(checkpoint_rows), float(checkpoint_s)
         self.cache: TokenCache | None = None
         self._lock_file = None
@@ -316,7 +211,7 @@ class FeatureWriter:
 
     # -- lock and resume
 
-    def __enter__(self) -> "FeatureWriter":
+    def __enter__(self) -> FeatureWriter:
         self.store.root.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.store.root / f"{self.key}.lock", "a+b")
         try:
@@ -516,110 +411,3 @@ class FeatureWriter:
             self.cache.seconds = float(seconds)
         return self.cache
 
-
-# --------------------------------------------------------------------------------------------
-# the trainer's helper
-
-
-def _accepts_start(loader) -> bool:
-    fn = getattr(loader, "micro_batches", None)
-    if fn is None:
-        return False
-    try:
-        return "start" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _batching_of(loader) -> Any:
-    # A resumed entry must cut the data into the same micro-batches to know where it stopped.
-    micro = getattr(loader, "micro_batch_size", None) or getattr(loader, "batch_size", None)
-    return {"micro_batch_size": micro}
-
-
-def cached_tokens(store: FeatureStore, key: str, encode: Callable[[dict], torch.Tensor | None],
-                  loader, *, epoch: int | None = None,
-                  on_batch: Callable[[int, list], None] | None = None,
-                  describe: Mapping[str, Any] | None = None,
-                  checkpoint_rows: int = 1024, verify: bool = True) -> TokenCache:
-    """The tokens of `loader`'s split from the store, encoding only the rows it lacks.
-
-    `encode(batch) -> (b, V, L, D) or None` (None: nothing in the batch loaded). `loader` is an
-    unshuffled (or seeded: put its seed in the key) DataLoader or an `EpochBatches`; pass
-    `epoch` for an `EpochBatches` pass other than its evaluation one. `on_batch(rows, failures)`
-    is called for every encoded micro-batch and once for the rows read from the store (hit or
-    resume), so a caller's failure accounting sees every sample exactly once.
-
-    A complete entry is returned without touching the loader. A partial one (a killed run) is
-    continued: micro-batches already stored are skipped without decoding where the loader's
-    `micro_batches` takes `start`, else decoded and dropped without running the encoder.
-    `verify=False` skips re-reading a complete entry to check its checksums (a full read of
-    its files: about 0.5-0.8 GB/s here).
-    """
-    start_t = time.perf_counter()
-    # A complete entry never changes: read it without the lock, so parallel jobs reading one
-    # entry do not queue behind each other's checksum pass. The lock is for writing.
-    cache = store.get(key, verify=verify)
-    if cache is not None:
-        if on_batch is not None:
-            on_batch(len(cache), list(cache.failures))
-        return cache
-    with store.writer(key, describe=describe, batching=_batching_of(loader),
-                      checkpoint_rows=checkpoint_rows, verify=verify) as w:
-        if w.cache is not None:
-            if on_batch is not None:
-                on_batch(len(w.cache), list(w.cache.failures))
-            return w.cache
-        done_batches = w.batches_done
-        if done_batches and on_batch is not None:
-            on_batch(w.rows_done, w.failures)
-        if hasattr(loader, "micro_batches"):
-            if _accepts_start(loader):
-                kw = {} if epoch is None else {"epoch": epoch}
-                batches, skip = loader.micro_batches(start=done_batches, **kw), 0
-            else:
-                batches = loader.micro_batches() if epoch is None else loader.micro_batches(epoch)
-                skip = done_batches
-        else:
-            batches, skip = iter(loader), done_batches
-        with torch.no_grad():
-            for i, batch in enumerate(batches):
-                if i < skip:
-                    continue
-                failures = list(batch.get("failures") or [])
-                out = encode(batch)
-                n = 0 if out is None else int(out.shape[0])
-                label = torch.as_tensor(batch["label"]).long()[:n] if n else None
-                paths = list(batch.get("path") or [""] * n)[:n] if n else None
-                size = (int(torch.as_tensor(batch["label"]).numel()) if "label" in batch else n)
-                w.write(out if n else None, label, paths, samples=size + len(failures),
-                        failures=failures)
-                if on_batch is not None:
-                    on_batch(n, failures)
-        return w.commit(seconds=time.perf_counter() - start_t)
-
-
-def copy_key(key: str, copy: int) -> str:
-    """The entry of augmented copy `copy` of the split keyed `key`."""
-    return hashlib.sha256(f"{key}/copy{int(copy)}".encode()).hexdigest()[:32]
-
-
-def cached_copies(store: FeatureStore, key: str, encode: Callable[[dict], torch.Tensor | None],
-                  loader, copies: int, *, seed: int,
-                  on_batch: Callable[[int, list], None] | None = None,
-                  describe: Mapping[str, Any] | None = None) -> TokenCache:
-    """`probes.feature_cache.encode_copies` through the store: pass k is its own entry
-    (`copy_key(key, k)`), drawn exactly as encode_copies draws it (an `EpochBatches`' epoch k,
-    or the torch RNG seeded by (seed, k)), so a killed run resumes inside any pass. The copies are
-    stacked in memory as (n, copies, L, D) fp16; `key` must include the seed and the train
-    augmentation."""
-    passes = []
-    for k in range(int(copies)):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed) * 1_000_003 + k)
-            passes.append(cached_tokens(
-                store, copy_key(key, k), encode, loader,
-                epoch=k if hasattr(loader, "micro_batches") else None,
-                on_batch=on_batch if k == 0 else None,
-                describe={**dict(describe or {}), "copy": k, "of": key}))
-    return merge_copies(passes, sum(p.seconds for p in passes), error=FeatureCacheError)

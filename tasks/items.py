@@ -1,0 +1,147 @@
+"""Datasets over a manifest's `(path, label)` entries: `ManifestItems` (the common item protocol),
+`VideoDataset` (manifest -> clips) and `collate_clips` (batches that report unreadable files)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .clip_reader import read_frames
+from .frame_cache import FrameCache
+from .native.frames import read_frame_folder
+from .sampling import ClipSampler
+from .temporal import reorder
+
+log = logging.getLogger(__name__)
+
+
+class ManifestItems(torch.utils.data.Dataset):
+    """Items of a `path label` manifest: `dict(label, path, error)` plus what the subclass's
+    `_load(path, label)` returns. A file that cannot be read gives `video=None` and the reason
+    in `error`; it is never replaced by another sample (the release does that silently, in
+    evaluation too): the consumer counts failures (see `collate_clips`) and decides whether the
+    run may go on."""
+
+    entries: list
+    # A multi-label task's entries carry tuples of classes; items then hold `targets`, the
+    # multi-hot row over `num_classes` (and `label` 0, unused).
+    num_classes: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        path, label = self.entries[index]
+        item = {"label": 0 if isinstance(label, tuple) else int(label), "path": path, "error": None}
+        if isinstance(label, tuple):
+            if self.num_classes is None:
+                raise ValueError("multi-label entries need the dataset's num_classes")
+            targets = torch.zeros(self.num_classes)
+            targets[list(label)] = 1.0
+            item["targets"] = targets
+        try:
+            item.update(self._load(path, item["label"]))
+        except Exception as e:  # any failure is this sample's problem, reported, not hidden
+            item.update(video=None, error=f"{type(e).__name__}: {e}")
+            log.debug("skipping unreadable %s: %s", path, item["error"])
+        return item
+
+
+class VideoDataset(ManifestItems):
+    """Items: `dict(video=(S, V, 3, T, H, W) float32 | None, label=int, path=str, error=str|None)`.
+
+    A video that cannot be read gives `video=None` and the reason in `error`. It is never
+    replaced by another sample (the release does that silently, in evaluation too); the consumer
+    counts failures (see `collate_clips`) and decides whether the run may go on.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[tuple[str, int]],
+        *,
+        sampler: ClipSampler,
+        transform,
+        split: str = "",
+        backend: str = "auto",
+        class_names: Sequence[str] | None = None,
+        frame_cache: FrameCache | None = None,
+        device_finish: bool = False,
+        decode_isolation: str = "none",
+        decode_timeout_s: float | None = 60.0,
+        temporal_probe: str | None = None,
+    ):
+        self.entries = list(entries)
+        self.temporal_probe = temporal_probe
+        self.decode = {"isolation": decode_isolation, "timeout_s": decode_timeout_s}
+        # device_finish: items carry uint8 frames plus the random parameters drawn for them, and
+        # `tasks.loading.ClipFinisher` applies the transform on the compute device.
+        self.device_finish = bool(device_finish)
+        self.frame_cache = frame_cache
+        self.sampler = sampler
+        self.transform = transform
+        self.split = split
+        self.backend = backend
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def _load(self, path: str, label: int = 0) -> dict:
+        # Every draw of this item comes from torch's generator, which the caller seeds per item
+        # (`tasks.loading.SeededItems`: seed, epoch, index), so clips are reproducible and a
+        # resumed run sees what the uninterrupted one would have.
+        rng = np.random.RandomState(int(torch.randint(0, 2**32, ()).item()))
+        segments: list[list[int]] = []
+
+        def indices_fn(num_frames: int) -> list[int]:
+            segments[:] = self.sampler.indices(num_frames, rng)
+            if self.temporal_probe is not None:  # label 1: the same clip reversed / shuffled
+                segments[:] = [reorder(self.temporal_probe, seg, label, rng) for seg in segments]
+            return [i for seg in segments for i in seg]
+
+        if os.path.isdir(path):  # a folder of numbered frames (Jester) is a video too
+            decoded = read_frame_folder(path, indices_fn, backend=self.backend)
+        else:
+            read = self.frame_cache.read if self.frame_cache is not None else read_frames
+            decoded = read(path, indices_fn, backend=self.backend, **self.decode)
+        frames, backend = decoded.frames, decoded.backend
+        T = self.sampler.frames_per_clip
+        clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
+        draw = getattr(self.transform, "draw", None)
+        if self.device_finish:
+            if draw is None:  # evaluation: deterministic views, nothing to draw
+                return {"frames": torch.stack(clips), "params": None, "backend": backend}
+            # Each segment gets its own random augmentation, as in the release.
+            drawn = [draw(clip, int(torch.randint(0, 2**62, ()).item())) for clip in clips]
+            return {"frames": torch.stack([c for c, _ in drawn]), "params": [p for _, p in drawn],
+                    "backend": backend}
+        views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
+        return {"video": torch.stack(views), "backend": backend}  # (S, V, 3, T, H, W)
+
+
+def collate_clips(items: Sequence[dict]) -> dict:
+    """Stack the readable items; report the others.
+
+    Float items (`video`): `dict(video=(B, S, V, 3, T, H, W) or None when no item was readable,
+    label=(B,), path=[...], failures=[(path, error), ...])`. uint8 items (`frames`, device
+    finishing): `frames` is a list of (S, T, H, W, 3) tensors (videos differ in size) and
+    `params` the list of their drawn augmentation parameters; `video` is absent.
+    """
+    good = [it for it in items if it.get("error") is None]
+    failures = [(it["path"], it["error"]) for it in items if it.get("error") is not None]
+    out = {
+        "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "path": [it["path"] for it in good],
+        "failures": failures,
+    }
+    if good and "targets" in good[0]:  # multi-label rows
+        out["targets"] = torch.stack([it["targets"] for it in good])
+    if good and "frames" in good[0]:
+        out["frames"] = [it["frames"] for it in good]
+        out["params"] = [it["params"] for it in good]
+    elif good:
+        out["video"] = torch.stack([it["video"] for it in good])
+    else:  # nothing readable: an empty batch in either form
+        out.update(video=None, frames=[], params=[])
+    return out
