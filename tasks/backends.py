@@ -342,7 +342,7 @@ def usable(name: str) -> bool:
     why = problem(name)
     if why is not None and name not in _told:
         _told.add(name)
-        log.info("decoding backend %s unavailable, 'auto' skips it: %s", name, why)
+        log.debug("decoding backend %s unavailable, 'auto' skips it: %s", name, why)
     return why is None
 
 

@@ -140,22 +140,15 @@ def _read_config(path: Path, name: str, *, validate: bool, user: bool = False) -
     return cfg
 
 
-def _deep_merge(base: dict, overrides: Mapping[str, Any]) -> dict:
-    """Merge `overrides` into a copy of `base`; dotted keys ('sampling.eval_views') reach inside."""
-    out = copy.deepcopy(base)
+def _merged(base: dict, overrides: Mapping[str, Any]) -> dict:
+    """`overrides` merged into a copy of `base` with OmegaConf (as Hydra merges groups): mappings
+    merge key by key, anything else replaces; dotted keys ('sampling.eval_views') reach inside."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.create(copy.deepcopy(dict(base)))
     for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        last = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
-            node[last] = _deep_merge(node[last], value)
-        else:
-            node[last] = copy.deepcopy(value)
-    return out
+        OmegaConf.update(conf, str(key), copy.deepcopy(value), merge=True, force_add=True)
+    return OmegaConf.to_container(conf, resolve=False)
 
 
 def build(name: str, root: str | None = None, *, include=None, **overrides) -> "Task":
@@ -165,9 +158,9 @@ def build(name: str, root: str | None = None, *, include=None, **overrides) -> "
     e.g. `build('digits_motion', root='data/digits', sampling={'eval_views': 1}, resolution=64)`,
     `build('k400', root=..., decoder='pyav', classes='present')`.
     """
-    cfg = _deep_merge(config(name, include=include), overrides)
+    cfg = _merged(config(name, include=include), overrides)
     if root is not None:
-        cfg = _deep_merge(cfg, {"data": {"root": str(root)}})
+        cfg = _merged(cfg, {"data.root": str(root)})
     return from_config(cfg)
 
 

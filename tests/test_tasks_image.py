@@ -109,6 +109,11 @@ def test_prepared_in1k_runs_end_to_end(in1k, tmp_path, encoder):
     record = json.loads(next((runs / "records").glob("*.json")).read_text())
     assert record["task"] == "in1k" and record["protocol"]["task"]["kind"] == "image"
     assert record["data_problems"]["seen"]["eval"] == 2
+    # The cost is of the input that ran: an image encoder sees each image once, a video
+    # encoder the image repeated to its clip.
+    frames = record["extra"]["image_frames"]
+    assert frames == (1 if encoder == "ijepa_tiny" else 4)  # TINY: 4 frames per clip
+    assert record["encoder"]["metadata"]["at_run_input"]["clip"].startswith(f"{frames}x")
 
 
 def test_places205_label_map_comes_from_the_list_files(tmp_path):
