@@ -21,10 +21,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
         # other new file of this user gets (0666 less the umask).
         with contextlib.suppress(OSError, AttributeError):
             os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            f = _Recording(raw)
+            try:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            except Exception as err:
+                # A writer that turns the OSError into its own error (torch.save reports a full
+                # disk as "unexpected pos ..."): the file system's own error, naming the file.
+                if f.error is not None and err is not f.error:
+                    raise OSError(f.error.errno, f.error.strerror, str(path)) from err
+                if isinstance(err, OSError) and err.filename is None:
+                    raise OSError(err.errno, err.strerror, str(path)) from err
+                raise
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -37,6 +47,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+class _Recording:
+    """A binary file that remembers the first OSError its writes met."""
+
+    def __init__(self, raw):
+        self._raw, self.error = raw, None
+
+    def write(self, data):
+        try:
+            return self._raw.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self):
+        try:
+            return self._raw.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):  # fileno, tell, seek, ... as the file has them
+        return getattr(self._raw, name)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

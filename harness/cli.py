@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         if _is_user_error(err):
             _say_error("error:", str(err))
             return 2
+        fault = environment_fault(err)
+        if fault is not None:  # the machine's, not the input's nor ours: what and what to do
+            _say_error("error:", fault)
+            return 1
         # A bug of ours, not the user's input: one line, and the full traceback kept on disk.
         where = _write_traceback(err)
         _say_error("internal error:", f"{type(err).__name__}: {err}. This is a bug in harness, "
@@ -145,13 +149,61 @@ def _write_traceback(err: Exception) -> str:
         return "(nowhere: the log folder is not writable; set HARNESS_LOG_DIR)"
 
 
+# errno -> (the resource, what to do): faults of the machine a run is on, not bugs.
+_RESOURCES = {
+    "ENOSPC": ("no space left on the device", "free space or point --out elsewhere"),
+    "EDQUOT": ("the disk quota is exhausted", "free space or point --out elsewhere"),
+    "EROFS": ("the file system is read-only", "point --out (or -o / --results) at a writable folder"),
+    "EACCES": ("permission denied", "point --out (or -o / --results) at a folder you can write"),
+    "EPERM": ("operation not permitted", "point --out (or -o / --results) at a folder you can write"),
+    "EFBIG": ("the file is larger than this process may write (ulimit -f)",
+              "raise the limit (ulimit -f unlimited) or point --out elsewhere"),
+    "ENAMETOOLONG": ("the file name is too long for the file system",
+                     "use shorter names (task, encoder, --out)"),
+    "EMFILE": ("too many open files", "raise the limit (ulimit -n) or use fewer loader workers"),
+    "ENOMEM": ("out of memory", "use a smaller micro_batch_size or fewer loader workers"),
+    "EIO": ("an input/output error on the device", "check the disk"),
+}
+
+
+def environment_fault(err: BaseException) -> str | None:
+    """One line for a fault of the machine (disk full, read-only, file too large, name too long,
+    a peer process of a distributed run gone), naming the file and the resource; None for others.
+    Training state is saved atomically, so the message says a re-run resumes."""
+    import errno as errno_mod
+
+    seen = set()
+    while err is not None and id(err) not in seen:  # the OSError may be a cause or context
+        seen.add(id(err))
+        if isinstance(err, (ConnectionError, BrokenPipeError)) or \
+                "Connection reset by peer" in str(err) or "Connection closed by peer" in str(err):
+            return (f"a peer process of this distributed run stopped ({type(err).__name__}: "
+                    f"{_first_line(err)}); see the other ranks' logs, then re-run the same "
+                    f"command: it resumes from the last saved state")
+        if isinstance(err, OSError) and err.errno is not None:
+            name = errno_mod.errorcode.get(err.errno, "")
+            if name in _RESOURCES:
+                what, todo = _RESOURCES[name]
+                where = f" writing {err.filename}" if err.filename else ""
+                return (f"{what}{where} ({err.strerror or name}); {todo}. Files already written "
+                        f"are whole, and re-running the same command resumes from the last "
+                        f"saved state")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
 def _is_user_error(err: Exception) -> bool:
     # Errors whose message already tells the user what to do; anything else is a bug: traceback.
     names = {"ConfigError", "UnknownNameError", "CheckpointError", "DataError",
              "DataProblemError", "FileNotFoundError", "StateInUseError"}
     # FloatingPointError: a diverged probe (its message names the step and what to change).
     return any(cls.__name__ in names for cls in type(err).__mro__) or isinstance(
-        err, (ValueError, FloatingPointError, PermissionError))
+        err, (ValueError, FloatingPointError))
 
 
 if __name__ == "__main__":
