@@ -120,13 +120,13 @@ def _say_error(label: str, text: str) -> None:
     from rich.text import Text
 
     from common.progress import console, reset_console
-    from harness.output import _printable
+    from harness.output import printable
 
     # The message is the user's text (paths, SSv2 templates with [brackets], terminal escapes
     # in a name): never markup, never control sequences.
     reset_console()
     message = Text(label + " ", style="bold red")
-    message.append(_printable(text))
+    message.append(printable(text))
     console().print(message, highlight=False)
 
 

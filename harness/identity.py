@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -165,14 +164,17 @@ def run_id(encoder_cfg: dict, checkpoint: dict, task: str, split: str, protocol_
 
 
 def find_finished(records_dir: Path, identity: str) -> Path | None:
-    """A record already written by the run with this identity, if any."""
+    """A record already written by the run with this identity, if any. Files that are not
+    valid records (torn, hostile, of another tool) are passed over: the store reports them."""
+    from results import read_record
+
     if not records_dir.is_dir():
         return None
     for path in sorted(records_dir.glob("*.json")):
         try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
+            rec = read_record(path)
         except (OSError, ValueError):
             continue
-        if isinstance(rec, dict) and (rec.get("extra") or {}).get("run_id") == identity:
+        if (rec.get("extra") or {}).get("run_id") == identity:
             return path
     return None

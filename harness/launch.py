@@ -7,6 +7,11 @@ anything is submitted. Each job is an `EvaluationJob`: on SLURM's timeout / pree
 submitit calls its `checkpoint()`, which asks the running evaluation to stop at its next step
 (the probe trainer then saves its full state), and returns the same call for requeueing; the
 requeued job resumes from that state to the same numbers.
+
+Every value that reaches the sbatch script (partition, account, qos, constraint, job name, the
+log folder) is one line of printable text, checked here with an error naming its flag (a
+newline would end the `#SBATCH` line and start a shell line of its own), and submitit quotes
+it (shlex). The run lines printed are shell-quoted (`results.formats.shell_join`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,28 @@ SWEEP_FLAGS = ("encoder", "task", "probe", "checkpoint")
 _GLOB_CHARS = "*?["
 
 
+def check_script_value(flag: str, value) -> None:
+    """Refuse a value bound for the sbatch script that holds a newline or another control
+    character (C0, C1, DEL, line separators): in the script it would end its `#SBATCH` line and
+    the rest would run as a shell command. `flag` names where the value came from."""
+    if value is None:
+        return
+    text = str(value)
+    bad = sorted({c for c in text if not c.isprintable()})
+    if bad:
+        from results.formats import printable
+
+        shown = ", ".join(printable(c) for c in bad)
+        raise ValueError(f"{flag} {printable(repr(text))}: holds a newline or control character "
+                         f"({shown}); a value written into the sbatch script must be one line of "
+                         f"printable text")
+
+
+# The Resources fields written into the sbatch script as text, by the flag that sets them.
+SCRIPT_TEXT_FLAGS = {"partition": "--partition", "account": "--account", "qos": "--qos",
+                     "constraint": "--constraint", "job_name": "the job name"}
+
+
 @dataclass
 class Resources:
     """What one job asks the scheduler for. None: the scheduler's (or submitit's) default."""
@@ -44,8 +71,11 @@ class Resources:
     constraint: str | None = None
     max_parallel: int | None = None  # array tasks running at once
     signal_delay_s: int = 90  # SLURM sends the signal this long before the limit
+    job_name: str = "harness"
 
     def __post_init__(self) -> None:
+        for name, flag in SCRIPT_TEXT_FLAGS.items():
+            check_script_value(flag, getattr(self, name))
         for name in ("gpus_per_node", "nodes", "cpus_per_task", "time_min", "max_parallel"):
             value = getattr(self, name)
             low = 0 if name == "gpus_per_node" else 1
@@ -64,7 +94,8 @@ class Resources:
         """submitit's cluster-independent parameters."""
         params = {"timeout_min": self.time_min, "nodes": self.nodes,
                   "gpus_per_node": self.gpus_per_node, "tasks_per_node": self.tasks_per_node,
-                  "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb, "name": "harness"}
+                  "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb,
+                  "name": self.job_name}
         return {k: v for k, v in params.items() if v is not None}
 
     def slurm_parameters(self) -> dict:
@@ -87,9 +118,11 @@ class PlannedRun:
 
     @property
     def command(self) -> str:
-        import shlex
+        """The `harness run` line of this run, shell-quoted: one printable line (an argument
+        with a control character as bash's $'...') that runs exactly these overrides."""
+        from results.formats import shell_join
 
-        return shlex.join(["harness", "run", *self.overrides])
+        return shell_join(["harness", "run", *self.overrides])
 
 
 @dataclass
@@ -266,6 +299,7 @@ def plan_launch(runs: list[list[str]], resources: Resources) -> Launch:
     """Compose every run (a bad override fails here, before anything is submitted), fix its
     device to what the job will have, and find those already recorded."""
     from harness.config import compose_run, to_container
+    from results.formats import shell_join
 
     planned, hashes = [], {}
     for i, overrides in enumerate(runs, 1):
@@ -281,7 +315,7 @@ def plan_launch(runs: list[list[str]], resources: Resources) -> Launch:
             # without GPUs) must plan with the device the job will run on.
             overrides.append("device=cuda" if resources.gpus_per_node > 0 else "device=cpu")
             cfg = compose_run(overrides)
-        log.info("checking run %d/%d: %s", i, len(runs), " ".join(overrides))
+        log.info("checking run %d/%d: %s", i, len(runs), shell_join(overrides))
         planned.append(PlannedRun(overrides=overrides, finished=finished_record(cfg, hashes)))
     return Launch(runs=planned)
 
@@ -290,6 +324,7 @@ def plan_launch(runs: list[list[str]], resources: Resources) -> Launch:
 
 
 def make_executor(launcher: str, folder: Path, resources: Resources):
+    check_script_value("--folder", folder)
     if launcher not in ("slurm", "local"):
         raise ValueError(f"unknown launcher {launcher!r}; use slurm or local")
     if launcher == "local" and resources.nodes > 1:
@@ -310,6 +345,7 @@ def sbatch_script(folder: Path, resources: Resources, array_size: int) -> str:
         def affinity(cls) -> int:
             return 1  # writing the file needs no cluster; submitting does (see `submit`)
 
+    check_script_value("--folder", folder)
     executor = RenderOnly(folder)
     params = executor._convert_parameters(resources.generic_parameters())
     executor.update_parameters(**params, **resources.slurm_parameters())

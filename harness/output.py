@@ -23,12 +23,26 @@ class _PlainFormatter(logging.Formatter):
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"
-        return _printable(text)
+        return printable(text)
 
 
-def _printable(text: str) -> str:
-    """No terminal control sequences from a user's names (an encoder or path with ESC [ ...)."""
-    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
+def printable(text, *, multiline: bool = True) -> str:
+    """No terminal control sequences from a user's names (an encoder or path with ESC [ ...):
+    every control character (C0, C1, ESC, DEL, CR) shown as a visible escape. `multiline` (log
+    messages) keeps newlines and tabs; a table cell or one printed line passes False. The one
+    helper of the CLI's printing paths (`results.formats.printable`, imported when first used:
+    `harness --help` stays fast)."""
+    from results.formats import printable as _neutral
+
+    return _neutral(text, multiline=multiline)
+
+
+def print_line(text="", *, file=None) -> None:
+    """`print` of one line of the CLI's output, data in it made printable (one line: a newline
+    in a name shows as `\\n`, never starts a line of its own)."""
+    print(printable(text, multiline=False), file=file)
+
+
 
 
 class _ConsoleHandler(logging.Handler):

@@ -49,6 +49,12 @@ def _gflops(rec: dict | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _top1(rec: dict) -> float | None:
+    value = (rec.get("metrics") or {}).get("top1")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and value == value else None
+
+
 def pick(records: list[dict], who: str, task: str) -> list[dict]:
     """Records of `who` (a run label, an encoder label, or an encoder name: its trained
     checkpoints, or its random init where it has nothing else) on `task`, newest first; several
@@ -64,7 +70,10 @@ def pick(records: list[dict], who: str, task: str) -> list[dict]:
         named = [r for r in on_task if r["encoder"].get("name") == who]
         trained = [r for r in named if not (r.get("checkpoint") or {}).get("random_init")]
         hits = trained or named
-    return sorted(hits, key=lambda r: r.get("created", ""), reverse=True)
+    from results.record import record_created
+
+    # Newest first by the time read (records reach here checked: `created` parses).
+    return sorted(hits, key=record_created, reverse=True)
 
 
 def compare_task(records: list[dict], image: str, video: str, task: str, role: str,
@@ -88,6 +97,10 @@ def compare_task(records: list[dict], image: str, video: str, task: str, role: s
             labels = sorted({_name(r) for r in hits})
             raise ValueError(f"{who} has records of {len(shas)} checkpoints on {task} "
                              f"({'; '.join(labels)}): name one by its run label")
+    imgs, vids = [r for r in imgs if _top1(r) is not None], [r for r in vids if _top1(r) is not None]
+    if not imgs or not vids:
+        return TaskComparison(task, role, "missing", f"no top-1 in the records of "
+                              f"{image if not imgs else video} on {task}")
     common = [v for v in vids if any(i["protocol_id"] == v["protocol_id"] for i in imgs)]
     if not common:
         return TaskComparison(task, role, "mismatch",
@@ -97,7 +110,7 @@ def compare_task(records: list[dict], image: str, video: str, task: str, role: s
     v = common[0]
     i = next(r for r in imgs if r["protocol_id"] == v["protocol_id"])
     out = TaskComparison(task, role, "done", protocol_id=v["protocol_id"],
-                         image_top1=float(i["metrics"]["top1"]), video_top1=float(v["metrics"]["top1"]),
+                         image_top1=_top1(i), video_top1=_top1(v),
                          records={"image": i.get("_path"), "video": v.get("_path")})
     try:
         pi, pv = read_predictions(i["_path"]), read_predictions(v["_path"])

@@ -6,6 +6,14 @@ bold and italic / LaTeX's textbf and underline, and their legends name that mark
 cuts a name. CSV and JSON
 carry the numbers rounded as shown (no float32 noise) with the std, run count and marks in
 their own fields.
+
+Nothing written here may execute where it lands (a record's names are data, whoever wrote them):
+every format goes through one neutraliser of its own, and they all start from `printable`
+(control characters, C0 and C1, ESC, DEL and line breaks, shown as visible escapes, so data never
+moves a terminal's cursor nor starts a new line). `latex_escape` escapes TeX's specials,
+`markdown_escape` HTML and table pipes, `csv_safe` the cells a spreadsheet would read as formulas,
+and `shell_join` / `shell_line` quote the commands the CLI prints so a copied line runs exactly the
+arguments it shows.
 """
 from __future__ import annotations
 
@@ -13,10 +21,138 @@ import html
 import io
 import json
 import math
+import shlex
 
 from results.leaderboard import BEST, ROW_KEYS, TIED, Leaderboard
 
 FORMATS = ("rich", "plain", "markdown", "csv", "json", "latex", "html")
+
+
+# ---------------------------------------------------------------- data made harmless
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text, *, multiline: bool = False) -> str:
+    """`text` with every character a terminal or a document would act on shown as a visible
+    escape instead: C0 and C1 controls (ESC of terminal sequences, BEL, backspace, CR), DEL,
+    line and paragraph separators, bidirectional overrides. `multiline` keeps newlines and tabs
+    (log messages); otherwise they show as `\\n` / `\\t`, so a name stays on its line."""
+    text = str(text)
+    keep = "\n\t" if multiline else ""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape_char(c) for c in text)
+
+
+def _ansi_c_quote(token: str) -> str:
+    # bash's $'...': \xHH is one *byte*, so only ASCII goes that way; \u / \U for the rest
+    # (encoded in the shell's locale, UTF-8 on any current system).
+    out = []
+    for c in token:
+        if c == "\\" or c == "'":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x80:
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{ord(c):02x}"))
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return "$'" + "".join(out) + "'"
+
+
+def shell_quote(token) -> str:
+    """One argument quoted for a POSIX shell (shlex.quote); an argument holding a newline or
+    another control character as bash's $'...' instead, so the printed command stays one
+    printable line and still passes exactly that argument."""
+    token = str(token)
+    return shlex.quote(token) if token.isprintable() else _ansi_c_quote(token)
+
+
+def shell_join(argv) -> str:
+    """A command (list of arguments) as one shell line the user can copy: `shell_quote` of each."""
+    return " ".join(shell_quote(a) for a in argv)
+
+
+def shell_line(command: str) -> str:
+    """A command line already quoted with shlex (`shlex.join`, possibly several joined by `; `)
+    made one printable line: a single-quoted word holding a control character becomes $'...'
+    (the same argument in bash). A line that is not shell-quoted text is shown escaped."""
+    command = str(command)
+    if command.isprintable():
+        return command
+    out, i = [], 0
+    while i < len(command):
+        c = command[i]
+        if c == "'":
+            j = command.find("'", i + 1)
+            if j < 0:
+                return printable(command)
+            word = command[i + 1:j]
+            out.append(command[i:j + 1] if word.isprintable() else _ansi_c_quote(word))
+            i = j + 1
+        elif c == '"':
+            j = command.find('"', i + 1)
+            if j < 0 or not command[i:j + 1].isprintable():
+                return printable(command)
+            out.append(command[i:j + 1])
+            i = j + 1
+        elif c == "\\" and i + 1 < len(command) and command[i + 1].isprintable():
+            out.append(command[i:i + 2])
+            i += 2
+        elif c.isprintable():
+            out.append(c)
+            i += 1
+        else:  # a raw control character outside quotes: not a quoted line
+            return printable(command)
+    return "".join(out)
+
+
+# What a spreadsheet (Excel, LibreOffice, Google Sheets) reads as the start of a formula or a
+# DDE call; the full-width forms too (some spreadsheet programs fold them to ASCII).
+_FORMULA_START = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
+
+
+def csv_safe(value):
+    """A CSV/TSV cell a spreadsheet shows as text, never runs (OWASP "CSV injection"): a text
+    cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return (also after leading
+    spaces) gets a leading single quote. Numbers (int, float) are returned as they are: a
+    negative number is a number, not a formula; so is everything that is not text."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value[0] in _FORMULA_START or value.lstrip(" \u00a0")[:1] in _FORMULA_START:
+        return "'" + value
+    return value
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+                  "|": r"\textbar{}", "±": r"$\pm$"}
+
+
+def latex_escape(text) -> str:
+    """Text as LaTeX typesets it literally: every special character escaped (no command, no
+    math, no comment, no `^^` character code) and control characters, newlines included, shown
+    as visible escapes, so data never starts a new line (or a paragraph) of the source."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in printable(text))
+
+
+def markdown_escape(text) -> str:
+    """Text for a Markdown table cell, title or list item: HTML escaped (no tag, no entity of
+    the data's own), backslashes and table pipes escaped, no inline link (`](`), control
+    characters and newlines shown as visible escapes (a cell stays on its row)."""
+    text = html.escape(printable(text), quote=False)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("](", "]\\(")
 
 
 def _rows(lb: Leaderboard):
@@ -52,18 +188,18 @@ def _cost_texts(lb: Leaderboard, key) -> list[str]:
 
 
 def _header(lb: Leaderboard) -> list[str]:
-    head = ROW_KEYS + [c.name for c in lb.columns]
+    head = ROW_KEYS + [printable(c.name) for c in lb.columns]
     if lb.mean_rank is not None:
         head.append("mean rank")
     if lb.cost is not None:
-        head += list(lb.cost.columns)
+        head += [printable(c) for c in lb.cost.columns]
     return head
 
 
 def _text_rows(lb: Leaderboard, marks: bool = True) -> list[list[str]]:
     out = []
     for key, cells in _rows(lb):
-        row = [str(key[0]), str(key[1])] + [c.text(marks) if c else "-" for c in cells]
+        row = [printable(key[0]), printable(key[1])] + [c.text(marks) if c else "-" for c in cells]
         if lb.mean_rank is not None:
             row.append(_rank_text(lb, key))
         row += _cost_texts(lb, key)
@@ -72,14 +208,24 @@ def _text_rows(lb: Leaderboard, marks: bool = True) -> list[list[str]]:
 
 
 def _footer(lb: Leaderboard) -> list[str]:
-    return [f"legend: {line}" for line in lb.legend] + [f"note: {note}" for note in lb.notes]
+    return ([f"legend: {printable(line)}" for line in lb.legend]
+            + [f"note: {printable(note)}" for note in lb.notes])
 
 
-def _marks_legend(lb: Leaderboard, best: str, tied: str) -> list[str]:
+def _marks_legend(lb: Leaderboard, best: str, tied: str, escape=printable) -> list[str]:
     """The legend for a format that shows the marks as markup (bold, italic, underline) instead
-    of the `*` / `~` the text cells carry: the legend names what the reader sees."""
-    return [x.replace(f"{BEST} best", f"{best}: best").replace(f"; {TIED} not", f"; {tied}: not")
-            for x in lb.legend]
+    of the `*` / `~` the text cells carry: the legend names what the reader sees. `escape`
+    neutralises the legend's text for the format; `best` and `tied` are the format's own markup
+    (only the marks line of the legend is rewritten, never a column's name)."""
+    out = []
+    start, middle = f"{BEST} best", f"; {TIED} not"
+    for line in lb.legend:
+        if line.startswith(start) and middle in line:
+            first, rest = line[len(start):].split(middle, 1)
+            out.append(f"{best}: best{escape(first)}; {tied}: not{escape(rest)}")
+        else:
+            out.append(escape(line))
+    return out
 
 
 def plain(lb: Leaderboard) -> str:
@@ -100,7 +246,7 @@ def rich_table(lb: Leaderboard, title: str | None = None):
     from rich.text import Text
 
     # Text objects, not strings: '[ec87535c0225]' in a name would be read as markup.
-    table = Table(title=Text(title or f"leaderboard ({lb.metric})"))
+    table = Table(title=Text(printable(title or f"leaderboard ({lb.metric})")))
     for i, name in enumerate(_header(lb)):
         table.add_column(Text(name), justify="left" if i < 2 else "right", no_wrap=True)
     for (key, cells), texts in zip(_rows(lb), _text_rows(lb)):
@@ -143,15 +289,15 @@ def markdown(lb: Leaderboard) -> str:
                     shown[2 + i] = f"_{shown[2 + i]}_"
             lines.append("| " + " | ".join(shown) + " |")
     # '*' and '~' are markdown syntax: here the best is bold and a tie italic.
-    legend = _marks_legend(lb, "bold", "italic")
-    footer = [f"- legend: {_md(x)}" for x in legend] + [f"- {_md(n)}" for n in lb.notes]
+    legend = _marks_legend(lb, "bold", "italic", escape=markdown_escape)
+    footer = [f"- legend: {x}" for x in legend] + [f"- {_md(n)}" for n in lb.notes]
     if footer:
         lines += [""] + footer
     return "\n".join(lines) + "\n"
 
 
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|")
+    return markdown_escape(text)
 
 
 def _number(cell, value: float | None) -> float | None:
@@ -179,9 +325,10 @@ def csv(lb: Leaderboard) -> str:
         head += list(lb.cost.columns)
     buf = io.StringIO()
     writer = _csv.writer(buf, lineterminator="\n")
-    writer.writerow(head)
+    # Text cells (names, titles) shown as text, never formulas; the numbers stay numbers.
+    writer.writerow([csv_safe(printable(h)) for h in head])
     for key, cells in _rows(lb):
-        row = [key[0], key[1]]
+        row = [csv_safe(printable(key[0])), csv_safe(printable(key[1]))]
         for c, cell in zip(lb.columns, cells):
             row.append(cell.number() if cell else "")
             if c.name in runs:
@@ -226,20 +373,23 @@ def to_json(lb: Leaderboard) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}", "±": r"$\pm$"}
-
-
 def _tex(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return latex_escape(text)
+
+
+def _tex_row(cells: list[str]) -> str:
+    # `\\` and booktabs' rules read a following `[` as their optional argument, and `\\` a `*`
+    # as its star: a row whose first cell starts with one begins with an empty group instead.
+    if cells and cells[0][:1] in ("[", "*"):
+        cells = ["{}" + cells[0]] + cells[1:]
+    return " & ".join(cells) + r" \\"
 
 
 def latex(lb: Leaderboard) -> str:
     """A booktabs tabular (\\usepackage{booktabs}); best in bold, ties underlined."""
     head = _header(lb)
     lines = [r"\begin{tabular}{ll" + "r" * (len(head) - 2) + "}", r"\toprule",
-             " & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
+             _tex_row([_tex(h) for h in head]), r"\midrule"]
     for (key, cells), texts in zip(_rows(lb), _text_rows(lb, marks=False)):
         shown = [_tex(t) for t in texts]
         for i, cell in enumerate(cells):
@@ -247,11 +397,12 @@ def latex(lb: Leaderboard) -> str:
                 shown[2 + i] = r"\textbf{" + shown[2 + i] + "}"
             elif cell and cell.tied:
                 shown[2 + i] = r"\underline{" + shown[2 + i] + "}"
-        lines.append(" & ".join(shown) + r" \\")
+        lines.append(_tex_row(shown))
     lines += [r"\bottomrule", r"\end{tabular}"]
     # The cells carry \textbf / \underline, not '*' / '~': the legend says so.
-    legend = _marks_legend(lb, r"bold (\textbf)", r"underlined (\underline)")
-    lines += [f"% legend: {line}" for line in legend] + [f"% note: {note}" for note in lb.notes]
+    # Comments, but escaped all the same: a newline in the data would end the comment.
+    legend = _marks_legend(lb, r"bold (\textbf)", r"underlined (\underline)", escape=latex_escape)
+    lines += [f"% legend: {line}" for line in legend] + [f"% note: {_tex(note)}" for note in lb.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -314,7 +465,7 @@ if (wanted) {{
 def to_html(lb: Leaderboard, title: str | None = None) -> str:
     """One self-contained page (inline CSS and script, no server, nothing fetched)."""
     esc = html.escape
-    title = title or f"leaderboard ({lb.metric})"
+    title = printable(title or f"leaderboard ({lb.metric})")
     head = "".join(f"<th>{esc(h)}</th>" for h in _header(lb))
     body = []
     for (key, cells), texts in zip(_rows(lb), _text_rows(lb)):

@@ -6,17 +6,53 @@ Intervals (`results.intervals.cell_interval`, inside [0, 100]): a single run wit
 predictions gets the percentile bootstrap over its evaluation videos; a run with only its
 sample count the Wilson interval; several runs (seeds, folds) the t interval of their mean,
 within [0, 100].
+
+Every text of a figure is literal: names come from records, and matplotlib would read `$...$` in
+a label as mathtext (`$\\frac{1}{$` is a parse error that ends the plot) and, with a user's
+`text.usetex: True`, hand the label to a LaTeX run. Figures are drawn under `literal_text()`.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 from pathlib import Path
 
+from results.formats import printable
 from results.intervals import cell_interval
 from results.leaderboard import Leaderboard
 
-__all__ = ["bars", "cell_interval", "low_shot", "series"]
+__all__ = ["bars", "cell_interval", "literal_label", "literal_text", "low_shot", "series"]
+
+# Text drawn as written: no mathtext, never through TeX (whatever the user's matplotlibrc says).
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+@contextlib.contextmanager
+def literal_text():
+    """matplotlib settings under which every Text made is literal (`parse_math` and `usetex`
+    are read when a Text is made, so the figure keeps them after the context ends)."""
+    import matplotlib
+
+    with matplotlib.rc_context(LITERAL_TEXT):
+        yield
+
+
+def _literal(draw):
+    """Draw a figure under `literal_text()`."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with literal_text():
+            return draw(*args, **kwargs)
+    return wrapper
+
+
+def literal_label(text) -> str:
+    """A legend label shown as written: control characters as visible escapes, and a leading
+    `_` (which matplotlib reads as "leave out of the legend") behind a space."""
+    text = printable(text)
+    return " " + text if text.startswith("_") else text
 
 
 def _figure(width: float, height: float):
@@ -49,6 +85,7 @@ def _whiskers(mean: float, ci) -> tuple[float, float]:
     return max(0.0, mean - ci[0]), max(0.0, ci[1] - mean)
 
 
+@_literal
 def bars(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None,
          keep_figure: bool = False):
     """Grouped bars: one group per column, one bar per row, 95% interval whiskers."""
@@ -73,14 +110,14 @@ def bars(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None,
             lo.append(low)
             hi.append(high)
         ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3,
-               label=f"{row[0]} ({row[1]})")
+               label=literal_label(f"{row[0]} ({row[1]})"))
     ax.set_xticks(range(len(lb.columns)))
-    ax.set_xticklabels([c.name for c in lb.columns], rotation=15, ha="right")
+    ax.set_xticklabels([printable(c.name) for c in lb.columns], rotation=15, ha="right")
     ax.set_ylabel(f"{lb.metric} (%)")
-    ax.set_title(title or f"{lb.metric} per task, 95% intervals")
+    ax.set_title(printable(title or f"{lb.metric} per task, 95% intervals"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     # Protocol ids under the legend, outside the axes (the x labels take the space below).
-    ax.text(1.01, 0.0, "protocols:\n" + "\n".join(f"{c.name} = {c.protocol_id}"
+    ax.text(1.01, 0.0, "protocols:\n" + "\n".join(printable(f"{c.name} = {c.protocol_id}")
                                                   for c in lb.columns),
             transform=ax.transAxes, fontsize=7, va="bottom", ha="left")
     if keep_figure:
@@ -88,6 +125,7 @@ def bars(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None,
     return _save(fig, path)
 
 
+@_literal
 def series(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None,
            keep_figure: bool = False):
     """Accuracy against pretraining step, one line per column; rows named `step N` (see
@@ -122,23 +160,24 @@ def series(lb: Leaderboard, path: str | os.PathLike, *, title: str | None = None
             ys = [p[1] for p in points]
             whiskers = [_whiskers(p[1], p[2]) for p in points]
             line = ax.errorbar(xs, ys, yerr=[[w[0] for w in whiskers], [w[1] for w in whiskers]],
-                               marker="o", capsize=3, label=name)
+                               marker="o", capsize=3, label=literal_label(name))
             if floor is not None:  # random init of the same column, in the same colour
                 ax.axhline(floor, linestyle="--", linewidth=1, color=line[0].get_color(),
-                           label=f"{name}: random init")
+                           label=literal_label(f"{name}: random init"))
             plotted += 1
     if not plotted:
         raise ValueError("no checkpoint with a known pretraining step: the records' "
                          "checkpoint.step is empty")
     ax.set_xlabel("pretraining step")
     ax.set_ylabel(f"{lb.metric} (%)")
-    ax.set_title(title or f"{lb.metric} against pretraining step, 95% intervals")
+    ax.set_title(printable(title or f"{lb.metric} against pretraining step, 95% intervals"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     if keep_figure:
         return fig, ax
     return _save(fig, path)
 
 
+@_literal
 def low_shot(curves: list, path: str | os.PathLike, *, metric: str = "top1",
              title: str | None = None, keep_figure: bool = False):
     """Label-efficiency curves (`results.label_efficiency.curves`): one panel per task, one
@@ -167,7 +206,7 @@ def low_shot(curves: list, path: str | os.PathLike, *, metric: str = "top1",
             fractions.update(xs)
             ax.errorbar(xs, ys, yerr=[[w[0] for w in whiskers], [w[1] for w in whiskers]],
                         marker="o", capsize=3,
-                        label=f"{c.name}, {c.column}" if several else c.name)
+                        label=literal_label(f"{c.name}, {c.column}" if several else c.name))
         ax.set_xscale("log")
         ticks = sorted(fractions)
         ax.set_xticks(ticks)
@@ -175,10 +214,10 @@ def low_shot(curves: list, path: str | os.PathLike, *, metric: str = "top1",
         ax.minorticks_off()
         ax.set_xlabel("training labels (% of the training split)")
         ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(mine[0].column if not several else task, fontsize=9)
+        ax.set_title(printable(mine[0].column if not several else task), fontsize=9)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
-    fig.suptitle(title or f"{metric} against the fraction of labels: mean over folds, "
-                 f"95% intervals")
+    fig.suptitle(printable(title or f"{metric} against the fraction of labels: mean over "
+                           f"folds, 95% intervals"))
     fig.subplots_adjust(hspace=0.45)
     if keep_figure:
         return fig, axes

@@ -103,7 +103,9 @@ def record_predictions(record: dict, record_path: str | os.PathLike) -> dict[str
     if why is None:
         return read_predictions(record_path)
     saved = (record.get("extra") or {}).get("predictions")
-    named = Path(record_path).parent / str(saved) if saved else None
+    # The record names its file beside it: only the name is taken (a record is untrusted; a
+    # path in it never leads the read elsewhere).
+    named = Path(record_path).parent / Path(str(saved)).name if saved else None
     if named is not None and named.name.endswith(".predictions.npz") and named.is_file():
         return read_predictions(named)  # the record file was renamed; its predictions were not
     raise FileNotFoundError(why)

@@ -26,7 +26,16 @@ def plot_loss(metrics_csv: str | os.PathLike, out: str | os.PathLike, title: str
     import matplotlib
 
     matplotlib.use("Agg")
+    from results.plots import literal_text
+
+    with literal_text():  # the title is a run's name: literal text, never mathtext or TeX
+        return _draw(frame, out, title)
+
+
+def _draw(frame, out, title: str) -> Path:
     import matplotlib.pyplot as plt
+
+    from results.formats import printable
 
     steps, losses = frame["step"].astype(int), frame["loss"].astype(float)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -36,7 +45,7 @@ def plot_loss(metrics_csv: str | os.PathLike, out: str | os.PathLike, title: str
         ax.plot(steps, losses.rolling(k, min_periods=1).mean(), lw=1.5, label=f"mean of {k}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_title(printable(title))
     ax.legend()
     fig.tight_layout()
     out = Path(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -124,11 +125,12 @@ def _safe(text: str, limit: int = 60) -> str:
 
 
 def record_filename(record: dict) -> str:
-    created = _dt.datetime.fromisoformat(record["created"])
-    stamp = created.astimezone(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S_%fZ")
-    # The random suffix keeps two records written in the same microsecond apart.
+    """`ENC__TASK__PID__STAMP-xxxxxx.json`: every part made safe for a file name (a record's
+    fields are untrusted: no separator, `..` or control character reaches the name), the
+    random suffix keeping two records written in the same microsecond apart."""
+    stamp = record_created(record).strftime("%Y%m%dT%H%M%S_%fZ")
     return (f"{_safe(record['encoder']['name'])}__{_safe(record['task'])}__"
-            f"{record['protocol_id']}__{stamp}-{uuid.uuid4().hex[:6]}.json")
+            f"{_safe(record['protocol_id'], 64)}__{stamp}-{uuid.uuid4().hex[:6]}.json")
 
 
 def write_record(record: dict, out_dir: str | os.PathLike, filename: str | None = None) -> Path:
@@ -149,15 +151,288 @@ def write_record(record: dict, out_dir: str | os.PathLike, filename: str | None 
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one record; ValueError if the file is not valid JSON or not a record."""
+    """Read and check one record: the one reader of record files (the store, `compare`, the
+    runner's finished-run check). RecordError (a ValueError) says what is wrong with the file:
+    not JSON, too large or too deeply nested, not a record, or a field of the wrong type or
+    range (`check_record`)."""
     path = Path(path)
+    with open(path, "rb") as f:  # bounded: a huge file is refused before it is parsed
+        data = f.read(MAX_RECORD_BYTES + 1)
+    return parse_record(data, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# checking what is read: records, their exports and hand-made files are untrusted input
+
+MAX_RECORD_BYTES = 32 << 20   # a record with a long probe history is well under 1 MiB
+MAX_DEPTH = 64                # a record nests about 8 deep (extra.history, protocol)
+FUTURE_SLACK = _dt.timedelta(days=1)   # clock skew, and local times written without a zone
+EARLIEST = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+# Metrics that are percentages: accuracies and mAP, in [0, 100].
+PERCENT_METRIC = re.compile(r"^(train_|val_)?(top\d+|mean_class_acc\w*|acc\w*|mAP|map)$")
+_COUNT_METRICS = ("num_samples", "classes_scored")
+_TEXT_LIMIT = 4096            # names, ids, labels: longer is no name of ours
+
+
+class RecordError(ValueError):
+    """A record (file, export row or in-memory dict) that cannot be used, and why. `kind`:
+    'format' (not JSON, too large, too deep), 'not_record' (JSON, but no record object), or
+    'field' (a record with a field of the wrong type or range)."""
+
+    def __init__(self, message: str, kind: str = "field"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def parse_record(data: bytes | str, where: str, *, need_version: bool = True) -> dict[str, Any]:
+    """Parse the JSON text of one record (a file's bytes or an export's `record` cell) within
+    MAX_RECORD_BYTES and MAX_DEPTH, then `check_record` it."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_RECORD_BYTES:
+            raise RecordError(f"{where} is larger than {_size(MAX_RECORD_BYTES)}: no record "
+                              f"is that large", "format")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecordError(f"{where} is not valid JSON: not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start})", "format") from None
+    else:
+        text = data
+        if len(text) > MAX_RECORD_BYTES:
+            raise RecordError(f"{where} is larger than {_size(MAX_RECORD_BYTES)}: no record "
+                              f"is that large", "format")
+    depth = json_depth(text)
+    if depth > MAX_DEPTH:
+        raise RecordError(f"{where} is nested {depth} levels deep (a record nests at most "
+                          f"{MAX_DEPTH}): not a record of ours", "format")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or "record_version" not in data:
-        raise ValueError(f"{path} is not a result record (no record_version)")
-    if data["record_version"] > RECORD_VERSION:
-        raise ValueError(f"{path} has record_version {data['record_version']}, newer than this "
-                         f"code understands ({RECORD_VERSION}); update harness")
-    return data
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RecordError(f"{where} is not valid JSON: {exc}", "format") from None
+    except ValueError as exc:  # an integer past Python's digit limit, and the like
+        what = "a number too long to read" if "digits" in str(exc) else f"a value that cannot " \
+                                                                        f"be read ({exc})"
+        raise RecordError(f"{where} holds {what}", "format") from None
+    return check_record(obj, where, need_version=need_version)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of JSON `text` nest (brackets inside strings do not
+    count); computed without recursion, so a hostile file cannot exhaust the stack."""
+    from itertools import accumulate
+
+    brackets = re.sub(r"[^\[\]{}]+", "", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    return max(accumulate(1 if c in "[{" else -1 for c in brackets))
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.S)
+
+
+def record_created(record: dict) -> _dt.datetime:
+    """The record's `created` as an aware UTC datetime (a time without zone is UTC);
+    RecordError when it is missing or not an ISO 8601 time."""
+    value = record.get("created") if isinstance(record, dict) else None
+    if not isinstance(value, str):
+        raise RecordError(f"created must be an ISO 8601 time (text), not {_shown(value)}")
+    try:
+        when = _dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise RecordError(f"created {_shown(value)} is not an ISO 8601 time (e.g. "
+                          f"2026-12-01T09:30:00+00:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc)
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    kind = type(value).__name__ if not isinstance(value, str) else "text"
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text if isinstance(value, str) else f"{text} ({kind})"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _text_ok(v, *, empty: bool = False) -> bool:
+    return isinstance(v, str) and (empty or v.strip() != "") and len(v) <= _TEXT_LIMIT
+
+
+def check_record(record, where: str = "record", *, need_version: bool = True,
+                 now: _dt.datetime | None = None) -> dict[str, Any]:
+    """`record` if every field the harness reads has the type and range it must have, else
+    RecordError naming the first field that does not (prefixed with `where`).
+
+    Checked: record_version (an integer this code understands), created (an ISO time, not
+    more than a day in the future), encoder (an object with a name), task, split, protocol_id,
+    protocol (an object: its protocol_version, probe, task sampling, manifests and label-
+    efficiency fold), checkpoint, seed, world_size, device, precision, metrics (finite numbers;
+    accuracies and mAP are percentages in [0, 100]; NaN is a metric that could not be computed,
+    an empty cell), timings, extra (label, run_id), protocol_departures, imported. Fields the
+    harness does not read may hold anything JSON holds."""
+    try:
+        _check(record, need_version, now)
+    except RecordError as exc:
+        raise RecordError(f"{where}: {exc}", exc.kind) from None
+    return record
+
+
+def _check(rec, need_version: bool, now) -> None:
+    if not isinstance(rec, dict):
+        raise RecordError(f"not a result record (a JSON {type(rec).__name__}, not an object)",
+                          "not_record")
+    if "record_version" in rec or need_version:
+        if "record_version" not in rec:
+            raise RecordError("not a result record (no record_version)", "not_record")
+        version = rec["record_version"]
+        if not _is_int(version) or version < 1:
+            raise RecordError(f"record_version must be a positive integer, not {_shown(version)}")
+        if version > RECORD_VERSION:
+            raise RecordError(f"record_version {version} is newer than this code understands "
+                              f"({RECORD_VERSION}); update harness")
+    when = record_created(rec)
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    if when > now + FUTURE_SLACK:
+        raise RecordError(f"created {rec['created']!r} is in the future (now "
+                          f"{now.strftime('%Y-%m-%d %H:%M')} UTC): a wrong clock or a forged "
+                          f"record, which would replace the real record of its run; it is not "
+                          f"used (fix its created time or the clock of the machine that wrote it)")
+    if when < EARLIEST:
+        raise RecordError(f"created {rec['created']!r} is before 1970: not a time a record "
+                          f"was written")
+    encoder = rec.get("encoder")
+    if not isinstance(encoder, dict) or not _text_ok(encoder.get("name")):
+        raise RecordError(f"encoder must be an object with a name, not {_shown(encoder)}")
+    for key in ("label", "family", "modality"):
+        if encoder.get(key) is not None and not _text_ok(encoder[key], empty=True):
+            raise RecordError(f"encoder.{key} must be text, not {_shown(encoder[key])}")
+    for key in ("metadata", "config", "spec"):
+        if encoder.get(key) is not None and not isinstance(encoder[key], dict):
+            raise RecordError(f"encoder.{key} must be an object, not {_shown(encoder[key])}")
+    _check_numbers(encoder.get("metadata") or {}, "encoder.metadata",
+                   ("parameters", "gflops_per_clip"), nested="at_run_input")
+    if not _text_ok(rec.get("task")):
+        raise RecordError(f"task must be a name (text), not {_shown(rec.get('task'))}")
+    if "protocol_id" not in rec or not _text_ok(rec["protocol_id"]):
+        raise RecordError(f"protocol_id must be text, not {_shown(rec.get('protocol_id'))}")
+    for key in ("split", "device", "precision", "host", "git_commit"):
+        if rec.get(key) is not None and not _text_ok(rec[key], empty=True):
+            raise RecordError(f"{key} must be text, not {_shown(rec[key])}")
+    if rec.get("seed") is not None and not _is_int(rec["seed"]):
+        raise RecordError(f"seed must be an integer, not {_shown(rec['seed'])}")
+    if rec.get("world_size") is not None and not (_is_int(rec["world_size"])
+                                                  and rec["world_size"] >= 1):
+        raise RecordError(f"world_size must be a positive integer, not {_shown(rec['world_size'])}")
+    for key in ("checkpoint", "protocol", "metrics", "timings", "extra", "protocol_departures",
+                "imported", "data_problems", "versions"):
+        if rec.get(key) is not None and not isinstance(rec[key], dict):
+            raise RecordError(f"{key} must be an object, not {_shown(rec[key])}")
+    _check_checkpoint(rec.get("checkpoint") or {})
+    _check_protocol(rec.get("protocol") or {})
+    if rec.get("protocol_version") is not None and not (_is_int(rec["protocol_version"])
+                                                        and rec["protocol_version"] >= 1):
+        raise RecordError(f"protocol_version must be a positive integer, not "
+                          f"{_shown(rec['protocol_version'])}")
+    _check_metrics(rec.get("metrics") or {})
+    _check_numbers(rec.get("timings") or {}, "timings", ("wall_seconds", "eval_samples_per_s"))
+    extra = rec.get("extra") or {}
+    for key in ("label", "run_id", "predictions"):
+        if extra.get(key) is not None and not _text_ok(extra[key], empty=True):
+            raise RecordError(f"extra.{key} must be text, not {_shown(extra[key])}")
+    if extra.get("command") is not None and not isinstance(extra["command"], str):
+        raise RecordError(f"extra.command must be text, not {_shown(extra['command'])}")
+
+
+def _check_checkpoint(ckpt: dict) -> None:
+    for key in ("path", "sha256", "key"):
+        if ckpt.get(key) is not None and not _text_ok(ckpt[key], empty=True):
+            raise RecordError(f"checkpoint.{key} must be text, not {_shown(ckpt[key])}")
+    for key in ("step", "epoch"):
+        if ckpt.get(key) is not None and not _is_int(ckpt[key]):
+            raise RecordError(f"checkpoint.{key} must be a whole number, not {_shown(ckpt[key])}")
+    if ckpt.get("random_init") is not None and not isinstance(ckpt["random_init"], bool):
+        raise RecordError(f"checkpoint.random_init must be true or false, not "
+                          f"{_shown(ckpt['random_init'])}")
+
+
+def _check_protocol(protocol: dict) -> None:
+    version = protocol.get("protocol_version")
+    if version is not None and not (_is_int(version) and version >= 1):
+        raise RecordError(f"protocol.protocol_version must be a positive integer, not "
+                          f"{_shown(version)}")
+    probe = protocol.get("probe")
+    if probe is not None and not isinstance(probe, (dict, str)):
+        raise RecordError(f"protocol.probe must be an object, not {_shown(probe)}")
+    if isinstance(probe, dict) and probe.get("kind") is not None and not _text_ok(probe["kind"]):
+        raise RecordError(f"protocol.probe.kind must be text, not {_shown(probe['kind'])}")
+    task = protocol.get("task")
+    if task is None:
+        return
+    if not isinstance(task, dict):
+        raise RecordError(f"protocol.task must be an object, not {_shown(task)}")
+    for key in ("sampling", "manifests"):
+        if task.get(key) is not None and not isinstance(task[key], dict):
+            raise RecordError(f"protocol.task.{key} must be an object, not {_shown(task[key])}")
+    manifests = task.get("manifests") or {}
+    for split, manifest in manifests.items():
+        if manifest is not None and not isinstance(manifest, (dict, str)):
+            raise RecordError(f"protocol.task.manifests.{split} must be an object, not "
+                              f"{_shown(manifest)}")
+        videos = manifest.get("videos") if isinstance(manifest, dict) else None
+        if videos is not None and not (_is_int(videos) and videos >= 0):
+            raise RecordError(f"protocol.task.manifests.{split}.videos must be a whole number "
+                              f">= 0, not {_shown(videos)}")
+    fold = task.get("train_fold")
+    if fold is not None:
+        if not isinstance(fold, dict):
+            raise RecordError(f"protocol.task.train_fold must be an object, not {_shown(fold)}")
+        fraction = fold.get("fraction")
+        if not (_is_number(fraction) and 0 < fraction <= 1):
+            raise RecordError(f"protocol.task.train_fold.fraction must be a number in (0, 1], "
+                              f"not {_shown(fraction)}")
+        if not (_is_int(fold.get("seed")) and fold["seed"] >= 0):
+            raise RecordError(f"protocol.task.train_fold.seed must be an integer >= 0, not "
+                              f"{_shown(fold.get('seed'))}")
+
+
+def _check_metrics(metrics: dict) -> None:
+    for name, value in metrics.items():
+        if value is None:
+            continue
+        if not _is_number(value):
+            raise RecordError(f"metrics.{name} must be a number, not {_shown(value)}")
+        if isinstance(value, float) and math.isnan(value):
+            continue  # not computed (e.g. mAP with no class scored): an empty cell
+        if not math.isfinite(value):
+            raise RecordError(f"metrics.{name} must be a finite number, not {value!r}")
+        if PERCENT_METRIC.match(name) and not 0 <= value <= 100:
+            raise RecordError(f"metrics.{name}={value!r} is out of range: accuracies and mAP "
+                              f"are percentages in [0, 100]")
+        if name in _COUNT_METRICS and not (value >= 0 and float(value).is_integer()):
+            raise RecordError(f"metrics.{name} must be a whole number >= 0, not {value!r}")
+
+
+def _check_numbers(obj: dict, where: str, keys, nested: str | None = None) -> None:
+    if not isinstance(obj, dict):
+        return
+    for key in keys:
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise RecordError(f"{where}.{key} must be a finite number >= 0, not {_shown(value)}")
+    if nested is not None and obj.get(nested) is not None:
+        if not isinstance(obj[nested], dict):
+            raise RecordError(f"{where}.{nested} must be an object, not {_shown(obj[nested])}")
+        _check_numbers(obj[nested], f"{where}.{nested}", keys)

@@ -92,7 +92,7 @@ def test_concurrent_writers_never_produce_partial_files(tmp_path):
     def writer(i):
         try:
             for j in range(10):
-                paths.append(write_record(record(top1=float(i * 100 + j), extra=big), out))
+                paths.append(write_record(record(top1=float(i * 10 + j), extra=big), out))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -118,7 +118,7 @@ def test_concurrent_writers_never_produce_partial_files(tmp_path):
     files = sorted(out.iterdir())
     assert len(files) == 60 and all(not f.name.startswith(".") for f in files)
     tops = sorted(read_record(f)["metrics"]["top1"] for f in files)
-    assert tops == sorted(float(i * 100 + j) for i in range(6) for j in range(10))
+    assert tops == sorted(float(i * 10 + j) for i in range(6) for j in range(10))
 
 
 def test_read_record_rejects_non_records(tmp_path):

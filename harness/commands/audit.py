@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness.output import print_line
+
 EPILOG = """\
   harness audit --image ijepa_tiny --video vjepa_tiny \\
       --static-task digits_appearance --temporal-task digits_motion --results runs/demo
@@ -50,7 +52,7 @@ def _run_missing(args, root, records) -> None:
             overrides = [f"encoder={who}", f"task={task}", f"probe={args.probe}",
                          f"out={_quote(root)}", "progress=false", *args.overrides]
             overrides.append(f"checkpoint={_quote(ckpt)}" if ckpt else "random_init=true")
-            print(f"running {who} on {task}")
+            print_line(f"running {who} on {task}")
             run_evaluation(compose_run(overrides), overrides=overrides)
 
 
@@ -73,11 +75,17 @@ def main(args) -> int:
     report_problems(store)
     v = verdict(records, image=args.image, video=args.video, static_task=args.static_task,
                 temporal_task=args.temporal_task, margin=args.margin, n_boot=args.bootstrap)
-    out = root / "audits" / (f"audit__{_safe(args.image)}__{_safe(args.video)}__"
-                             f"{_safe(args.static_task)}__{_safe(args.temporal_task)}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(v, indent=2, sort_keys=True) + "\n"
-    atomic_write(out, lambda f: f.write(text.encode("utf-8")))
-    print("\n".join(describe(v)))
-    print(f"verdict written to {out}")
+    # Inside --results only: an `audits` folder that is a link leading elsewhere is refused,
+    # a link at the file's name is replaced (never written through), faults are one line.
+    from results.store import folder_in, writing
+
+    name = (f"audit__{_safe(args.image)}__{_safe(args.video)}__"
+            f"{_safe(args.static_task)}__{_safe(args.temporal_task)}.json")
+    out = folder_in(root, "audits") / name
+    text = json.dumps(v, indent=2, sort_keys=True, default=str) + "\n"
+    with writing(out):
+        atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    for line in describe(v):
+        print_line(line)
+    print_line(f"verdict written to {out}")
     return 0

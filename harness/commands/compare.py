@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness.output import print_line
+
 EPILOG = """\
 A and B are record files (runs/records/*.json), run ids (extra.run_id, or a unique prefix of 6
 or more characters), or names matched against the records under --results: a run's label
@@ -76,8 +78,10 @@ def _candidates(hits: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def find(ref: str, task: str | None, root) -> tuple:
-    """(record path, record) that `ref` names; ValueError when none or several fit."""
+def find(ref: str, task: str | None, root, store_records: list | None = None) -> tuple:
+    """(record path, record) that `ref` names; ValueError when none or several fit. A record
+    file is read by the one reader (checked like every record); names are looked up in
+    `store_records` (the store's records, read once by the caller) or the store under `root`."""
     from pathlib import Path
 
     import results
@@ -87,8 +91,9 @@ def find(ref: str, task: str | None, root) -> tuple:
     if path.is_file():
         return path, results.read_record(path)
     root = results.default_root(root)
-    store = results.ResultStore(root)
-    records = [r for r in store.records() if task is None or r.get("task") == task]
+    if store_records is None:
+        store_records = _store_records(root)
+    records = [r for r in store_records if task is None or r.get("task") == task]
     # Most specific first: a run id, then a run's label, then an encoder label, then a name.
     tiers = [
         [r for r in records if run_identity(r) == ref or Path(r["_path"]).stem == ref],
@@ -110,12 +115,30 @@ def find(ref: str, task: str | None, root) -> tuple:
     return Path(hits[0]["_path"]), hits[0]
 
 
+def _store_records(root) -> list:
+    """The store's records, once; the files left out are said once, with their reasons."""
+    import results
+    from harness.commands.leaderboard import report_problems
+
+    store = results.ResultStore(root)
+    if not store.root.is_dir():
+        return []
+    records = store.records()
+    report_problems(store)
+    return records
+
+
 def main(args) -> int:
+    from pathlib import Path
+
+    import results
     from results.predictions import correct, record_predictions
     from results.stats import align, bootstrap_ci, paired
 
-    (pa, ra), (pb, rb) = (find(args.a, args.task, args.results),
-                          find(args.b, args.task, args.results))
+    named = [ref for ref in (args.a, args.b) if not Path(ref).is_file()]
+    store_records = _store_records(results.default_root(args.results)) if named else []
+    (pa, ra), (pb, rb) = (find(args.a, args.task, args.results, store_records),
+                          find(args.b, args.task, args.results, store_records))
     if ra["protocol_id"] != rb["protocol_id"]:
         raise ValueError(f"the records were made under different protocols ({ra['protocol_id']} "
                          f"vs {rb['protocol_id']}): their numbers are not comparable")
@@ -133,14 +156,14 @@ def main(args) -> int:
     a, b = correct(preds[0])[ia], correct(preds[1])[ib]
     res = paired(a, b, n_boot=args.bootstrap, seed=args.seed)
 
-    print(f"{ra['task']} ({ra['split']}), protocol {ra['protocol_id']}, {res.n} samples, top-1:")
+    print_line(f"{ra['task']} ({ra['split']}), protocol {ra['protocol_id']}, {res.n} samples, top-1:")
     for tag, rec, x in (("A", ra, a), ("B", rb, b)):
         lo, hi = bootstrap_ci(x, n_boot=args.bootstrap, seed=args.seed)
-        print(f"  {tag} {run_name(rec)} [{checkpoint_text(rec)}]: {100 * x.mean():.1f} "
+        print_line(f"  {tag} {run_name(rec)} [{checkpoint_text(rec)}]: {100 * x.mean():.1f} "
               f"(95% CI {100 * lo:.1f} to {100 * hi:.1f})")
     verdict = "significant" if res.significant else "not significant"
-    print(f"  difference A - B: {100 * res.diff:+.1f} points (paired 95% CI {100 * res.ci[0]:+.1f} "
+    print_line(f"  difference A - B: {100 * res.diff:+.1f} points (paired 95% CI {100 * res.ci[0]:+.1f} "
           f"to {100 * res.ci[1]:+.1f}, bootstrap p = {res.p_bootstrap:.3f}): {verdict} at 5%")
-    print(f"  McNemar exact: {res.only_a} samples right for A only, {res.only_b} for B only, "
+    print_line(f"  McNemar exact: {res.only_a} samples right for A only, {res.only_b} for B only, "
           f"p = {res.p_mcnemar:.3g}")
     return 0

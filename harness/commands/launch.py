@@ -93,6 +93,7 @@ def main(args) -> int:
     from harness import launch
     from harness.commands.run_flags import overrides_from_args
     from harness.config import compose_run, to_container
+    from harness.output import print_line
 
     if getattr(args, "show_config", False):
         raise ValueError("--show-config shows one run: use `harness run ... --show-config`")
@@ -102,6 +103,9 @@ def main(args) -> int:
         mem_gb=_option(args, "mem"), time_min=_option(args, "time"),
         account=_option(args, "account"), qos=_option(args, "qos"),
         constraint=_option(args, "constraint"), max_parallel=_option(args, "max_parallel"))
+    # Checked before any run is composed: the values the sbatch script will hold (Resources
+    # checks its own), the log folder among them.
+    launch.check_script_value("--folder", _option(args, "folder"))
     flags = {name: getattr(args, name, None) for name in launch.SWEEP_FLAGS}
     rest = argparse.Namespace(**vars(args))
     for name in launch.SWEEP_FLAGS:
@@ -112,39 +116,42 @@ def main(args) -> int:
                               data_roots=_data_roots(getattr(args, "data_root", None) or []))
     planned = launch.plan_launch(runs, resources)
     out = Path(to_container(compose_run(planned.runs[0].overrides))["out"])
+    if not _option(args, "folder"):
+        launch.check_script_value("--out", out)  # the default log folder is <out>/submitit
     folder = Path(_option(args, "folder") or out / "submitit")
     launcher = args.launcher
 
     print(f"{len(planned.runs)} run(s): {len(planned.to_submit)} to submit, "
           f"{len(planned.skipped)} already recorded")
     for run in planned.runs:
+        # `run.command` is shell-quoted, one printable line that runs exactly these overrides.
         print(f"  {'recorded' if run.finished else 'submit'}: {run.command}")
         if run.finished:
-            print(f"    record {run.finished}")
+            print_line(f"    record {run.finished}")
     if args.dry_run:
         if launcher == "slurm":
             print(launch.sbatch_script(folder, resources, len(planned.to_submit)))
         else:
             params = launch.make_executor("local", folder, resources).parameters
-            print("local executor parameters: " + ", ".join(f"{k}={v}" for k, v in
-                                                              sorted(params.items())))
+            print_line("local executor parameters: " + ", ".join(f"{k}={v}" for k, v in
+                                                                   sorted(params.items())))
         return 0
     jobs = launch.submit(planned, launcher, folder, resources)
     if not jobs:
         print("nothing to submit: every run is recorded")
         return 0
-    print(f"submitted {len(jobs)} job(s) to {launcher}: {', '.join(j.job_id for j in jobs)}; "
-          f"logs in {folder}")
+    print_line(f"submitted {len(jobs)} job(s) to {launcher}: "
+               f"{', '.join(j.job_id for j in jobs)}; logs in {folder}")
     if launcher != "local" and not _option(args, "wait"):
         return 0
     failed = 0
     for job, result, error in launch.wait(jobs):
         if error is not None:
             failed += 1
-            print(f"  job {job.job_id} failed: {error} (log: {job.paths.stderr})")
+            print_line(f"  job {job.job_id} failed: {error} (log: {job.paths.stderr})")
             continue
         metrics = ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()
                             if isinstance(v, float))
         word = "already done" if result["reused"] else "done"
-        print(f"  job {job.job_id} {word}: {metrics}; record {result['record']}")
+        print_line(f"  job {job.job_id} {word}: {metrics}; record {result['record']}")
     return 1 if failed else 0

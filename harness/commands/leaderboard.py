@@ -58,12 +58,15 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def report_problems(store) -> None:
     import sys
 
+    from harness.output import print_line
+
     seen = set()
     for path, why in store.problems:
         if path in seen:
             continue
         seen.add(path)
-        print(f"skipped unreadable record: {path}: {why}", file=sys.stderr)
+        # The reason may quote the file's own bytes: shown, never acted on by the terminal.
+        print_line(f"skipped unreadable record: {path}: {why}", file=sys.stderr)
 
 
 def main(args) -> int:
@@ -71,14 +74,15 @@ def main(args) -> int:
     from pathlib import Path
 
     import results
+    from harness.output import print_line
     from results.formats import format_for_path, render
-    from results.store import export_store, import_store
+    from results.store import export_store
 
     root = results.default_root(args.results)
     if args.import_:
-        written, present = import_store(args.import_, root)
-        print(f"imported {written} record(s) into {root / 'records'} ({present} already there)")
-        return 0
+        from harness.commands.results import run_import
+
+        return run_import(args.import_, root)
     if not root.exists():
         raise FileNotFoundError(f"no results at '{root}': run `harness run ...` first, pass "
                                 f"--results DIR or set HARNESS_RESULTS")
@@ -86,9 +90,10 @@ def main(args) -> int:
     if args.export:
         n = export_store(store, args.export)
         report_problems(store)
-        print(f"exported {n} record(s) from {root} to {args.export}")
+        print_line(f"exported {n} record(s) from {root} to {args.export}")
         return 0
-    frame = store.frame()
+    # The date window applies before one record per run is kept (the board as it stood then).
+    frame = store.frame(since=args.since, until=args.until)
     report_problems(store)
     encoders = args.encoder
     if args.series:
@@ -113,8 +118,10 @@ def main(args) -> int:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, lambda f: f.write(text.encode("utf-8")))
-        print(f"wrote {out} ({fmt})")
+        print_line(f"wrote {out} ({fmt})")
         return 0
+    # Every format's text is already neutralised (`results.formats`): control characters of the
+    # data show as escapes, so writing it to a terminal moves no cursor and sets no title.
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0

@@ -70,20 +70,28 @@ def task_layout(name: str, cfg: dict) -> str:
 
 
 def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> None:
+    """The listing in `fmt`; names and descriptions (a user's task YAML may hold anything) are
+    neutralised for each format: no formula cells, no HTML, no terminal control sequences."""
     import sys
+
+    from results.formats import csv_safe, markdown_escape, printable
 
     if fmt == "csv":
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(header)
-        w.writerows(rows)
-    elif fmt == "markdown":
-        print("| " + " | ".join(header) + " |")
+        w.writerow([csv_safe(h) for h in header])
+        w.writerows([[csv_safe(c) for c in r] for r in rows])
+        return
+    if fmt == "markdown":
+        print("| " + " | ".join(markdown_escape(h) for h in header) + " |")
         print("|" + "---|" * len(header))
         for r in rows:
-            print("| " + " | ".join(r) + " |")
-    elif fmt == "plain" or not sys.stdout.isatty():
+            print("| " + " | ".join(markdown_escape(c) for c in r) + " |")
+        return
+    header = [printable(h, multiline=False) for h in header]
+    rows = [[printable(c, multiline=False) for c in r] for r in rows]
+    if fmt == "plain" or not sys.stdout.isatty():
         # Piped or redirected: whole names in aligned columns, nothing cut to a terminal width
         # (`harness encoders | grep vjepa_vith384` must find it).
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
@@ -93,6 +101,7 @@ def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> No
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=title)
         for h in header:
@@ -101,7 +110,7 @@ def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> No
             table.add_column(h, no_wrap=True, overflow="ellipsis",
                              max_width=60 if h == "description" else None)
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*(Text(c) for c in r))  # data, never rich markup
         Console().print(table)
 
 

@@ -36,6 +36,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     import results
+    from harness.output import print_line
     from results import plots
     from results.series import order_by_step, series_frame
 
@@ -64,9 +65,9 @@ def main(args) -> int:
                 f"{100 * p.fraction:g}% {p.mean:.1f}"
                 + (f" [{p.low:.1f}, {p.high:.1f}]" if p.low is not None else "")
                 + f" (n={p.runs})" for p in c.points)
-            print(f"{c.column}: {c.name}: {points}")
+            print_line(f"{c.column}: {c.name}: {points}")
         for note in notes:
-            print(f"note: {note}")
+            print_line(f"note: {note}")
     elif args.kind == "series":
         if not args.encoder:
             raise ValueError("`harness plot series ENCODER --out FILE.png`: name the encoder")
@@ -78,5 +79,5 @@ def main(args) -> int:
         lb = results.leaderboard(frame, tasks=args.tasks, metric=args.metric,
                                  encoders=args.encoders, significance=False)
         path = plots.bars(lb, args.out)
-    print(f"wrote {path}")
+    print_line(f"wrote {path}")
     return 0

@@ -102,7 +102,7 @@ def _run_one(args) -> int:
     from rich.console import Console
     from rich.text import Text
 
-    from harness.output import _printable
+    from harness.output import printable
 
     console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
     record = outcome.record
@@ -110,7 +110,7 @@ def _run_one(args) -> int:
                         if isinstance(v, float))
     label = record["encoder"].get("label") or record["encoder"]["name"]
     line = Text("already done " if outcome.reused else "done ", style="bold green")
-    line.append(_printable(f"{label} on {record['task']} ({record['split']}): {metrics}"))
+    line.append(printable(f"{label} on {record['task']} ({record['split']}): {metrics}"))
     console.print(line)
-    console.print(Text(_printable(f"protocol_id {record['protocol_id']}; record {outcome.path}")))
+    console.print(Text(printable(f"protocol_id {record['protocol_id']}; record {outcome.path}")))
     return 0

@@ -56,14 +56,16 @@ def fill_argv(root: str):
 
 
 def fill_command(root: str):
-    """Like `fill_argv`, the command as one shell-quoted line."""
-    import shlex
+    """Like `fill_argv`, the command as one shell-quoted line (`results.formats.shell_join`:
+    a control character in an argument is written as bash's $'...', so the line stays one
+    line and runs exactly those arguments)."""
+    from results.formats import shell_join
 
     argv = fill_argv(root)
 
     def command(encoder: str, release: str | None, task: str, spec,
                 data_root: str | None = None) -> str:
-        return shlex.join(argv(encoder, release, task, spec, data_root=data_root))
+        return shell_join(argv(encoder, release, task, spec, data_root=data_root))
     return command
 
 
@@ -111,14 +113,16 @@ def main(args) -> int:
     import sys
 
     import results
+    from harness.output import print_line, printable
     from results import paper_tables
+    from results.formats import markdown_escape, shell_line
 
     reference = results.load_reference_tables()
     if args.list or not args.name:
         names = paper_tables.table_names(reference)
         width = max(len(n) for n, _ in names)
         for name, title in names:
-            print(f"{name.ljust(width)}  {title}")
+            print_line(f"{name.ljust(width)}  {title}")
         if not args.list:
             print("\nrun `harness table NAME` to print one")
         return 0
@@ -142,6 +146,13 @@ def main(args) -> int:
     commands: list[str] = []
     rows = [[method] + [_cell_text(c, commands) for c in cells] for method, cells in table.rows]
     head = ["method"] + table.columns
+    # What the data holds is shown, never acted on: one printable line per cell (and the
+    # format's own escaping for markdown); commands one line each that run what they show.
+    cell = markdown_escape if args.format == "markdown" else (
+        lambda text: printable(text, multiline=False))
+    rows = [[cell(c) for c in r] for r in rows]
+    head = [cell(c) for c in head]
+    commands = [shell_line(c) for c in commands]
     if args.format == "json":
         doc = {"table": spec.name, "title": spec.title, "source": table.source,
                "protocol": table.protocol, "columns": table.columns, "notes": table.notes,
@@ -153,14 +164,14 @@ def main(args) -> int:
                    for m, cells in table.rows]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return 0
-    lines = [spec.title, f"source: {table.source}"]
+    lines = [cell(spec.title), cell(f"source: {table.source}")]
     if table.protocol:
-        lines.append(f"protocol: {table.protocol}")
+        lines.append(cell(f"protocol: {table.protocol}"))
     lines.append("cells: published / ours (ours - published); ? = sources disagree; "
                  "[k] = fill with command k below")
     if spec.low_shot:
-        lines.append(f"drop: relative drop from the same method with all labels "
-                     f"({spec.full_labels}), (full - low) / full")
+        lines.append(cell(f"drop: relative drop from the same method with all labels "
+                          f"({spec.full_labels}), (full - low) / full"))
     lines.append("")
     if args.format == "markdown":
         lines.append("| " + " | ".join(head) + " |")
@@ -174,13 +185,17 @@ def main(args) -> int:
     reasons = sorted({(c.why_not or "") for _, cells in table.rows for c in cells
                       if c.ours is None and not c.command and c.why_not})
     if commands:
-        lines += ["", "to fill the empty cells:"] + [f"[{i}] {c}" for i, c in enumerate(commands, 1)]
+        numbered = [f"[{i}] {c}" for i, c in enumerate(commands, 1)]
+        if args.format == "markdown":  # code, not Markdown: no tag or link of a path renders
+            numbered = ["```sh", *numbered, "```"]
+        lines += ["", "to fill the empty cells:"] + numbered
     if reasons:
-        lines += ["", "cells nothing here can fill yet: " + "; ".join(reasons)]
+        lines += ["", cell("cells nothing here can fill yet: " + "; ".join(reasons))]
     filled = {c.protocol_id for _, cells in table.rows for c in cells if c.protocol_id}
     if filled:
-        lines += ["", f"our cells: records under protocol {', '.join(sorted(filled))} in {root}"]
+        lines += ["", cell(f"our cells: records under protocol {', '.join(sorted(filled))} "
+                           f"in {root}")]
     if table.notes:
-        lines += [""] + [f"note: {n}" for n in table.notes]
+        lines += [""] + [cell(f"note: {n}") for n in table.notes]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
