@@ -13,8 +13,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
+from common.bounded import load_yaml
 from common.names import did_you_mean, unknown
 
 from .errors import UnknownNameError  # noqa: F401  (re-exported)
@@ -55,8 +54,10 @@ def config(name: str) -> dict[str, Any]:
     path = CONFIG_DIR / f"{name}.yaml"
     if not name or "/" in name or not path.is_file():
         raise _unknown(name, names())
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
+    cfg = load_yaml(path, what=f"encoder config {path}") or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: an encoder config is a mapping of keys ({', '.join(REQUIRED_KEYS)}, "
+                         f"...), got {type(cfg).__name__}")
     if cfg.get("name", name) != name:
         raise ValueError(f"{path}: 'name: {cfg['name']}' does not match the file name {name!r}")
     cfg.setdefault("name", name)

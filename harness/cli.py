@@ -84,9 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("interrupted. Training state is saved after every epoch and every 5 minutes within "
-              "one: re-run the same command to resume from the last save (work since then is "
-              "redone)", file=sys.stderr)
+        if args.command in ("run", "launch", "pretrain", "demo", "audit"):
+            print("interrupted. Training state is saved after every epoch and every 5 minutes "
+                  "within one: re-run the same command to resume from the last save (work since "
+                  "then is redone)", file=sys.stderr)
+        else:
+            print("interrupted: files already written are whole; re-run the same command to "
+                  "finish", file=sys.stderr)
         return 130
     except Exception as err:  # one line for every error; the traceback with --debug
         if args.debug:

@@ -11,7 +11,7 @@ requeued job resumes from that state to the same numbers.
 Every value that reaches the sbatch script (partition, account, qos, constraint, job name, the
 log folder) is one line of printable text, checked here with an error naming its flag (a
 newline would end the `#SBATCH` line and start a shell line of its own), and submitit quotes
-it (shlex). The run lines printed are shell-quoted (`results.formats.shell_join`).
+it (shlex). The run lines printed are shell-quoted (`results.escape.shell_join`).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def check_script_value(flag: str, value) -> None:
     text = str(value)
     bad = sorted({c for c in text if not c.isprintable()})
     if bad:
-        from results.formats import printable
+        from results.escape import printable
 
         shown = ", ".join(printable(c) for c in bad)
         raise ValueError(f"{flag} {printable(repr(text))}: holds a newline or control character "
@@ -120,7 +120,7 @@ class PlannedRun:
     def command(self) -> str:
         """The `harness run` line of this run, shell-quoted: one printable line (an argument
         with a control character as bash's $'...') that runs exactly these overrides."""
-        from results.formats import shell_join
+        from results.escape import shell_join
 
         return shell_join(["harness", "run", *self.overrides])
 
@@ -299,7 +299,7 @@ def plan_launch(runs: list[list[str]], resources: Resources) -> Launch:
     """Compose every run (a bad override fails here, before anything is submitted), fix its
     device to what the job will have, and find those already recorded."""
     from harness.config import compose_run, to_container
-    from results.formats import shell_join
+    from results.escape import shell_join
 
     planned, hashes = [], {}
     for i, overrides in enumerate(runs, 1):

@@ -30,9 +30,9 @@ def printable(text, *, multiline: bool = True) -> str:
     """No terminal control sequences from a user's names (an encoder or path with ESC [ ...):
     every control character (C0, C1, ESC, DEL, CR) shown as a visible escape. `multiline` (log
     messages) keeps newlines and tabs; a table cell or one printed line passes False. The one
-    helper of the CLI's printing paths (`results.formats.printable`, imported when first used:
+    helper of the CLI's printing paths (`results.escape.printable`, imported when first used:
     `harness --help` stays fast)."""
-    from results.formats import printable as _neutral
+    from results.escape import printable as _neutral
 
     return _neutral(text, multiline=multiline)
 
@@ -43,6 +43,16 @@ def print_line(text="", *, file=None) -> None:
     print(printable(text, multiline=False), file=file)
 
 
+
+
+def report_skipped(store) -> None:
+    """One stderr line per record file the store could not use, with the reason (quoted bytes
+    of the file shown, never acted on by the terminal)."""
+    seen = set()
+    for path, why in store.problems:
+        if path not in seen:
+            seen.add(path)
+            print_line(f"skipped unreadable record: {path}: {why}", file=sys.stderr)
 
 
 class _ConsoleHandler(logging.Handler):

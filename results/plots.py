@@ -19,7 +19,7 @@ import math
 import os
 from pathlib import Path
 
-from results.formats import printable
+from results.escape import printable
 from results.intervals import cell_interval
 from results.leaderboard import Leaderboard
 

@@ -35,7 +35,7 @@ def plot_loss(metrics_csv: str | os.PathLike, out: str | os.PathLike, title: str
 def _draw(frame, out, title: str) -> Path:
     import matplotlib.pyplot as plt
 
-    from results.formats import printable
+    from results.escape import printable
 
     steps, losses = frame["step"].astype(int), frame["loss"].astype(float)
     fig, ax = plt.subplots(figsize=(6, 3.5))

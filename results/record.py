@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write
+from common.bounded import json_depth
 from common.digest import json_digest
 
 RECORD_VERSION = 1
@@ -201,10 +202,10 @@ def parse_record(data: bytes | str, where: str, *, need_version: bool = True) ->
         if len(text) > MAX_RECORD_BYTES:
             raise RecordError(f"{where} is larger than {_size(MAX_RECORD_BYTES)}: no record "
                               f"is that large", "format")
-    depth = json_depth(text)
+    depth = json_depth(text.encode("utf-8"), MAX_DEPTH)
     if depth > MAX_DEPTH:
-        raise RecordError(f"{where} is nested {depth} levels deep (a record nests at most "
-                          f"{MAX_DEPTH}): not a record of ours", "format")
+        raise RecordError(f"{where} is nested more than {MAX_DEPTH} levels deep (a record nests "
+                          f"far less): not a record of ours", "format")
     try:
         obj = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -218,20 +219,6 @@ def parse_record(data: bytes | str, where: str, *, need_version: bool = True) ->
 
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
-
-
-def json_depth(text: str) -> int:
-    """How deep the arrays and objects of JSON `text` nest (brackets inside strings do not
-    count); computed without recursion, so a hostile file cannot exhaust the stack."""
-    from itertools import accumulate
-
-    brackets = re.sub(r"[^\[\]{}]+", "", _JSON_STRING.sub("", text))
-    if not brackets:
-        return 0
-    return max(accumulate(1 if c in "[{" else -1 for c in brackets))
-
-
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.S)
 
 
 def record_created(record: dict) -> _dt.datetime:

@@ -54,6 +54,7 @@ from typing import Any
 from common.atomic import atomic_write
 from common.digest import canonical_json, sha256_hex
 from common.run_id import record_run_identity
+from results.escape import csv_safe
 from results.record import (MAX_RECORD_BYTES, RecordError, check_record, parse_record,
                             read_record, record_created, record_filename,
                             record_protocol_version)
@@ -509,8 +510,6 @@ def export_store(store: ResultStore, path: str | os.PathLike) -> int:
     else:
         # Text cells a spreadsheet would run as formulas are neutralised; numbers, the record
         # JSON (it starts with `{`) and the file names import reads back stay as they are.
-        from results.formats import csv_safe  # formats imports the store: here, not at the top
-
         text_columns = [c for c in out.select_dtypes(include=["object", "string"]).columns
                         if c not in ("record", "record_name")]
         out[text_columns] = out[text_columns].map(csv_safe)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
+from common import failpoints
+from common.atomic import atomic_write_text
+
 from .errors import DataError
-from .manifest import manifest_sha256, read_manifest, write_manifest
+from .manifest import manifest_sha256, output_folder, own_folder, read_manifest, write_manifest
 
 MOTIONS = [
     "move left",
@@ -155,11 +157,35 @@ def pick_codec() -> str:
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, *, fps: int, codec: str | None = None) -> None:
     """Write uint8 RGB frames (T, H, W, 3) as an mp4 (H.264 yuv420p if libx264 exists, else MPEG-4)."""
-    import av
+    import contextlib
+    import tempfile
+
+    from common.atomic import _umask
 
     codec = codec or pick_codec()
+    # A fresh temp file of our own (mkstemp: O_EXCL, never an existing file or a link planted
+    # under a predictable `.part` name), renamed over `path`: a link standing there is replaced,
+    # never written through, and no half-written video is ever under its final name. (Not
+    # common.atomic's fsync per file: 4,050 fsyncs would add ~20 s to a 60 s job, for
+    # synthetic files a re-run makes again.)
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600: a shared data folder needs the usual mode
+    os.close(fd)
+    try:
+        _encode(tmp, frames, fps=fps, codec=codec)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _encode(tmp: str, frames: np.ndarray, *, fps: int, codec: str) -> None:
+    import av
+
     T, H, W, _ = frames.shape
-    tmp = f"{os.fspath(path)}.part"
     with av.open(tmp, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
@@ -174,7 +200,6 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, *, fps: int, codec: s
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)  # never leave a half-written video under its final name
 
 
 def make_digits(
@@ -201,8 +226,9 @@ def make_digits(
         raise DataError(f"unknown digits task(s) {unknown}; choose from {sorted(TASKS)}")
     if num_frames < 2 or size < 16:
         raise DataError(f"need num_frames >= 2 and size >= 16, got num_frames={num_frames}, size={size}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
+    for task in tasks:  # before anything is written: a foreign link is refused up front
+        own_folder(out, task, create=False)
     codec = pick_codec()
     images, pools = _source_pools(seed)
 
@@ -236,10 +262,9 @@ def make_digits(
 def _write_all(tasks, plan, seed, images, pools, out, codec, num_frames, size, fps, progress, total, summary):
     with _progress(progress, total) as advance:
         for task in tasks:
-            task_dir = out / task
-            task_dir.mkdir(parents=True, exist_ok=True)
+            task_dir = own_folder(out, task)
             classes = TASKS[task]
-            (task_dir / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+            atomic_write_text(task_dir / "classes.txt", "\n".join(classes) + "\n")
             info = {"classes": classes, "labels": str(task_dir / "classes.txt"), "splits": {}}
             for t_task, split, n in plan:
                 if t_task != task:
@@ -266,8 +291,9 @@ def _make_split(task, split, per_class, seed, images, pool, task_dir, codec, num
         order = np.random.default_rng([seed, task_id, split_id]).permutation(all_idx)
     entries = []
     k = 0
+    own_folder(task_dir, split)
     for label, name in enumerate(classes):
-        (task_dir / split / name).mkdir(parents=True, exist_ok=True)
+        own_folder(task_dir, f"{split}/{name}")
         for j in range(per_class):
             rng = np.random.default_rng([seed, task_id, split_id, label, j])
             if task == "digits_motion":
@@ -284,6 +310,7 @@ def _make_split(task, split, per_class, seed, images, pool, task_dir, codec, num
             entries.append((rel, label))
             k += 1
             advance()
+            failpoints.hit("digits.video")
     return entries
 
 

@@ -86,12 +86,55 @@ def duplicate_lines(entries: list[tuple[str, int]]) -> list[tuple[int, int]]:
 
 
 def write_manifest(path: str | os.PathLike, entries: list[tuple[str, int]]) -> None:
-    """Write `path label` lines (paths as given: relative paths are relative to the manifest)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for video, label in entries:
-            if "\n" in video:
-                raise DataError(f"video path contains a newline and cannot go in a manifest: {video!r}")
-            f.write(f"{video} {label_text(label)}\n")
+    """Write `path label` lines (paths as given: relative paths are relative to the manifest),
+    atomically (`common.atomic`): a link standing at `path` is replaced, never written through."""
+    from common.atomic import atomic_write_text
+
+    lines = []
+    for video, label in entries:
+        if "\n" in video or "\r" in video:
+            raise DataError(f"video path contains a line break and cannot go in a manifest: {video!r}")
+        lines.append(f"{video} {label_text(label)}\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def own_folder(parent: str | os.PathLike, relative: str, *, create: bool = True) -> Path:
+    """`parent / relative`, a folder the harness makes inside a folder the user named (digits'
+    task folders, a data root's `splits/`), made if absent (`create`). The named folder itself
+    is taken as named, link or not; a folder below it that already exists as a link leading
+    outside it is refused, so nothing is ever written through a link the harness did not
+    make into a place the user did not name."""
+    parent = Path(parent)
+    folder = parent / relative
+    base = os.path.realpath(parent)
+    node = parent
+    for part in Path(relative).parts:
+        node = node / part
+        if os.path.islink(node):
+            real = os.path.realpath(node)
+            if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+                raise DataError(f"{node} is a link to {real}, outside {parent}: files are written "
+                                f"only inside the folder you name, never through a link into "
+                                f"another place. Remove the link, or name {real} as the output "
+                                f"folder yourself")
+    if create:
+        output_folder(folder)
+    return folder
+
+
+def output_folder(folder: str | os.PathLike) -> Path:
+    """Make the output folder `folder` (and its parents); a file standing there is an error
+    that says so (not an internal error)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataError(f"output folder {folder}: a file of that name is in the way (or in the "
+                        f"way of a folder above it); name a folder") from None
+    except NotADirectoryError:
+        raise DataError(f"output folder {folder}: a file is in the way of a folder above "
+                        f"it; name a folder") from None
+    return folder
 
 
 def common_folder(paths: list[str]) -> str:

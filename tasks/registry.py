@@ -116,18 +116,31 @@ def config(name: str, include=None) -> dict:
 
 
 def _read_config(path: Path, name: str, *, validate: bool, user: bool = False) -> dict:
-    import yaml
+    """A task YAML as a dict. Read with `common.bounded.load_yaml`: a user's file is parsed
+    within a budget of nodes (aliases counted as they would expand) and depth, so a few
+    kilobytes of nested aliases are refused at once rather than expanded by everything that
+    copies the config afterwards (OmegaConf, Hydra, the protocol's canonical JSON)."""
+    from common.bounded import BoundedInputError, load_yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise DataError(f"{path}: not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+        cfg = load_yaml(path, what=f"task config {path}")
+    except BoundedInputError as err:
+        raise DataError(str(err)) from None
+    cfg = {} if cfg is None else cfg
     if not isinstance(cfg, dict):
         raise DataError(f"{path}: a task config is a mapping of keys (name, kind, num_classes, data, "
                         f"sampling, ...), got {type(cfg).__name__}")
+    bad_keys = [k for k in cfg if not isinstance(k, str)]
+    if bad_keys:
+        bad_key = bad_keys[0]
+        raise DataError(f"{path}: keys of a task config are names, got {bad_key!r} "
+                        f"({type(bad_key).__name__})")
+    from .spec import name_problem
+
+    for given in dict.fromkeys([name, cfg.get("name", name)]):
+        problem = name_problem(given)
+        if problem:
+            raise DataError(f"{path}: {problem}")
     if user and str(cfg.get("name", name)) in builtin_files():
         raise _shadowing(path, str(cfg.get("name", name)))
     if cfg.get("name", name) != name:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,31 @@ DECODERS = ("auto", "decord", "torchcodec", "pyav")
 # `classes`: `all` probes the label map's classes; `present` only those the training manifest
 # uses, renumbered (tasks.classes; in the protocol).
 CLASS_CHOICES = ("all", "present")
+
+
+# A task's name becomes part of file names (training state, its lock, records, feature caches)
+# and of Hydra overrides (`task=NAME`): letters, digits and `_ . + -`, at most 100 characters.
+MAX_NAME_LENGTH = 100
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a task (None: it can)."""
+    if not isinstance(name, str):
+        return f"a task name is text, got {type(name).__name__} {name!r}"[:200]
+    if len(name) > MAX_NAME_LENGTH:
+        return (f"a task name has at most {MAX_NAME_LENGTH} characters, this one "
+                f"{len(name)} ({name[:40]!r}...)")
+    if name in (".", ".."):
+        return f"a task name is a name, not a path: got {name!r}"
+    if any(c in name for c in "/\\"):
+        return (f"a task name is a name, not a path: {name!r} holds a path separator "
+                f"(give a YAML file by its path with --task path/to/file.yaml; its `name:` is "
+                f"the file name without .yaml)")
+    if not _NAME.fullmatch(name):
+        return (f"a task name is letters, digits and _ . + - (starting with a letter or a "
+                f"digit), got {name!r}")
+    return None
 
 
 def _check_keys(where: str, given: Mapping, allowed: set[str], required: set[str] = frozenset()) -> None:
@@ -165,6 +191,9 @@ class TaskSpec:
     def from_dict(cls, cfg: Mapping) -> "TaskSpec":
         cfg = _plain(cfg)
         name = cfg.get("name", "<unnamed>")
+        problem = name_problem(name) if "name" in cfg else None
+        if problem:
+            raise DataError(f"task name: {problem}")
         where = f"task {name!r}"
         allowed = {f.name for f in dataclasses.fields(cls)}
         _check_keys(where, cfg, allowed, {"name", "num_classes", "data", "sampling"})

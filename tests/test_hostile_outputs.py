@@ -27,15 +27,8 @@ import pytest
 
 import results
 from harness.cli import main
-from results.formats import (
-    csv_safe,
-    latex_escape,
-    markdown_escape,
-    printable,
-    render,
-    shell_join,
-    shell_line,
-)
+from results.escape import csv_safe, latex_escape, markdown_escape, printable, shell_join, shell_line
+from results.formats import render
 
 ESC = "\x1b"
 # A terminal would: colour the text red, set the window title, clear the screen; C1 CSI (0x9b)

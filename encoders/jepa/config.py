@@ -101,10 +101,13 @@ def is_path(name_or_path: str | Path) -> bool:
 
 
 def config_path(name_or_path: str | Path) -> Path:
-    """A recipe's name (`vjepa_tiny`) or a path to a YAML file -> the file."""
+    """A recipe's name (`vjepa_tiny`) or a path to a YAML file -> the file. A file given by
+    path is returned only once its YAML is within the parsing budget (`read_yaml`), so the
+    composition that reads it next (Hydra, OmegaConf) never expands an alias bomb."""
     path = Path(name_or_path)
     if is_path(path):
         if path.is_file():
+            read_yaml(path)
             return path
         raise PretrainConfigError(f"pretraining config file not found: {path}")
     candidate = GROUP_DIR / f"{name_or_path}.yaml"
@@ -115,11 +118,42 @@ def config_path(name_or_path: str | Path) -> Path:
         f"Known: {', '.join(names())} (or pass a path to a .yaml file)")
 
 
+def read_yaml(path: str | Path) -> str:
+    """The text of a pretraining config file, checked with `common.bounded.load_yaml` (a budget
+    of nodes, aliases counted as they would expand, and of depth; a size limit): a few
+    kilobytes of nested aliases are refused here, before OmegaConf or Hydra expands them."""
+    from common.bounded import BoundedInputError, load_yaml, read_bytes
+
+    what = f"pretraining config {path}"
+    try:
+        data = read_bytes(path, what=what)
+        parsed = load_yaml(data, what=what)
+        text = data.decode("utf-8-sig")
+    except BoundedInputError as err:
+        raise PretrainConfigError(str(err)) from None
+    except UnicodeDecodeError as err:
+        raise PretrainConfigError(f"{what}: not UTF-8 text (byte 0x{data[err.start]:02x} at "
+                                  f"offset {err.start})") from None
+    if parsed is not None and not isinstance(parsed, Mapping):
+        raise PretrainConfigError(f"pretraining config {path}: a mapping of keys is expected, got "
+                                  f"{type(parsed).__name__}")
+    return text
+
+
+def load_node(path: str | Path):
+    """A pretraining config file as an OmegaConf node (what `OmegaConf.load` gives), its YAML
+    checked by `read_yaml` first."""
+    from omegaconf import OmegaConf
+
+    text = read_yaml(path)
+    return OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+
+
 def load(name_or_path: str | Path) -> dict[str, Any]:
     """One recipe file as it is written (no defaults filled): a plain dict."""
     from omegaconf import OmegaConf
 
-    node = OmegaConf.load(config_path(name_or_path))
+    node = load_node(config_path(name_or_path))
     return OmegaConf.to_container(node, resolve=False) or {}
 
 

@@ -20,7 +20,7 @@ key=value overrides (e.g. task.data.root=...). The verdict is written to
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    from harness.commands.leaderboard import add_results_argument
+    from harness.commands.results import add_results_argument
     from results.audit import DEFAULT_MARGIN
 
     p.epilog = EPILOG
@@ -70,9 +70,9 @@ def main(args) -> int:
     if args.run:
         _run_missing(args, root, records)
         records = store.records()
-    from harness.commands.leaderboard import report_problems
+    from harness.output import report_skipped
 
-    report_problems(store)
+    report_skipped(store)
     v = verdict(records, image=args.image, video=args.video, static_task=args.static_task,
                 temporal_task=args.temporal_task, margin=args.margin, n_boot=args.bootstrap)
     # Inside --results only: an `audits` folder that is a link leading elsewhere is refused,

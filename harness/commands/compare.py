@@ -118,13 +118,13 @@ def find(ref: str, task: str | None, root, store_records: list | None = None) ->
 def _store_records(root) -> list:
     """The store's records, once; the files left out are said once, with their reasons."""
     import results
-    from harness.commands.leaderboard import report_problems
+    from harness.output import report_skipped
 
     store = results.ResultStore(root)
     if not store.root.is_dir():
         return []
     records = store.records()
-    report_problems(store)
+    report_skipped(store)
     return records
 
 

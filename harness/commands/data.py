@@ -72,9 +72,40 @@ def _print_problems(console, report: dict, all_problems: bool) -> None:
 
 
 def main(args) -> int:
+    """SIGTERM and SIGINT stop every action within moments (`tasks.native.stopping`): exit 143
+    or 130, only whole files left behind, a manifest set written all together or not at all."""
     from rich.console import Console
 
+    from tasks.native.stopping import StopOnSignals, Stopped
+
     console = Console(soft_wrap=True)
+    with StopOnSignals() as stop:
+        try:
+            return _main(args, console, stop)
+        except Stopped as stopped:
+            _say_stopped(args, stopped)
+            return stopped.exit_code
+
+
+def _say_stopped(args, stopped) -> None:
+    import sys
+
+    what = {"make": "no manifest of an unfinished split was written; re-run to make the rest",
+            "prepare": "no manifest was written (those already in the output folder, if any, "
+                       "are unchanged)",
+            "check": "no report was written",
+            "split": "no fold was written"}[args.action]
+    if stopped.deferred:
+        what = ("it first finished the set of files it was writing (they are complete and "
+                "belong together)")
+    saved = getattr(stopped, "saved", None)
+    if saved is not None:
+        what += (f"; the verdicts of the {stopped.opened} of {stopped.total} files opened so far "
+                 f"are in {saved}, and a re-run opens only the others")
+    print(f"stopped by {stopped.name}: {what}", file=sys.stderr, flush=True)
+
+
+def _main(args, console, stop) -> int:
     if args.action == "make":
         return _make(args, console)
     if args.action == "prepare":
@@ -82,7 +113,7 @@ def main(args) -> int:
 
         report = prepare(args.task, args.root, args.out, annotations=args.annotations,
                          verify=not args.no_verify, workers=args.workers,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, stop=stop)
         _print_problems(console, report, args.all_problems)
         for note in report["notes"]:
             console.print(f"  note: {note}", highlight=False)
@@ -98,7 +129,7 @@ def main(args) -> int:
         from tasks.native import check
 
         report = check(args.task, args.root, workers=args.workers, progress=not args.no_progress,
-                       report_path=args.report)
+                       report_path=args.report, stop=stop)
         _print_problems(console, report, args.all_problems)
         for note in report["notes"]:
             console.print(f"  note: {note}", highlight=False)
@@ -113,7 +144,7 @@ def main(args) -> int:
         fractions = [float(x) for x in str(args.fraction).split(",") if x.strip()]
         seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
         summary = write_splits(args.task, args.root, args.out, fractions=fractions, seeds=seeds,
-                               annotations=args.annotations)
+                               annotations=args.annotations, stop=stop)
         import shlex
 
         for fold in summary["folds"]:

@@ -26,12 +26,9 @@ The results folder: --results DIR, else $HARNESS_RESULTS, else ./runs.
 """
 
 
-def add_results_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default=None,
-                   help="results folder holding records/ (default: $HARNESS_RESULTS, else runs)")
-
-
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    from harness.commands.results import add_results_argument
+
     p.epilog = EPILOG
     add_results_argument(p)
     p.add_argument("--tasks", help="comma-separated task names (default: all)")
@@ -55,26 +52,12 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                    help="merge an exported store's records into --results")
 
 
-def report_problems(store) -> None:
-    import sys
-
-    from harness.output import print_line
-
-    seen = set()
-    for path, why in store.problems:
-        if path in seen:
-            continue
-        seen.add(path)
-        # The reason may quote the file's own bytes: shown, never acted on by the terminal.
-        print_line(f"skipped unreadable record: {path}: {why}", file=sys.stderr)
-
-
 def main(args) -> int:
     import sys
     from pathlib import Path
 
     import results
-    from harness.output import print_line
+    from harness.output import print_line, report_skipped
     from results.formats import format_for_path, render
     from results.store import export_store
 
@@ -89,12 +72,12 @@ def main(args) -> int:
     store = results.ResultStore(root)
     if args.export:
         n = export_store(store, args.export)
-        report_problems(store)
+        report_skipped(store)
         print_line(f"exported {n} record(s) from {root} to {args.export}")
         return 0
     # The date window applies before one record per run is kept (the board as it stood then).
     frame = store.frame(since=args.since, until=args.until)
-    report_problems(store)
+    report_skipped(store)
     encoders = args.encoder
     if args.series:
         from results.series import series_frame

@@ -74,7 +74,7 @@ def render(header: list[str], rows: list[list[str]], fmt: str, title: str) -> No
     neutralised for each format: no formula cells, no HTML, no terminal control sequences."""
     import sys
 
-    from results.formats import csv_safe, markdown_escape, printable
+    from results.escape import csv_safe, markdown_escape, printable
 
     if fmt == "csv":
         import csv

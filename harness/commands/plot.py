@@ -21,7 +21,7 @@ same protocol is the 100% point.
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    from harness.commands.leaderboard import add_results_argument
+    from harness.commands.results import add_results_argument
 
     p.epilog = EPILOG
     p.add_argument("kind", choices=["bars", "series", "low-shot"])
@@ -45,9 +45,9 @@ def main(args) -> int:
         raise FileNotFoundError(f"no results at '{root}': pass --results DIR or set HARNESS_RESULTS")
     store = results.ResultStore(root)
     frame = store.frame()
-    from harness.commands.leaderboard import report_problems
+    from harness.output import report_skipped
 
-    report_problems(store)
+    report_skipped(store)
     if args.kind == "low-shot":
         from results.label_efficiency import curves
 

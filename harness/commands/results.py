@@ -23,8 +23,13 @@ Ctrl-C / SIGTERM between two records (every file written is whole: run it again)
 """
 
 
+def add_results_argument(p: argparse.ArgumentParser) -> None:
+    """`--results DIR`, the store every results command reads."""
+    p.add_argument("--results", default=None,
+                   help="results folder holding records/ (default: $HARNESS_RESULTS, else runs)")
+
+
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    from harness.commands.leaderboard import add_results_argument
 
     p.epilog = EPILOG
     p.add_argument("action", choices=["export", "import", "schema"])
@@ -52,9 +57,9 @@ def main(args) -> int:
                                     f"HARNESS_RESULTS")
         store = results.ResultStore(root)
         n = export_store(store, args.file)
-        from harness.commands.leaderboard import report_problems
+        from harness.output import report_skipped
 
-        report_problems(store)
+        report_skipped(store)
         print(f"exported {n} record(s) from {root} to {args.file}")
         return 0
     return run_import(args.file, root)

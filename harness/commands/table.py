@@ -17,7 +17,7 @@ each published number's relative drop from the same method with all labels (Tabl
 
 
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-    from harness.commands.leaderboard import add_results_argument
+    from harness.commands.results import add_results_argument
 
     p.epilog = EPILOG
     p.add_argument("name", nargs="?", help="table name (see --list)")
@@ -56,10 +56,10 @@ def fill_argv(root: str):
 
 
 def fill_command(root: str):
-    """Like `fill_argv`, the command as one shell-quoted line (`results.formats.shell_join`:
+    """Like `fill_argv`, the command as one shell-quoted line (`results.escape.shell_join`:
     a control character in an argument is written as bash's $'...', so the line stays one
     line and runs exactly those arguments)."""
-    from results.formats import shell_join
+    from results.escape import shell_join
 
     argv = fill_argv(root)
 
@@ -115,7 +115,7 @@ def main(args) -> int:
     import results
     from harness.output import print_line, printable
     from results import paper_tables
-    from results.formats import markdown_escape, shell_line
+    from results.escape import markdown_escape, shell_line
 
     reference = results.load_reference_tables()
     if args.list or not args.name:
@@ -138,9 +138,9 @@ def main(args) -> int:
     root = results.default_root(args.results)
     store = results.ResultStore(root)
     frame = store.frame() if root.exists() else None
-    from harness.commands.leaderboard import report_problems
+    from harness.output import report_skipped
 
-    report_problems(store)
+    report_skipped(store)
     table = paper_tables.build(spec, reference, frame, known_tasks=set(tasks.names()),
                                command=fill_argv(str(root)), data_roots=_data_roots(args.data_root))
     commands: list[str] = []

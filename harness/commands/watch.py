@@ -28,7 +28,97 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                    help="evaluate what is there now (stable files) and exit")
 
 
+class _Stop(BaseException):
+    """SIGTERM while the watcher itself (not a run's training loop) has control."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Stopping:
+    """SIGTERM stops the watcher within moments, with exit 143 (`main`).
+
+    Between evaluations, and while one is being planned, the watcher's own handler raises at
+    once (nothing is being written then). While an evaluation trains, `harness run`'s handler
+    is in charge: it saves the training state and stops that run (143), or, past the run's last
+    save, lets it finish its record. Either way the signal is not lost: every signal Python
+    handles also writes its number to the wakeup pipe, whichever handler runs, and the watcher
+    reads the pipe after each evaluation, so it stops instead of polling on."""
+
+    def __enter__(self) -> "_Stopping":
+        import os
+        import signal
+        import threading
+
+        self.active = threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        if not self.active:
+            return self
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._old = {sig: signal.signal(sig, self._raise) for sig in (signal.SIGTERM,)}
+        return self
+
+    def _raise(self, signum, frame) -> None:
+        self.received = signum
+        raise _Stop(signum)
+
+    def pending(self) -> int | None:
+        """A SIGTERM that arrived since the last look (whoever's handler ran), else None."""
+        import os
+        import signal
+
+        if not self.active:
+            return self.received
+        data = b""
+        while True:  # drain it (other handled signals, SIGCHLD from data workers, write bytes too)
+            try:
+                chunk = os.read(self._read, 4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        if signal.SIGTERM in data:
+            self.received = self.received or signal.SIGTERM
+        return self.received
+
+    def __exit__(self, *exc) -> bool:
+        import os
+        import signal
+
+        if self.active:
+            for sig, handler in self._old.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(self._old_fd)
+            os.close(self._read)
+            os.close(self._write)
+        return False
+
+
 def main(args) -> int:
+    import signal
+    import sys
+
+    with _Stopping() as stopping:
+        try:
+            return _watch(args, stopping)
+        except _Stop as stop:
+            print(f"stopped by {signal.Signals(stop.signum).name}: re-run the same command to "
+                  f"go on (checkpoints already recorded are not evaluated again)",
+                  file=sys.stderr, flush=True)
+            return 128 + stop.signum
+        except KeyboardInterrupt:
+            print("interrupted: re-run the same command to go on (checkpoints already recorded "
+                  "are not evaluated again; a run's training resumes from its last save)",
+                  file=sys.stderr, flush=True)
+            return 130
+
+
+def _watch(args, stopping: _Stopping) -> int:
     import copy
     import os
     import time
@@ -52,7 +142,10 @@ def main(args) -> int:
               flush=True)
     while True:
         pattern = str(folder / args.pattern)
-        found = checkpoint_series(pattern) or ([pattern] if os.path.isfile(pattern) else [])
+        try:
+            found = checkpoint_series(pattern) or ([pattern] if os.path.isfile(pattern) else [])
+        except FileNotFoundError:  # nothing matches yet: the run has not saved its first one
+            found = []
         for path in found:
             try:
                 st = os.stat(path)
@@ -68,6 +161,9 @@ def main(args) -> int:
             one.checkpoint = path
             print(f"evaluating {path}", flush=True)
             rc = _run_one(one)
+            signum = stopping.pending()
+            if signum is not None:  # the run's handler had it: that run saved or finished
+                raise _Stop(signum)
             if rc:
                 return rc
             seen[path] = now
@@ -75,4 +171,4 @@ def main(args) -> int:
             if not found:
                 print(f"no checkpoint matches {folder / args.pattern}")
             return 0
-        time.sleep(args.interval)
+        time.sleep(args.interval)  # a SIGTERM here raises at once (the watcher's handler)

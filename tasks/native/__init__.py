@@ -16,11 +16,14 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..registry import build, config
-from .common import (CHECK_REPORT, DROPPING, PREPARE_REPORT, PREPARERS, Problem, as_json, preparer,
-                     previous_verdicts, problems_by_kind, write_prepared, write_report)
+from .common import (CHECK_REPORT, DROPPING, PREPARE_PROGRESS, PREPARE_REPORT, PREPARERS, Problem,
+                     as_json, forget_progress, preparer, previous_verdicts, problems_by_kind,
+                     save_progress, write_prepared, write_report)
 from .opening import open_all
+from .stopping import StopOnSignals, Stopped, holding
 
-__all__ = ["PREPARERS", "PREPARE_REPORT", "CHECK_REPORT", "prepare", "check", "layout", "preparer"]
+__all__ = ["PREPARERS", "PREPARE_REPORT", "PREPARE_PROGRESS", "CHECK_REPORT", "prepare", "check",
+           "layout", "preparer", "StopOnSignals", "Stopped"]
 
 
 def layout(task: str) -> str:
@@ -43,17 +46,20 @@ def _min_frames(task: str) -> int:
 
 def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *,
             annotations: str | os.PathLike | None = None, verify: bool = True, workers: int = 0,
-            progress: bool = True) -> dict:
+            progress: bool = True, stop: StopOnSignals | None = None) -> dict:
     """Read `task`'s native layout under `root`, write manifests + label map into `out`
     (default `root`), return (and write) the report. `verify`: open every found file and keep
-    unreadable ones out of the manifests."""
+    unreadable ones out of the manifests. `stop` (`tasks.native.stopping.StopOnSignals`): a
+    signal stops the work at once (`Stopped`), except while the manifests, label map and
+    report are written (all of them, or none); verdicts of files opened before a stop are kept
+    in OUT/prepare_progress.json, and a re-run opens only the others."""
     root = Path(os.path.abspath(os.path.expanduser(str(root))))
     if not root.is_dir():
         raise DataError(f"{task}: data root {root} is not a folder; expected {layout(task)}")
     out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out is not None else root
     if hasattr(preparer(task), "prepare"):  # AVA: boxes at keyframes, its own files and report
         return preparer(task).prepare(root, out, annotations=annotations, verify=verify,
-                                      workers=workers, progress=progress)
+                                      workers=workers, progress=progress, stop=stop)
     t0 = time.time()
     prepared = preparer(task).read(root, **({"annotations": Path(annotations)} if annotations else {}))
     problems = list(prepared.problems)
@@ -61,19 +67,40 @@ def prepare(task: str, root: str | os.PathLike, out: str | os.PathLike | None = 
     verdicts: dict = {}
     if verify:
         found = [s.path for samples in prepared.samples.values() for s in samples if s.path]
-        verdicts = open_all(found, workers=workers, cache=previous_verdicts(out / PREPARE_REPORT),
-                            progress=progress, label=f"{task}: opening files")
+        verdicts = open_files(found, out, stop, workers=workers, progress=progress,
+                              label=f"{task}: opening files")
         problems += _verdict_problems(prepared.samples, verdicts, _min_frames(task), dropped)
-    counts = write_prepared(prepared, out, dropped)
-    report = {
-        "task": task, "root": str(root), "out": str(out), "layout": layout(task),
-        "labels_source": prepared.labels_source, "num_classes": len(prepared.classes),
-        "splits": counts, "verified": bool(verify),
-        "problem_counts": problems_by_kind(problems), "notes": prepared.notes,
-        "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
-    }
-    write_report(out / PREPARE_REPORT, report)
+    with holding(stop):
+        counts = write_prepared(prepared, out, dropped)
+        report = {
+            "task": task, "root": str(root), "out": str(out), "layout": layout(task),
+            "labels_source": prepared.labels_source, "num_classes": len(prepared.classes),
+            "splits": counts, "verified": bool(verify),
+            "problem_counts": problems_by_kind(problems), "notes": prepared.notes,
+            "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
+        }
+        write_report(out / PREPARE_REPORT, report)
+        forget_progress(out)
     return report
+
+
+def open_files(paths, out: Path, stop: StopOnSignals | None, *, opener=None, **kw) -> dict:
+    """`opener(paths, cache=...)` (default `open_all`) with the verdicts of the last report
+    and of an interrupted run's progress file as its cache; on a stop, the verdicts reached
+    are saved to the progress file (whole, before `Stopped` goes on)."""
+    opener = opener or open_all
+    cache = {**previous_verdicts(out / PREPARE_REPORT), **previous_verdicts(out / PREPARE_PROGRESS)}
+    try:
+        return opener(paths, cache=cache, **kw)
+    except Stopped as stopped:
+        reached = getattr(stopped, "verdicts", None)
+        if reached:
+            total = len(dict.fromkeys(paths))
+            with holding(stop):
+                stopped.saved = save_progress(out, {**cache, **reached}, stopped,
+                                              opened=len(reached), total=total)
+            stopped.opened, stopped.total = len(reached), total
+        raise
 
 
 def _verdict_problems(samples_by_split, verdicts, min_frames: int, dropped: set) -> list[Problem]:
@@ -97,7 +124,7 @@ def _verdict_problems(samples_by_split, verdicts, min_frames: int, dropped: set)
 
 def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int = 0,
           progress: bool = True, report_path: str | os.PathLike | None = None,
-          **overrides) -> dict:
+          stop: StopOnSignals | None = None, **overrides) -> dict:
     """Open every file of a task's manifests; report missing, unreadable, too-short and
     mislabelled entries and duplicate lines, and write the report (default ROOT/check_report.json)."""
     task = build(task_name, root=root, **overrides)
@@ -157,7 +184,8 @@ def check(task_name: str, root: str | os.PathLike | None = None, *, workers: int
     report = {"task": task_name, "root": str(task.root), "splits": per_split, "notes": notes,
               "problem_counts": problems_by_kind(problems), "problems": as_json(problems),
               "seconds": round(time.time() - t0, 2), "files": verdicts}
-    write_report(report_path, report)
+    with holding(stop):
+        write_report(report_path, report)
     report["report_path"] = str(report_path)
     return report
 

@@ -45,8 +45,9 @@ from .ava_files import (FIRST_KEYFRAME, OUTPUTS, VIDEOS_HEADER, BoxRow, format_g
                         num_text, parse_row, parse_timestamp, read_box_rows, read_keyframes,
                         read_label_map_file, shipped_label_map)
 from .common import (PREPARE_REPORT, Problem, as_json, first_existing, manifest_path_text,
-                     previous_verdicts, problems_by_kind, write_report)
+                     problems_by_kind, write_report)
 from .opening import _progress, file_key
+from .stopping import Stopped, abandon_pool, holding, ignore_interrupts
 
 # The file parsers live in ava_files (tasks.ava reads them there); their old names still work.
 __all__ = ["prepare", "read", "layout", "find_videos", "probe_video", "open_videos", "OUTPUTS",
@@ -141,11 +142,18 @@ def open_videos(jobs: dict[str, float], *, workers: int, cache: dict, progress: 
     workers = workers or min(8, os.cpu_count() or 1)
     with _progress(progress and bool(todo), len(todo), "ava: opening videos") as advance:
         if workers <= 1 or len(todo) <= 1:
-            for p, t in todo:
-                out[p] = {"key": file_key(p), **probe_video(p, t)}
-                advance(1)
+            try:
+                for p, t in todo:
+                    verdict = {"key": file_key(p), **probe_video(p, t)}
+                    out[p] = verdict
+                    advance(1)
+            except Stopped as stop:
+                stop.verdicts = dict(out)
+                raise
             return out
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                      initializer=ignore_interrupts)
+        try:
             futures = {pool.submit(_probe_many, [job]): job for job in todo}
             for fut in cf.as_completed(futures):
                 p, t = futures[fut]
@@ -156,6 +164,14 @@ def open_videos(jobs: dict[str, float], *, workers: int, cache: dict, progress: 
                                "error": f"the decoder crashed on this file ({type(e).__name__})"}
                 out[p] = {"key": file_key(p), **verdict}
                 advance(1)
+        except Stopped as stop:  # a stop: the verdicts so far go with it, the workers end now
+            stop.verdicts = dict(out)
+            abandon_pool(pool)
+            raise
+        except BaseException:
+            abandon_pool(pool)
+            raise
+        pool.shutdown(wait=True)
     return out
 
 
@@ -168,9 +184,13 @@ def read(root: Path, annotations: Path | None = None):
 
 
 def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: bool = True,
-            workers: int = 0, progress: bool = True) -> dict:
+            workers: int = 0, progress: bool = True, stop=None) -> dict:
     """Read AVA's native layout under `root`, write the prepared files into `out`, return (and
-    write) the report; see the module doc."""
+    write) the report; see the module doc. `stop`: as `tasks.native.prepare`'s (a signal stops
+    at once, except while the prepared files are written, all or none)."""
+    from . import open_files
+    from .common import forget_progress
+
     t0 = time.time()
     root, out = Path(root), Path(out)
     ann_dirs = [Path(annotations)] if annotations else [root / "annotations", root]
@@ -288,8 +308,8 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
                     times[r.video_id].append(r.timestamp)
                     rows_of[r.video_id].append((split, r))
         jobs = {videos[v]: sorted(ts)[len(ts) // 2] - start_s for v, ts in times.items()}
-        verdicts = open_videos(jobs, workers=workers, progress=progress,
-                               cache=previous_verdicts(out / PREPARE_REPORT))
+        verdicts = open_files(jobs, out, stop, opener=open_videos, workers=workers,
+                              progress=progress)
         for vid in sorted(times):
             v = verdicts[videos[vid]]
             split, where = first_line[vid]
@@ -312,8 +332,24 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
     def keep(r: BoxRow) -> bool:
         return r.video_id in usable and not (r.video_id in too_short and r.timestamp >= too_short[r.video_id])
 
-    out.mkdir(parents=True, exist_ok=True)
+    from ..manifest import output_folder
 
+    with holding(stop):
+        output_folder(out)
+        report = _write_prepared(out, gt, proposals, excluded, listed, usable, keep, label_map,
+                                 videos, verdicts, start_s, notes)
+        report.update({"root": str(root), "labels_source": labels_source, "verified": bool(verify),
+                       "problem_counts": problems_by_kind(problems), "notes": notes,
+                       "problems": as_json(problems), "seconds": round(time.time() - t0, 2),
+                       "files": verdicts})
+        write_report(out / PREPARE_REPORT, report)
+        forget_progress(out)
+    return report
+
+
+def _write_prepared(out, gt, proposals, excluded, listed, usable, keep, label_map, videos,
+                    verdicts, start_s, notes) -> dict:
+    """The prepared files (see `OUTPUTS`), each written atomically; the report's first keys."""
     def put(name: str, text: str) -> None:
         atomic_write_text(out / name, text)
 
@@ -344,11 +380,5 @@ def prepare(root: Path, out: Path, *, annotations: Path | None = None, verify: b
         dur = "" if v.get("duration_s") is None else num_text(v["duration_s"])
         lines.append(f"{vid},{path},{num_text(start_s)},{fps},{dur}\n")
     put(OUTPUTS["videos"], "".join(lines))
-    report = {
-        "task": "ava", "root": str(root), "out": str(out), "layout": layout(),
-        "labels_source": labels_source, "num_classes": len(label_map), "splits": counts,
-        "verified": bool(verify), "problem_counts": problems_by_kind(problems), "notes": notes,
-        "problems": as_json(problems), "seconds": round(time.time() - t0, 2), "files": verdicts,
-    }
-    write_report(out / PREPARE_REPORT, report)
-    return report
+    return {"task": "ava", "root": None, "out": str(out), "layout": layout(), "labels_source": None,
+            "num_classes": len(label_map), "splits": counts}

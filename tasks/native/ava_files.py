@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .common import CLASS_LIST_DIR
+from .common import CLASS_LIST_DIR, annotation_file
 
 FIRST_KEYFRAME, LAST_KEYFRAME = 902, 1798  # AVA's annotated seconds (SlowFast's AVA_VALID_FRAMES)
 
@@ -46,6 +46,8 @@ def read_label_map_file(path: str | os.PathLike) -> list[tuple[int, str]]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise DataError(f"label map {path} cannot be read: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"label map {path}: not UTF-8 text ({e.reason}); re-download it") from None
     pairs: list[tuple[int, str]] = []
     if "{" in text:
         for n, block in enumerate(_PBTXT_ITEM.findall(text), start=1):
@@ -150,7 +152,7 @@ def parse_row(fields: list[str], line: int, *, proposals: bool) -> BoxRow | str:
 def read_box_rows(path: str | os.PathLike, *, proposals: bool) -> tuple[list[BoxRow], list[tuple[int, str]]]:
     """Every row of an AVA box CSV: (rows, [(line, reason) of the malformed ones])."""
     rows, bad = [], []
-    with open(path, encoding="utf-8-sig") as f:
+    with annotation_file(path, "AVA CSV") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -162,7 +164,7 @@ def read_box_rows(path: str | os.PathLike, *, proposals: bool) -> tuple[list[Box
 def read_keyframes(path: str | os.PathLike) -> tuple[list[tuple[str, int, int]], list[tuple[int, str]]]:
     """`video_id,timestamp` rows (excluded timestamps): ([(video, ts, line)], [(line, reason)])."""
     rows, bad = [], []
-    with open(path, encoding="utf-8-sig") as f:
+    with annotation_file(path, "AVA CSV") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -42,8 +42,10 @@ def read(root: Path, annotations: Path | None = None) -> Prepared:
     classes = [" / ".join(map(str, v)) if isinstance(v, list) else str(v) for v in vocab]
     if len(set(classes)) != NUM_CLASSES:
         raise DataError(f"{vocab_path}: class entries are not unique")
-    files = index_files(root, VIDEO_EXTENSIONS)
-    prepared = Prepared("diving48", classes, {}, labels_source=f"{vocab_path} (label order)")
+    walk_notes: list[str] = []
+    files = index_files(root, VIDEO_EXTENSIONS, walk_notes)
+    prepared = Prepared("diving48", classes, {}, labels_source=f"{vocab_path} (label order)",
+                        notes=walk_notes)
     for split, name in ANNOTATIONS.items():
         ann = _find(ann_root, name)
         if ann is None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .common import Prepared, Problem, Sample, first_existing, shipped_classes
+from .common import Prepared, Problem, Sample, annotation_file, first_existing, shipped_classes
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 IMAGE_ROOTS = ("", "ILSVRC/Data/CLS-LOC", "Data/CLS-LOC")
@@ -75,7 +75,7 @@ def _from_folders(folder: Path, split: str, class_dirs, index, problems) -> list
 def _from_solution(folder: Path, solution: Path, index, problems) -> list[Sample]:
     present = {os.path.splitext(f)[0]: str(folder / f) for f in _images(folder)}
     samples = []
-    with open(solution, encoding="utf-8-sig", newline="") as f:
+    with annotation_file(solution, "LOC_val_solution.csv", newline="") as f:
         reader = csv.reader(f)
         for row in reader:
             where = f"{solution}:{reader.line_num}"

@@ -34,8 +34,12 @@ def read(root: Path, annotations: Path | None = None, num_classes: int = NUM_CLA
         data = load_json(path, "iNaturalist 2021 annotations")
         if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
             raise DataError(f"{path}: expected a COCO-style object with images, annotations, categories")
-        cats = {int(c["id"]): str(c.get("image_dir_name") or f"{int(c['id']):05d}_{c['name']}")
-                for c in data["categories"]}
+        try:
+            cats = {int(c["id"]): str(c.get("image_dir_name") or f"{int(c['id']):05d}_{c['name']}")
+                    for c in data["categories"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}: categories must be objects with an integer id and a name "
+                            f"(or image_dir_name); one is not ({type(e).__name__}: {e})"[:400]) from None
         if sorted(cats) != list(range(num_classes)):
             raise DataError(f"{path}: categories must have ids 0..{num_classes - 1}, got {len(cats)}")
         these = [cats[i] for i in range(num_classes)]
@@ -43,11 +47,22 @@ def read(root: Path, annotations: Path | None = None, num_classes: int = NUM_CLA
             classes, prepared.labels_source = these, f"{path} categories (id order)"
         elif these != classes:
             raise DataError(f"{path}: its categories differ from the other split's; use one release's files")
-        images = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
+        try:
+            images = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}: images must be objects with an integer id and a file_name; "
+                            f"one is not ({type(e).__name__}: {e})"[:400]) from None
+        if not isinstance(data["annotations"], list):
+            raise DataError(f"{path}: annotations must be a list")
         samples, seen = [], set()
         for k, a in enumerate(data["annotations"]):
             where = f"{path} annotations[{k}]"
-            image_id, cat = int(a.get("image_id", -1)), int(a.get("category_id", -1))
+            try:
+                image_id, cat = int(a.get("image_id", -1)), int(a.get("category_id", -1))
+            except (TypeError, ValueError, AttributeError):
+                prepared.problems.append(Problem("malformed", where, f"expected image_id and "
+                                                 f"category_id, got {a!r}"[:200], split=split))
+                continue
             if image_id not in images or cat not in cats:
                 prepared.problems.append(Problem("malformed", where, f"image_id {image_id} or category_id "
                                                  f"{cat} unknown", split=split))

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
-from .common import Prepared, Problem, Sample, first_existing
+from .common import Prepared, Problem, Sample, annotation_file, first_existing
 
 LISTS = {"train": "jester-v1-train.csv", "val": "jester-v1-validation.csv"}
 LABELS = "jester-v1-labels.csv"
@@ -42,7 +42,7 @@ def read(root: Path, annotations: Path | None = None) -> Prepared:
             prepared.notes.append(f"{split}: no {name} under {ann_root}")
             continue
         samples, seen = [], {}
-        with open(ann, encoding="utf-8-sig") as f:
+        with annotation_file(ann, "Jester list") as f:
             for lineno, raw in enumerate(f, start=1):
                 line = raw.strip()
                 if not line:

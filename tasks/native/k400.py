@@ -15,7 +15,8 @@ import csv
 from pathlib import Path
 
 from ..errors import DataError
-from .common import Prepared, Problem, Sample, first_existing, index_files, pick, shipped_classes
+from .common import (Prepared, Problem, Sample, annotation_file, first_existing, index_files, pick,
+                     shipped_classes)
 
 SPLITS = ("train", "val", "test")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -55,9 +56,10 @@ def read(root: Path, annotations: Path | None = None) -> Prepared:
     classes = shipped_classes("k400")
     index = {c: i for i, c in enumerate(classes)}
     ann_root = Path(annotations) if annotations is not None else root
-    files = index_files(root, VIDEO_EXTENSIONS)
+    walk_notes: list[str] = []
+    files = index_files(root, VIDEO_EXTENSIONS, walk_notes)
     prepared = Prepared("k400", classes, {}, labels_source="shipped tasks/native/k400_classes.txt "
-                        "(the 400 names of the publisher's CSVs, sorted)")
+                        "(the 400 names of the publisher's CSVs, sorted)", notes=walk_notes)
     found_any = False
     for split in SPLITS:
         ann = first_existing(ann_root, ANNOTATION_NAMES[split])
@@ -89,7 +91,7 @@ def _read_split(ann: Path, split: str, index: dict[str, int], files: dict[str, l
     """The split's samples in file order; None when the file has no label column."""
     samples: list[Sample] = []
     seen: dict[str, str] = {}
-    with open(ann, encoding="utf-8-sig", newline="") as f:
+    with annotation_file(ann, "Kinetics annotation CSV", newline="") as f:
         reader = csv.reader(f)
         cols = None
         for row in reader:

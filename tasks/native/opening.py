@@ -11,6 +11,10 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
 
+from common import failpoints
+
+from .stopping import Stopped, abandon_pool, ignore_interrupts
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # The release skips files under 1 KiB outright (decord can hang on them): we report them.
 MIN_BYTES = 1024
@@ -76,12 +80,20 @@ def open_all(paths: Sequence[str], *, workers: int = 0, cache: dict | None = Non
     batches = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     with _progress(progress and bool(todo), len(todo), label) as advance:
         if workers <= 1 or len(todo) <= 1:
-            for p in todo:
-                out[p] = {"key": file_key(p), **probe_file(p)}
-                advance(1)
+            try:
+                for p in todo:
+                    verdict = {"key": file_key(p), **probe_file(p)}
+                    out[p] = verdict
+                    advance(1)
+                    failpoints.hit("prepare.open")
+            except Stopped as stop:
+                stop.verdicts = dict(out)
+                raise
             return out
         ctx = mp.get_context("spawn")  # no forked copies of a parent's threads or torch state
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                      initializer=ignore_interrupts)
+        try:
             futures = {pool.submit(_probe_many, b): b for b in batches}
             for fut in cf.as_completed(futures):
                 batch = futures[fut]
@@ -92,13 +104,22 @@ def open_all(paths: Sequence[str], *, workers: int = 0, cache: dict | None = Non
                 for p, v in zip(batch, verdicts):
                     out[p] = {"key": file_key(p), **v}
                 advance(len(batch))
+                failpoints.hit("prepare.open")
+        except Stopped as stop:  # a stop: the verdicts so far go with it, the workers end now
+            stop.verdicts = dict(out)
+            abandon_pool(pool)
+            raise
+        except BaseException:
+            abandon_pool(pool)
+            raise
+        pool.shutdown(wait=True)
     return out
 
 
 def _isolated(path: str, err: BaseException) -> dict:
     ctx = mp.get_context("spawn")
     try:
-        with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=ignore_interrupts) as pool:
             return pool.submit(probe_file, path).result()
     except Exception:
         return {"ok": False, "frames": None, "error": f"the decoder crashed on this file ({type(err).__name__})"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .common import Prepared, Problem, Sample, first_existing
+from .common import Prepared, Problem, Sample, annotation_file, first_existing
 
 LISTS = {split: [f"trainvalsplit_places205/{split}_places205.csv", f"{split}_places205.csv"]
          for split in ("train", "val")}
@@ -37,7 +37,7 @@ def read(root: Path, annotations: Path | None = None) -> Prepared:
         if path is None:
             continue
         rows[split] = []
-        with open(path, encoding="utf-8-sig") as f:
+        with annotation_file(path, "Places205 list file") as f:
             for lineno, raw in enumerate(f, start=1):
                 line = raw.strip()
                 if not line:

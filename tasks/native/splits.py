@@ -22,6 +22,7 @@ import numpy as np
 from common.atomic import atomic_write_text
 
 from ..errors import DataError
+from ..manifest import output_folder, own_folder
 from .common import manifest_path_text, preparer
 
 # Where `harness run --split` looks for folds, relative to the task's data root.
@@ -61,7 +62,8 @@ def split_text(fraction: float, seed: int) -> str:
     return f"{100 * fraction:.6g}pct:seed{seed}"
 
 
-def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=None) -> dict:
+def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=None,
+                 stop=None) -> dict:
     """Write one manifest per (fraction, seed) into `out` (default ROOT/splits) plus
     `splits.json` (each fold's drawn / written / missing counts, fold_sha256 and its `--split`
     value); `run` in the summary says how to train on a fold."""
@@ -73,8 +75,16 @@ def write_splits(task: str, root, out=None, *, fractions, seeds, annotations=Non
     samples = prepared.samples.get("train")
     if not samples:
         raise DataError(f"{task}: no training annotations under {root}; expected {mod.layout()}")
-    out = Path(os.path.abspath(os.path.expanduser(str(out)))) if out else root / FOLDS_DIR
-    out.mkdir(parents=True, exist_ok=True)
+    # --out is used as named; the default ROOT/splits must not be a link leading out of ROOT.
+    out = (output_folder(os.path.abspath(os.path.expanduser(str(out)))) if out
+           else own_folder(root, FOLDS_DIR))
+    from .stopping import holding
+
+    with holding(stop):  # the folds and splits.json: all of them, or none (a signal waits)
+        return _write_folds(task, root, out, samples, fractions, seeds)
+
+
+def _write_folds(task: str, root: Path, out: Path, samples, fractions, seeds) -> dict:
     folds = []
     for fraction in fractions:
         for seed in seeds:

@@ -66,7 +66,7 @@ def read(root: Path, annotations: Path | None = None) -> Prepared:
         prepared.notes.append(f"{labels_path} differs from the shipped 174-template list: its order "
                               "is used, and the protocol id will differ from other users'")
     index = {c: i for i, c in enumerate(classes)}
-    files = index_files(root, VIDEO_EXTENSIONS)
+    files = index_files(root, VIDEO_EXTENSIONS, prepared.notes)
     for split, names in ANNOTATIONS.items():
         ann = _find(ann_root, names)
         if ann is None:
