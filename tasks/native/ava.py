@@ -47,7 +47,7 @@ from .ava_files import (FIRST_KEYFRAME, OUTPUTS, VIDEOS_HEADER, BoxRow, format_g
 from .common import (PREPARE_REPORT, Problem, as_json, first_existing, manifest_path_text,
                      problems_by_kind, write_report)
 from .opening import _progress, file_key
-from .stopping import Stopped, abandon_pool, holding, ignore_interrupts
+from .stopping import holding, ignore_interrupts, verdicts_kept
 
 # The file parsers live in ava_files (tasks.ava reads them there); their old names still work.
 __all__ = ["prepare", "read", "layout", "find_videos", "probe_video", "open_videos", "OUTPUTS",
@@ -142,18 +142,15 @@ def open_videos(jobs: dict[str, float], *, workers: int, cache: dict, progress: 
     workers = workers or min(8, os.cpu_count() or 1)
     with _progress(progress and bool(todo), len(todo), "ava: opening videos") as advance:
         if workers <= 1 or len(todo) <= 1:
-            try:
+            with verdicts_kept(out):
                 for p, t in todo:
                     verdict = {"key": file_key(p), **probe_video(p, t)}
                     out[p] = verdict
                     advance(1)
-            except Stopped as stop:
-                stop.verdicts = dict(out)
-                raise
             return out
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                       initializer=ignore_interrupts)
-        try:
+        with verdicts_kept(out, pool):
             futures = {pool.submit(_probe_many, [job]): job for job in todo}
             for fut in cf.as_completed(futures):
                 p, t = futures[fut]
@@ -164,14 +161,6 @@ def open_videos(jobs: dict[str, float], *, workers: int, cache: dict, progress: 
                                "error": f"the decoder crashed on this file ({type(e).__name__})"}
                 out[p] = {"key": file_key(p), **verdict}
                 advance(1)
-        except Stopped as stop:  # a stop: the verdicts so far go with it, the workers end now
-            stop.verdicts = dict(out)
-            abandon_pool(pool)
-            raise
-        except BaseException:
-            abandon_pool(pool)
-            raise
-        pool.shutdown(wait=True)
     return out
 
 

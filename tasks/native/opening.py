@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from common import failpoints
 
-from .stopping import Stopped, abandon_pool, ignore_interrupts
+from .stopping import ignore_interrupts, verdicts_kept
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # The release skips files under 1 KiB outright (decord can hang on them): we report them.
@@ -80,20 +80,17 @@ def open_all(paths: Sequence[str], *, workers: int = 0, cache: dict | None = Non
     batches = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     with _progress(progress and bool(todo), len(todo), label) as advance:
         if workers <= 1 or len(todo) <= 1:
-            try:
+            with verdicts_kept(out):
                 for p in todo:
                     verdict = {"key": file_key(p), **probe_file(p)}
                     out[p] = verdict
                     advance(1)
                     failpoints.hit("prepare.open")
-            except Stopped as stop:
-                stop.verdicts = dict(out)
-                raise
             return out
         ctx = mp.get_context("spawn")  # no forked copies of a parent's threads or torch state
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                       initializer=ignore_interrupts)
-        try:
+        with verdicts_kept(out, pool):
             futures = {pool.submit(_probe_many, b): b for b in batches}
             for fut in cf.as_completed(futures):
                 batch = futures[fut]
@@ -105,14 +102,6 @@ def open_all(paths: Sequence[str], *, workers: int = 0, cache: dict | None = Non
                     out[p] = {"key": file_key(p), **v}
                 advance(len(batch))
                 failpoints.hit("prepare.open")
-        except Stopped as stop:  # a stop: the verdicts so far go with it, the workers end now
-            stop.verdicts = dict(out)
-            abandon_pool(pool)
-            raise
-        except BaseException:
-            abandon_pool(pool)
-            raise
-        pool.shutdown(wait=True)
     return out
 
 

@@ -117,3 +117,23 @@ def abandon_pool(pool) -> None:
     for p in processes:
         with contextlib.suppress(Exception):
             p.join(timeout=5)
+
+
+@contextlib.contextmanager
+def verdicts_kept(out: dict, pool=None):
+    """Around the loop that fills `out` (file -> verdict): a stop carries the verdicts so far
+    (`Stopped.verdicts`, kept for the re-run) and ends the pool's workers now; any other
+    failure ends them too; a loop that finishes shuts the pool down normally."""
+    try:
+        yield
+    except Stopped as stop:
+        stop.verdicts = dict(out)
+        if pool is not None:
+            abandon_pool(pool)
+        raise
+    except BaseException:
+        if pool is not None:
+            abandon_pool(pool)
+        raise
+    if pool is not None:
+        pool.shutdown(wait=True)
