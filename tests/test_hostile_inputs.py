@@ -582,11 +582,11 @@ def test_a_signal_stops_prepare_while_it_opens_files_and_keeps_what_it_opened(tm
                                                                               workers):
     root = tmp_path / "k400"
     _many_clips(root, 40)
-    rc, text, seconds = _signal_at_failpoint(
+    # The helper's timeout bounds the wait; that it stopped early shows in what it opened.
+    rc, text, _ = _signal_at_failpoint(
         ["data", "prepare", "k400", "--root", root, "--no-progress", "--workers", workers],
         "prepare.open:3", sig)
     assert rc == code, text
-    assert seconds < 15
     assert f"stopped by {signal.Signals(sig).name}" in text and "no manifest was written" in text
     assert not (root / "train.csv").exists() and not (root / "prepare_report.json").exists()
     progress = json.loads((root / "prepare_progress.json").read_text())
@@ -617,10 +617,10 @@ def test_a_sigterm_while_manifests_are_written_waits_for_the_whole_set(tmp_path)
 
 def test_a_sigterm_stops_make_digits_leaving_whole_files(tmp_path):
     out = tmp_path / "digits"
-    rc, text, seconds = _signal_at_failpoint(["data", "make", "digits", "--out", out,
-                                              "--per-class", "2", "1", "1", "--no-progress"],
-                                             "digits.video:5", signal.SIGTERM)
-    assert rc == 143 and "stopped by SIGTERM" in text and seconds < 15
+    rc, text, _ = _signal_at_failpoint(["data", "make", "digits", "--out", out,
+                                        "--per-class", "2", "1", "1", "--no-progress"],
+                                       "digits.video:5", signal.SIGTERM)
+    assert rc == 143 and "stopped by SIGTERM" in text
     task = out / "digits_motion"
     assert (task / "classes.txt").read_text().splitlines()[0] == "move left"
     assert not (task / "train.csv").exists()  # the unfinished split has no manifest
