@@ -148,3 +148,17 @@ def test_torch_save_on_a_full_file_reports_the_file_system_error(tmp_path):
     atomic_write(path, lambda f: torch.save({"w": torch.zeros(3)}, f))  # no limit: fine
     assert torch.load(path, weights_only=True)["w"].shape == (3,)
     assert json.dumps(os.listdir(tmp_path)) == json.dumps(["state.pt"])
+
+
+def test_a_full_disk_under_the_feature_store_is_named_and_the_rerun_finishes(digits_small,
+                                                                            tmp_path):
+    with _tmpfs(tmp_path / "small", "64k") as small:
+        out = tmp_path / "runs"
+        done = _harness(_args(digits_small, out, f"feature_store={small / 'features'}"))
+        assert done.returncode == 1, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: no space left on the device") and "bug in harness" not in line
+        assert str(small / "features") in line
+        assert not list((out / "records").glob("*.json"))
+    again = _harness(_args(digits_small, out, f"feature_store={tmp_path / 'features'}"))
+    assert again.returncode == 0, again.stderr

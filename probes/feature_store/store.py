@@ -312,7 +312,10 @@ class FeatureWriter:
     # -- writing
 
     def _append(self, name: str, data: bytes) -> None:
-        self._files[name].write(data)
+        try:
+            self._files[name].write(data)
+        except OSError as err:  # a full disk: name the file (the CLI says what to do)
+            raise OSError(err.errno, err.strerror, str(self.partial / name)) from err
         self._hashers[name].update(data)
 
     def write(self, tokens: torch.Tensor | None, labels=None, paths: Iterable[str] | None = None,
