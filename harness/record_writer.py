@@ -50,7 +50,18 @@ def make_run_record(plan, encoder, result, *, protocol: dict, identity: str,
                "decoder": plan.preflight.get("decode_backend")},
     )
     record["protocol_departures"] = dict(plan.departures)
+    record["runtime"] = runtime(plan)
     return record
+
+
+def runtime(plan) -> dict:
+    """How the run computed, beside what it computed: CPU numbers can move with the intra-op
+    thread count and the CPU kernels torch dispatched to, so a record says both."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "loader_workers": plan.train_data.num_workers}
 
 
 def write_run_record(plan, record: dict, predictions, identity: str) -> Path:

@@ -39,6 +39,11 @@ def test_quiet_prints_only_the_record_path(digits_root, tmp_path, capsys):
     assert captured.err == ""
     record = json.loads(Path(lines[0]).read_text())
     assert record["encoder"]["label"] == "vjepa_tiny"
+    import torch
+
+    assert record["runtime"] == {"torch_threads": torch.get_num_threads(),
+                                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                 "loader_workers": 0}
 
 
 def test_resume_is_said(digits_root, tmp_path, capsys):
