@@ -26,7 +26,8 @@ from .sampling import ClipSampler
 from .spec import TaskSpec
 from .temporal import CLASSES as TEMPORAL_CLASSES
 from .temporal import derive_entries
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform
+from .eval_transform import EvalTransform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 
 log = logging.getLogger(__name__)
 # The datasets lived here before tasks.items; importing them from here still works.

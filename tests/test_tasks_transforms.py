@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from tasks import DataError
-from tasks.transforms import (IMAGENET_MEAN, IMAGENET_STD, RELEASE_RANDAUGMENT, EvalTransform, TrainTransform,
-                              _cv2_bilinear_uint8)
+from tasks.eval_transform import EvalTransform, _cv2_bilinear_uint8
+from tasks.transforms import IMAGENET_MEAN, IMAGENET_STD, RELEASE_RANDAUGMENT, TrainTransform
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = json.loads((FIXTURES / "release_transforms.json").read_text())
