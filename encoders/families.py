@@ -22,7 +22,7 @@ from .checkpoint import adapt_pos_embed, fit_problems
 from .registry import apply_overrides, config, names, validate_config
 
 _WRAPPERS = ("module.", "backbone.", "_orig_mod.", "encoder.", "model.")
-_FAMILIES = ("videomae", "vjepa2", "ijepa", "vjepa", "timm")
+_FAMILIES = ("videomae", "vjepa2_1", "vjepa2", "ijepa", "vjepa", "timm")  # a name before its prefixes
 
 
 def _clean(key: str) -> str:
@@ -48,6 +48,8 @@ def signature(state: Mapping) -> dict | None:
         family = "videomae"
     elif "cls_token" in joined:
         family = "timm"
+    elif video and any(k.startswith("norms_block.") or k.endswith("video_mod_embed") for k in keys):
+        family = "vjepa2_1"  # per-layer norms and modality embeddings: V-JEPA 2.1's layout
     elif video:
         family = "vjepa" if any(k.endswith("pos_embed") for k in keys) else "vjepa2"
     else:
@@ -118,14 +120,15 @@ def read_arch(state: Mapping[str, Any]) -> dict[str, Any]:
         out["mlp_ratio"], out["mlp_hidden_dim"] = ratio, hidden
     if blocks:
         out["qkv_bias"] = any(f"blocks.0.attn.{b}" in state for b in ("qkv.bias", "q_bias"))
-    out["final_norm"] = "norm.weight" in state
+    if not any(k.startswith("norms_block.") for k in state):  # V-JEPA 2.1 has per-layer norms instead
+        out["final_norm"] = "norm.weight" in state
     return out
 
 
 def _heads(width: int, wanted: int, family: str) -> int:
     """A head count for `width`: the entry's when it divides, else one of width 64 (the common
     head width), else the largest divisor up to 16. RoPE needs heads at least 6 wide."""
-    smallest = 6 if family == "vjepa2" else 1
+    smallest = 6 if family in ("vjepa2", "vjepa2_1") else 1
     for h in (wanted, width // 64):
         if h and width % h == 0 and width // h >= smallest:
             return h

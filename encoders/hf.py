@@ -37,6 +37,9 @@ HF_FAMILIES = {
     "vjepa2": ("vjepa2", "encoders.vjepa2:hf_arch"),
     "ijepa": ("ijepa", "encoders.ijepa:hf_arch"),
 }
+# V-JEPA 2.1 folders share model_type vjepa2 (transformers PR #45497); their config.json's
+# `use_rope_interleave` tells them apart, the only metadata that does.
+HF_VJEPA2_1 = ("vjepa2_1", "encoders.vjepa2_1:hf_arch")
 INPUT_KEYS = ("num_frames", "resolution")  # the nominal input: a caller's override wins
 SIZE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "tubelet_size", "mlp_ratio")
 # What the builders assume when a key is absent: written into `arch` only when the folder differs
@@ -117,7 +120,8 @@ def folder_arch(folder) -> tuple[str, dict[str, Any]]:
             f"{folder}/config.json has model_type {model_type!r}; Hugging Face folders are read for "
             f"{', '.join(sorted(HF_FAMILIES))}. Pass the weights file with --checkpoint and choose "
             f"the architecture with --encoder and encoder.arch.* overrides")
-    family, reader = HF_FAMILIES[model_type]
+    interleaved = model_type == "vjepa2" and bool(hf.get("use_rope_interleave"))
+    family, reader = HF_VJEPA2_1 if interleaved else HF_FAMILIES[model_type]
     return family, dict(resolve_target(reader)(hf, weight_names(folder)))
 
 

@@ -15,7 +15,10 @@ every released encoder):
   the rotation pairs adjacent channels `(2i, 2i+1) -> (x cos - y sin, y cos + x sin)`. Channel c
   thus uses frequency `omega[c mod s/2]`, so the two channels of a pair generally get different
   angles. The release documents this as a bug kept for compatibility with its weights; it is what
-  the weights were trained with, so we reproduce it.
+  the weights were trained with, so we reproduce it. The corrected layout (PR #15, documented in
+  the release's `rotate_queries_or_keys` since commit bd566d8: `repeat_interleave(2)`, so both
+  channels of a pair share one angle) is `Rotary3D(interleave=True)`, `arch.rope_interleave: true`;
+  V-JEPA 2.1 (`encoders.vjepa2_1`) was trained with it.
 * Positions are integer token coordinates (frame in tubelets, row and column in patches) of the
   *input* actually given: for any frame count or resolution they are recomputed from the token
   grid (the release's `handle_nonsquare_inputs=True`), nothing is interpolated. With `masks`,
@@ -80,12 +83,19 @@ class Rotary3D:
     """Rotation tables of one forward pass: built once per dtype, shared by all blocks.
 
     `positions` are (frame, row, column) index tensors of shape (N,) (all tokens, shared by the
-    batch) or (B, K) (kept tokens per sample); tables broadcast over heads.
+    batch) or (B, K) (kept tokens per sample); tables broadcast over heads. Integer positions give
+    tables in the queries' dtype (V-JEPA 2); float positions (V-JEPA 2.1's, possibly rescaled)
+    promote the angles to their float dtype, as the release's einsum does, and the rotated
+    queries are cast back to their own dtype.
+    `interleave`: False repeats the angle table (V-JEPA 2's layout, kept for its weights); True
+    repeats each angle for the two channels of its pair (`repeat_interleave`, the corrected layout
+    of vjepa2 PR #15 that V-JEPA 2.1 uses).
     """
 
-    def __init__(self, positions: tuple[torch.Tensor, ...], split: int):
+    def __init__(self, positions: tuple[torch.Tensor, ...], split: int, interleave: bool = False):
         self.positions = positions
         self.split = split
+        self.interleave = interleave
         self._tables: dict[torch.dtype, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def _make(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,8 +105,11 @@ class Rotary3D:
         omega = 1.0 / ROPE_THETA ** (omega / (s / 2.0))
         tables = []
         for pos in self.positions:
-            angle = pos.unsqueeze(-1) * omega           # (..., N, s/2), in `dtype`
-            angle = torch.cat([angle, angle], dim=-1)    # repeated, as the release (see module doc)
+            angle = pos.unsqueeze(-1) * omega           # (..., N, s/2), in `dtype` for integer positions
+            if self.interleave:                          # (a0, a0, a1, a1, ...): one angle per pair
+                angle = angle.repeat_interleave(2, dim=-1)
+            else:                                        # (a0, a1, ..., a0, a1, ...): V-JEPA 2 (module doc)
+                angle = torch.cat([angle, angle], dim=-1)
             if angle.ndim == 3:                          # (B, K, s) -> (B, 1, K, s): broadcast heads
                 angle = angle.unsqueeze(1)
             tables.append((angle.cos(), angle.sin()))
@@ -120,7 +133,7 @@ class Rotary3D:
             parts.append(seg * cos + turned * sin)
         if 3 * s < x.shape[-1]:
             parts.append(x[..., 3 * s:])
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1).to(x.dtype)
 
 
 class RoPEAttention(nn.Module):
@@ -177,8 +190,10 @@ class VJEPA2VisionTransformer(nn.Module):
     def __init__(self, *, img_size: int = 256, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, embed_dim: int = 1024, depth: int = 24, num_heads: int = 16,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 init_std: float = 0.02, device: torch.device | str | None = None):
+                 init_std: float = 0.02, rope_interleave: bool = False,
+                 device: torch.device | str | None = None):
         super().__init__()
+        self.rope_interleave = rope_interleave
         self.img_size, self.patch_size = img_size, patch_size
         self.num_frames, self.tubelet_size = num_frames, tubelet_size
         self.embed_dim = self.num_features = embed_dim
@@ -237,7 +252,7 @@ class VJEPA2VisionTransformer(nn.Module):
             x = gather_tokens(x, masks)
             mask_list = [masks] if isinstance(masks, torch.Tensor) else list(masks)
             ids = torch.cat([m.to(device=x.device, dtype=torch.int64) for m in mask_list], dim=0)
-        rope = Rotary3D(grid_positions(grid, ids, device=x.device), self.rope_split)
+        rope = Rotary3D(grid_positions(grid, ids, device=x.device), self.rope_split, interleave=self.rope_interleave)
 
         wanted = None
         if out_layers is not None:
@@ -257,7 +272,8 @@ class VJEPA2VisionTransformer(nn.Module):
 
 # ----- registry hooks -------------------------------------------------------------------------
 _ARCH_KEYS = {"embed_dim", "depth", "num_heads", "patch_size", "resolution", "mlp_ratio", "tubelet_size",
-              "num_frames", "qkv_bias", "in_chans", "drop_path_rate", "init_std", "use_rope"}
+              "num_frames", "qkv_bias", "in_chans", "drop_path_rate", "init_std", "use_rope",
+              "rope_interleave"}
 
 
 def build_vjepa2(cfg: Mapping[str, Any], device=None) -> VJEPA2VisionTransformer:
@@ -278,7 +294,8 @@ def build_vjepa2(cfg: Mapping[str, Any], device=None) -> VJEPA2VisionTransformer
         in_chans=int(arch.get("in_chans", 3)), embed_dim=int(arch["embed_dim"]), depth=int(arch["depth"]),
         num_heads=int(arch["num_heads"]), mlp_ratio=float(arch.get("mlp_ratio", 4.0)),
         qkv_bias=bool(arch.get("qkv_bias", True)), drop_path_rate=float(arch.get("drop_path_rate", 0.0)),
-        init_std=float(arch.get("init_std", 0.02)), device=device,
+        init_std=float(arch.get("init_std", 0.02)), rope_interleave=bool(arch.get("rope_interleave", False)),
+        device=device,
     )
 
 
@@ -325,14 +342,33 @@ def hf_to_release(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def entries_of(family: str, width: int) -> list[str]:
+    """Registry entries of `family` (vjepa2 or vjepa2_1) whose width is `width`, for the message
+    that sends a file of one version to the other's entries."""
+    from .registry import config, names
+
+    return [n for n in names() if (c := config(n)).get("family") == family
+            and int(c["arch"].get("embed_dim", -1)) == width]
+
+
 def checkpoint_filter(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a V-JEPA 2 checkpoint (release or Hugging Face layout) onto `VJEPA2VisionTransformer`.
 
     Release files (`encoder` / `target_encoder`, prefixes already stripped) have our names; a
     `pos_embed` among them is dropped with a warning: the release builds no position table when
-    RoPE is on and its loaders ignore one (its hub loader says its files hold one).
+    RoPE is on and its loaders ignore one (its hub loader says its files hold one). A V-JEPA 2.1
+    file (`norms_block`, modality embeddings: another key layout, trained with the interleaved
+    RoPE) is an error naming the vjepa2_1 entry of its width.
     """
     state = hf_to_release(state) if _is_hf_layout(state) else dict(state)
+    if any(k.startswith("norms_block.") for k in state) or "video_mod_embed" in state:
+        from .errors import CheckpointError
+
+        patch = state.get("patch_embed.proj.weight")
+        fits = entries_of("vjepa2_1", int(patch.shape[0])) if patch is not None else []
+        use = f"--encoder {' or '.join(fits)}" if fits else "a vjepa2_1_* entry"
+        raise CheckpointError("checkpoint is a V-JEPA 2.1 encoder (norms_block, modality embeddings, trained "
+                              f"with the interleaved RoPE layout): use {use}, not a V-JEPA 2 entry")
     if "pos_embed" in state:
         shape = tuple(state.pop("pos_embed").shape)
         warnings.warn(f"checkpoint holds a pos_embed {shape}, which a V-JEPA 2 (RoPE) encoder does not use; "
@@ -350,6 +386,8 @@ def hf_arch(hf: Mapping[str, Any], weight_names: Any = ()) -> dict[str, Any]:
     """
     if hf.get("model_type") != "vjepa2":
         raise ValueError(f"config.json: model_type {hf.get('model_type')!r}, expected 'vjepa2'")
+    if hf.get("use_rope_interleave"):
+        raise ValueError("config.json: use_rope_interleave is true, a V-JEPA 2.1 folder; use a vjepa2_1_* entry")
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r}; only gelu is implemented")
     if float(hf.get("layer_norm_eps", LN_EPS)) != LN_EPS:
