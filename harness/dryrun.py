@@ -7,6 +7,13 @@ read; the data loading of real samples). Memory figures are estimates from the t
 (stated in the output): the encoder's activations are taken as ~10 x tokens x width per clip in
 flight (the peak inside one transformer block), attention as memory-efficient on CUDA and as
 materialised (clips x heads x tokens^2) on CPU.
+
+Loader against encoder: the loader's CPU cost per sample is measured on real samples of the
+task, in this process with one torch thread (as each loader worker runs), by
+`time.process_time`; with the workers the run will start that gives the clips/s the loader can
+supply, printed against the clips/s the encoder can consume (its forward measured here, or,
+for a device this machine lacks, its GFLOPs per clip at an assumed sustained rate, labelled as
+an estimate), and which side bounds the run.
 """
 from __future__ import annotations
 
@@ -14,6 +21,41 @@ import math
 import time
 
 _BYTES = {"fp32": 4, "bf16": 2}
+# Sustained encoder FLOP/s assumed for a CUDA device this machine lacks (an H100 in bf16 runs a
+# ViT-L/16 16x224 clip forward, ~1.2 TFLOP, at about 330 clips/s: ~4e14). An estimate, labelled.
+ASSUMED_CUDA_FLOPS = 4.0e14
+LOADER_SAMPLES = 2  # real samples timed per split (after one untimed warm-up sample)
+
+
+def loader_cpu_seconds(dataset, seed: int, epoch: int, samples: int = LOADER_SAMPLES) -> float:
+    """CPU-s one sample costs the loader (decoding, augmentation draws), measured here with one
+    torch thread, as a loader worker runs (`time.process_time`: every thread of this process)."""
+    import torch
+
+    from tasks.loading import SeededItems
+
+    items = SeededItems(dataset, seed, epoch)
+    n = min(samples, len(items))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            items[0]  # untimed: imports, decoder libraries, the page cache
+            start = time.process_time()
+            for i in range(n):
+                items[(i + 1) % len(items)]
+            return (time.process_time() - start) / max(n, 1)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def feed(load_s_per_clip: float, workers: int, encoder_clips_per_s: float) -> dict:
+    """What the loader supplies against what the encoder consumes, and which side bounds."""
+    supply = max(workers, 1) / load_s_per_clip if load_s_per_clip > 0 else math.inf
+    bound = "encoder" if supply >= encoder_clips_per_s else "loader"
+    return {"loader_clips_per_s": supply, "encoder_clips_per_s": encoder_clips_per_s,
+            "bound": bound, "cores_to_feed_encoder": encoder_clips_per_s * load_s_per_clip,
+            "encoder_busy_fraction": min(1.0, supply / encoder_clips_per_s)}
 
 
 def _gib(n: float) -> str:
@@ -95,7 +137,10 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
     device = torch.device(plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         warmup = False
-        out["note"] = "no CUDA device here: memory estimated for it, time not measured"
+        out["note"] = ("no CUDA device here: memory estimated for it, the encoder's rate from "
+                       "its FLOPs (not measured)")
+    workers = plan.train_data.num_workers
+    out["loader_workers"] = workers
     if warmup:
         model = spec_enc.to(device).eval()
         if plan.precision == "bf16":
@@ -112,16 +157,29 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
         per_clip = (time.perf_counter() - t0) / clips
-        t0 = time.perf_counter()
-        ds = plan.eval_data.dataset
-        for i in range(min(2, len(ds))):
-            SeededItems(ds, plan.seed, EVAL_EPOCH)[i]
-        per_sample_load = (time.perf_counter() - t0) / min(2, len(ds))
-        load_s = per_sample_load * (optim.epochs * n_train + n_eval) / max(plan.train_data.num_workers, 1)
+        out["encoder_rate_source"] = "measured"
+    else:
+        from encoders.metadata import cost
+
+        gflops = cost(enc_cfg, frames=T, resolution=res)["gflops_per_clip"]
+        rate = ASSUMED_CUDA_FLOPS if device.type == "cuda" and gflops > 0 else None
+        per_clip = gflops * 1e9 / rate if rate else None
+        out["encoder_gflops_per_clip"] = gflops
+        out["encoder_rate_source"] = (f"estimated: {gflops:.0f} GFLOPs per clip at an assumed "
+                                      f"{ASSUMED_CUDA_FLOPS / 1e12:.0f} TFLOP/s" if rate else None)
+    train_cpu = loader_cpu_seconds(plan.train_data.dataset, plan.seed, 0)
+    eval_cpu = loader_cpu_seconds(plan.eval_data.dataset, plan.seed, EVAL_EPOCH)
+    train_loads = n_train * max(1, plan.copies) if plan.cache else optim.epochs * n_train
+    load_s = (train_cpu * train_loads + eval_cpu * n_eval) / max(workers, 1)
+    out.update(loader_cpu_s_per_train_sample=train_cpu, loader_cpu_s_per_eval_sample=eval_cpu,
+               loader_cpu_s_per_train_clip=train_cpu / s.train_segments,
+               loading_seconds=load_s)
+    if per_clip is not None:
         enc_s = per_clip * (forwards_train + forwards_eval)
-        out.update(seconds_per_clip=per_clip, seconds_per_sample_loading=per_sample_load,
-                   estimated_seconds=max(enc_s, load_s), encoder_seconds=enc_s,
-                   loading_seconds=load_s)
+        # In-process loading (0 workers) alternates with the encoder: the times add.
+        total = enc_s + load_s if workers == 0 else max(enc_s, load_s)
+        out.update(seconds_per_clip=per_clip, estimated_seconds=total, encoder_seconds=enc_s,
+                   **feed(train_cpu / s.train_segments, workers, 1.0 / per_clip))
     _print(out, say)
     return out
 
@@ -142,8 +200,21 @@ def _print(e: dict, say) -> None:
         f"~{_gib(e['device_bytes_eval_micro_batch'])} per evaluation micro-batch (estimates)")
     if "note" in e:
         say(f"  note        {e['note']}")
+    say(f"  loader      {e['loader_cpu_s_per_train_sample']:.3f} CPU-s per training sample "
+        f"({e['loader_cpu_s_per_train_clip']:.3f} per clip), "
+        f"{e['loader_cpu_s_per_eval_sample']:.3f} per evaluation sample (measured, one thread); "
+        f"{e['loader_workers']} worker(s)" + (" (in-process)" if e['loader_workers'] == 0 else ""))
+    if "bound" in e:
+        source = e["encoder_rate_source"]
+        say(f"  feed        training: the loader supplies ~{e['loader_clips_per_s']:.0f} clips/s, "
+            f"the encoder consumes ~{e['encoder_clips_per_s']:.1f} clips/s ({source}); "
+            f"{e['bound']}-bound" + (
+                f": the encoder busy ~{100 * e['encoder_busy_fraction']:.0f}% of the time, "
+                f"~{e['cores_to_feed_encoder']:.0f} cores would feed it"
+                if e["bound"] == "loader" else ""))
     if "estimated_seconds" in e:
-        say(f"  time        ~{_duration(e['estimated_seconds'])} (measured: "
-            f"{e['seconds_per_clip']:.3f} s per clip forward, {e['seconds_per_sample_loading']:.2f}"
-            f" s to load a sample; encoder {_duration(e['encoder_seconds'])}, loading "
-            f"{_duration(e['loading_seconds'])} over the workers)")
+        how = "measured" if e["encoder_rate_source"] == "measured" else "estimated"
+        say(f"  time        ~{_duration(e['estimated_seconds'])} ({how}: "
+            f"{e['seconds_per_clip']:.3f} s per clip forward; encoder "
+            f"{_duration(e['encoder_seconds'])}, loading {_duration(e['loading_seconds'])} "
+            f"over the workers)")

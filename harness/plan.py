@@ -85,14 +85,31 @@ def resolve_device(name: str, require_present: bool = True) -> str:
     return text
 
 
-def loader_workers(requested) -> int:
-    """Loader processes: `auto` (or null) is what this machine has; never more than its cores
-    (more only adds contention)."""
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (a container's or taskset's limit), not
+    the machine's count."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = max(1, cores or 1)
+    return max(1, cores or 1)
+
+
+def local_processes() -> int:
+    """Processes of this run sharing this process's CPUs: torchrun's LOCAL_WORLD_SIZE (its ranks
+    share one affinity mask); 1 otherwise. SLURM's tasks are not counted: srun gives each task
+    its own mask (`--cpus-per-task`), which `available_cpus` already reads."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def loader_workers(requested) -> int:
+    """Loader processes of this process: `auto` (or null) is its share of the CPUs available
+    (every rank on a machine starts its own workers, so under torchrun with 8 ranks on 96 cores
+    each gets 12), at least 1; a number is honoured up to that share (more only adds
+    contention). The K400 loader costs ~0.09 CPU-s per clip (`benchmarks/datapath.py`): a fixed
+    8 workers starve a GPU that consumes hundreds of clips a second."""
+    share = max(1, available_cpus() // local_processes())
     if requested in (None, "auto"):
-        return cores
-    return min(int(requested), cores)
+        return share
+    return min(int(requested), share)
 
 
 def plan_run(cfg, frame_cache=None, estimate_only: bool = False) -> RunPlan:

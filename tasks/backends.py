@@ -59,10 +59,13 @@ class StreamInfo:
 
 
 class Video(ABC):
-    """One opened file. `decoded`: frames the decoder produced so far (PyAV; None: unknown)."""
+    """One opened file. `decoded`: frames the decoder produced so far (PyAV; None: unknown).
+    `any_order`: `get` also takes unsorted indices with repeats, at no extra cost (a sequential
+    decoder keeps frames by index), so the caller need not gather its order afterwards."""
 
     num_frames: int
     decoded: int | None = None
+    any_order = False
 
     def __len__(self) -> int:
         return self.num_frames
@@ -191,6 +194,8 @@ def _gathered(got: dict[int, np.ndarray], indices: list[int], clamp: bool, decod
 
 
 class _Sequential(Video):
+    any_order = True  # decodes from frame 0 up to max(indices), keeping the wanted ones by index
+
     def __init__(self, path: str, num_threads: int):
         import av
 

@@ -6,8 +6,11 @@ is reached through `tasks.backends` (opened with `exact=True`), the interface th
 reader (`tasks.seek`) uses too.
 
 Frames are fetched as the sorted unique indices, once, and gathered back into the requested
-order, duplicates included. The release's index lists are overlapping and non-monotonic (K400:
-8 clips that each restart near the previous clip's start), and decord's `get_batch` given them
+order, duplicates included, in one copy (PyAV, decoding sequentially, stacks them in that order
+directly); `Decoded.clips(T)` views them as `(S, T, H, W, 3)` without another copy, and
+`read_many` gives several clips of one video (augmented copies) from one decode. The release's
+index lists are overlapping and non-monotonic (K400: 8 clips that each restart near the
+previous clip's start), and decord's `get_batch` given them
 in that order seeks back to a keyframe and re-decodes at every step backwards: 3.2x slower on a
 720p file with one keyframe (`benchmarks/decode.py`). The frames are the same either way.
 
@@ -38,9 +41,14 @@ from .errors import DecodeError
 log = logging.getLogger(__name__)
 
 BACKENDS = backends.CHOICES
-# decord first: measured on these CPUs (benchmarks/decode.py, K400 protocol) torchcodec was
-# 0.54x decord's clips/s overall (about 10x slower on 176x144 files, faster on 640 px ones);
-# it stays available as backend=torchcodec, and where decord is missing it comes next.
+# decord first: it is the release's decoder, so `auto` decodes the frames the published numbers
+# saw (torchcodec's colour conversion differs by a few levels). Measured as the loader runs
+# (`benchmarks/decode.py --loader-order`: one decoder thread inside a DataLoader worker, 6
+# rounds, CPU-s per clip), torchcodec costs less: K400-like 340x256 H.264 0.0092 (decord
+# 0.0113, PyAV 0.0108), SSv2-like 427x240 VP9 0.0121 (decord 0.0134, PyAV 0.0238), 64 px
+# 0.0023 (decord 0.0028): about 0.002 CPU-s per K400 clip, 4% of the training loader's 0.058
+# (`benchmarks/datapath.py`). Not worth other pixels than the release's; `decoder: torchcodec`
+# takes it. Where decord is missing torchcodec comes next, then PyAV.
 AUTO_ORDER = ("decord", "torchcodec", "pyav")
 # "none" is the default: measured with `benchmarks/decode.py --rounds 3` (4 sample videos, 2
 # loaded CPU cores), decoding in a child gave 0.76x / 0.56x the clips/s of decord / PyAV in
@@ -79,6 +87,14 @@ class Decoded(tuple):
     @property
     def num_frames(self) -> int:
         return self[1]
+
+    def clips(self, frames_per_clip: int):
+        """The frames as `(S, frames_per_clip, H, W, 3)`: a view, no copy (they are contiguous in
+        clip order already; stacking per-clip slices would copy every frame once more)."""
+        frames = self.frames
+        if frames.shape[0] % frames_per_clip:
+            raise ValueError(f"{frames.shape[0]} frames do not split into clips of {frames_per_clip}")
+        return frames.view(-1, frames_per_clip, *frames.shape[1:])
 
 
 def read_frames(
@@ -174,19 +190,49 @@ def checked(indices: Sequence[int], n: int) -> list[int]:
     return idx
 
 
-def _fetch_in_order(fetch: Callable[[list[int]], np.ndarray], idx: list[int]):
-    """`fetch(sorted unique indices)` once, gathered back to `idx`'s order (duplicates repeated).
-
-    One forward pass instead of a seek back to a keyframe at every decreasing index. The gather
-    is numpy's: torch's uint8 indexing was 10x slower at this size (0.5 s for 128 720p frames)."""
+def gather(frames: np.ndarray, rows) -> "torch.Tensor":
+    """`frames[rows]` as a contiguous torch tensor, one copy (none when `rows` is every row in
+    order). numpy's gather: torch's uint8 indexing was 10x slower at this size (0.5 s for 128
+    720p frames)."""
     import torch
 
-    order = np.asarray(idx, dtype=np.int64)
-    unique, inverse = np.unique(order, return_inverse=True)
-    frames = fetch(unique.tolist())
-    if not (len(unique) == len(order) and np.array_equal(unique, order)):  # else nothing to gather
-        frames = frames[inverse.reshape(-1)]
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if not (len(rows) == len(frames) and np.array_equal(rows, np.arange(len(frames)))):
+        frames = frames[rows]
     return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def _fetch_in_order(video: backends.Video, idx: list[int]):
+    """The frames at `idx` (any order, duplicates repeated), decoded in one forward pass.
+
+    A random-access reader fetches the sorted unique indices once (not a seek back to a
+    keyframe at every decreasing index) and they are gathered back to `idx`'s order: one copy.
+    A sequential reader (PyAV) keeps the frames it decodes by index and stacks them straight in
+    `idx`'s order: one copy, not a stack of the unique frames and a gather of those."""
+    if video.any_order:
+        return gather(video.get(idx), np.arange(len(idx)))
+    unique, inverse = np.unique(np.asarray(idx, dtype=np.int64), return_inverse=True)
+    return gather(video.get(unique.tolist()), inverse)
+
+
+def read_many(path: str | os.PathLike, indices_fns: Sequence[IndicesFn], **options) -> list[Decoded]:
+    """Several clips of one video from ONE decode: `indices_fns[k](num_frames)` picks clip k's
+    frames (each as `read_frames`'s `indices_fn`); the union is decoded once, in order, and each
+    clip gathered from it. The frames equal `read_frames(path, indices_fns[k], **options)`'s
+    (same decoder, same indices). For augmented copies of a video (cached-copies mode): K copies
+    then cost one decode, not K."""
+    wanted: list[list[int]] = []
+
+    def union(n: int) -> list[int]:
+        # Called again with a corrected frame count when the header over-counts: recomputed.
+        wanted[:] = [checked(fn(n), n) for fn in indices_fns]
+        return sorted({i for idx in wanted for i in idx})
+
+    decoded = read_frames(path, union, **options)
+    frames = decoded.frames.numpy()
+    at = {i: row for row, i in enumerate(sorted({i for idx in wanted for i in idx}))}
+    return [Decoded(gather(frames, [at[i] for i in idx]), decoded.num_frames, decoded.backend)
+            for idx in wanted]
 
 
 def _read_with(backend: backends.Backend, path: str, indices_fn: IndicesFn, num_threads: int, *,
@@ -198,7 +244,7 @@ def _read_with(backend: backends.Backend, path: str, indices_fn: IndicesFn, num_
         raise DecodeError("the reader reports 0 frames")
     idx = checked(indices_fn(n), n)
     try:
-        return _fetch_in_order(video.get, idx), n
+        return _fetch_in_order(video, idx), n
     except Exception as first:
         if not correct:
             raise
@@ -217,4 +263,4 @@ def _read_with(backend: backends.Backend, path: str, indices_fn: IndicesFn, num_
         log.debug("%s: the header says %d frames but only %d decode", path, n, true_n)
         idx = checked(indices_fn(true_n), true_n)
         video = backend.open(path, num_threads=num_threads, exact=True)
-        return _fetch_in_order(video.get, idx), true_n
+        return _fetch_in_order(video, idx), true_n

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .clip_reader import Decoded, IndicesFn, checked, read_frames
+from .clip_reader import Decoded, IndicesFn, checked, gather, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -52,4 +52,4 @@ class FrameCache:
                 log.info("decoded-frame cache full at %.0f MiB (%d videos); decoding the rest "
                          "per read", self.used / 2**20, len(self._videos))
         frames, n = hit
-        return Decoded(frames[checked(indices_fn(n), n)], n, hit.backend)
+        return Decoded(gather(frames.numpy(), checked(indices_fn(n), n)), n, hit.backend)

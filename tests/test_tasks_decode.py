@@ -530,3 +530,83 @@ def test_isolated_errors_and_arguments(tmp_path):
         read_frames(path, lambda n: [0], isolation="thread")
     with pytest.raises(ValueError, match="timeout"):
         read_frames(path, lambda n: [0], isolation="subprocess", timeout_s=0)
+
+
+# ----- copies: one gather into the final layout; K clips of a video from one decode -------------
+
+def _awkward_order(n, seed):
+    """Overlapping, backwards and repeated indices, as the release's K400 lists are."""
+    rng = np.random.RandomState(seed)
+    start = [int(rng.randint(0, n - 8)) for _ in range(4)]
+    return [min(s + 2 * k, n - 1) for s in start for k in range(4)] + [n - 1, n - 1]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_the_requested_order_is_the_frames_per_index_reads_give(tmp_path, backend):
+    path = tmp_path / "v.mp4"
+    _faststart_mp4(path, num_frames=30)
+    idx = _awkward_order(30, 0)
+    got = read_frames(path, lambda n: idx, backend=backend)
+    assert got.frames.is_contiguous() and torch.equal(got.frames, _per_index_reference(path, idx, backend))
+    # The clips are a view of those frames: no stack copies them again.
+    clips = got.clips(6)
+    assert clips.shape == (3, 6, 64, 64, 3) and clips.data_ptr() == got.frames.data_ptr()
+    assert torch.equal(clips, torch.stack([got.frames[s * 6:(s + 1) * 6] for s in range(3)]))
+    with pytest.raises(ValueError, match="do not split"):
+        got.clips(7)
+
+
+def test_pyav_keeps_frames_in_the_requested_order_without_a_second_gather(tmp_path, monkeypatch):
+    from tasks import backends, clip_reader
+
+    path = tmp_path / "v.mp4"
+    _faststart_mp4(path, num_frames=20)
+    asked, gathered = [], []
+    real_get, real_gather = backends._Sequential.get, clip_reader.gather
+    monkeypatch.setattr(backends._Sequential, "get",
+                        lambda self, i, **k: asked.append(list(i)) or real_get(self, i, **k))
+    monkeypatch.setattr(clip_reader, "gather",
+                        lambda f, rows: gathered.append(np.asarray(rows).tolist()) or real_gather(f, rows))
+    idx = _awkward_order(20, 1)
+    got = read_frames(path, lambda n: idx, backend="pyav")
+    assert asked == [idx]                       # decoded once, stacked in the wanted order
+    assert gathered == [list(range(len(idx)))]  # the identity: no copy after the stack
+    assert torch.equal(got.frames, _per_index_reference(path, idx, "pyav"))
+
+
+@pytest.mark.parametrize("backend", ["auto", *ALL_BACKENDS])
+def test_read_many_gives_each_copy_the_frames_of_its_own_read_from_one_decode(tmp_path, monkeypatch,
+                                                                              backend):
+    from tasks import clip_reader
+
+    path = tmp_path / "v.mp4"
+    _faststart_mp4(path, num_frames=30)
+    fns = [lambda n, s=s: _awkward_order(n, s) for s in range(3)]
+    direct = [read_frames(path, fn, backend=backend) for fn in fns]
+    calls = []
+    real = clip_reader.read_frames
+    monkeypatch.setattr(clip_reader, "read_frames", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    copies = clip_reader.read_many(path, fns, backend=backend)
+    assert len(calls) == 1  # one decode for the three copies
+    assert len(copies) == 3
+    for got, ref in zip(copies, direct):
+        assert got.num_frames == ref.num_frames == 30 and got.backend == ref.backend
+        assert got.frames.is_contiguous() and torch.equal(got.frames, ref.frames)
+    assert not torch.equal(copies[0].frames, copies[1].frames)  # the copies differ
+
+
+def test_read_many_recomputes_every_copy_when_the_header_over_counts(tmp_path):
+    from tasks.clip_reader import read_many
+
+    full = tmp_path / "full.mp4"
+    _faststart_mp4(full, num_frames=40)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # the header still promises 40 frames
+    seen = []
+    fns = [lambda n: seen.append(n) or [0, n - 1], lambda n: [n // 2, 0, n - 1]]
+    copies = read_many(cut, fns, backend="pyav")
+    true_n = copies[0].num_frames
+    assert seen[0] == 40 and 0 < true_n < 40 and seen[-1] == true_n
+    ref = read_frames(cut, lambda n: [n // 2, 0, n - 1], backend="pyav")
+    assert torch.equal(copies[1].frames, ref.frames)
