@@ -271,7 +271,7 @@ class TaskSpec:
             data=data,
             sampling=SamplingSpec.from_dict(cfg["sampling"] or {}, f"{where} sampling"),
             resolution=resolution,
-            train_aug=dict(cfg.get("train_aug") or {}),
+            train_aug=_train_aug(cfg.get("train_aug")),
             eval_transform=dict(cfg.get("eval_transform") or {}),
             max_failure_fraction=mff,
             temporal_probe=temporal,
@@ -300,6 +300,16 @@ class TaskSpec:
         d = dataclasses.asdict(self)
         d["sampling"] = self.sampling.to_dict()
         return d
+
+
+def _train_aug(cfg) -> dict:
+    """The task's `train_aug`, with `randaugment_backend: pil` (the default, the release's PIL
+    RandAugment) dropped: writing the default must not change the protocol, while `tensor` stays in
+    it and gets its own protocol id."""
+    aug = dict(cfg or {})
+    if aug.get("randaugment_backend") == "pil":
+        del aug["randaugment_backend"]
+    return aug
 
 
 def _field_range(name: str):

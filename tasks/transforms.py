@@ -2,8 +2,11 @@
 
 Clips travel from the data loader as uint8 and are resized and normalised on the device, so the
 training transform has two halves: `TrainTransform.draw` runs on the CPU in a loader worker
-(RandAugment on PIL frames, and every random draw of the clip, returned as plain-python params),
-`TrainTransform.apply` runs on any device (normalise, crop + resize, flip, erase). The
+(every random draw of the clip, returned as plain-python params; with `randaugment_backend: pil`,
+the release's, also RandAugment's pixel work on PIL frames), `TrainTransform.apply` runs on any
+device (with `randaugment_backend: tensor`, RandAugment on the uint8 clip (`tasks/randaugment.py`,
+the same draws and, measured per op, the same pixels as timm's PIL ops); then normalise, crop +
+resize, flip, erase). The
 evaluation transform (`tasks/eval_transform.py`) is deterministic and runs wholly on the device.
 
 Both reproduce the V-JEPA release's frozen-evaluation transforms (facebookresearch/jepa @ 51c59d5,
@@ -42,8 +45,11 @@ from .errors import DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-TRAIN_AUG_KEYS = {"random_resized_crop", "randaugment", "randaugment_interpolation", "random_erasing",
-                  "erasing_per_frame", "horizontal_flip", "interpolation"}
+TRAIN_AUG_KEYS = {"random_resized_crop", "randaugment", "randaugment_interpolation", "randaugment_backend",
+                  "random_erasing", "erasing_per_frame", "horizontal_flip", "interpolation"}
+# Where RandAugment's pixel work runs: "pil" (the release: timm's PIL ops in the loader worker) or
+# "tensor" (tasks/randaugment.py on the compute device, from the same draws; its own protocol).
+RANDAUGMENT_BACKENDS = ("pil", "tensor")
 EVAL_KEYS = {"short_side_scale", "single_view_short_side_scale", "interpolation", "antialias", "round_to_uint8"}
 RESIZE_MODES = ("bilinear", "bicubic", "nearest")
 RELEASE_RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"
@@ -226,8 +232,9 @@ class TrainTransform:
     """Release-style training augmentation for one clip, split into a CPU `draw` and a device `apply`.
 
     Config (`train_aug`): `randaugment` (timm string such as "rand-m7-n4-mstd0.5-inc1", or null),
-    `randaugment_interpolation` (bicubic), `random_resized_crop: {scale, ratio}` (null: central
-    square resized), `interpolation` of the crop resize (bilinear, align_corners False as the
+    `randaugment_interpolation` (bicubic), `randaugment_backend` (pil: the release, in `draw`;
+    tensor: only its draws in `draw`, the pixels in `apply`), `random_resized_crop: {scale,
+    ratio}` (null: central square resized), `interpolation` of the crop resize (bilinear, align_corners False as the
     release), `horizontal_flip` (false), `random_erasing` (probability), `erasing_per_frame`
     (false: the release's one box per clip; true: an independent box per frame).
     """
@@ -244,8 +251,17 @@ class TrainTransform:
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.interpolation = _mode("train_aug.interpolation", aug.get("interpolation", "bilinear"))
         ra = aug.get("randaugment")
-        self.randaugment = None if ra is None or ra is False else _build_randaugment(
-            ra, self.resolution, aug.get("randaugment_interpolation", "bicubic"))
+        ra_interp = aug.get("randaugment_interpolation", "bicubic")
+        self.randaugment = None if ra is None or ra is False else _build_randaugment(ra, self.resolution, ra_interp)
+        self.randaugment_backend = aug.get("randaugment_backend", "pil")
+        if self.randaugment_backend not in RANDAUGMENT_BACKENDS:
+            raise DataError(f"train_aug.randaugment_backend: one of {', '.join(RANDAUGMENT_BACKENDS)}, "
+                            f"got {self.randaugment_backend!r}")
+        self.randaugment_resample = ra_interp
+        if self.randaugment is not None and self.randaugment_backend == "tensor":
+            from . import randaugment
+
+            randaugment.check_supported(self.randaugment, ra_interp)
         rrc = aug.get("random_resized_crop")
         self.crop_scale = self.crop_ratio = None
         if rrc:
@@ -269,7 +285,9 @@ class TrainTransform:
         box, flip, erase boxes), from Python's `random` and numpy's legacy global RNG seeded with
         `seed`; both global states are saved and restored, so callers' streams are untouched.
         params: `crop` [i, j, h, w] on the frames, `flip` bool, `erase` [[t, top, left, h, w], ...]
-        on the `(T, 3, r, r)` crop, `noise_seed` (the seed of the erase fill in `apply`)."""
+        on the `(T, 3, r, r)` crop, `noise_seed` (the seed of the erase fill in `apply`); with the
+        tensor backend also `randaugment` ([[op, [args]], ...], applied in `apply`) and the frames
+        come back untouched."""
         _check_frames(frames)
         seed = int(seed)
         if seed < 0:
@@ -288,24 +306,42 @@ class TrainTransform:
     def _draw_from_global_rngs(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """`draw`'s body: draws from the global `random` / numpy streams as they stand (the tests
         check it leaves them where the release's transform leaves them)."""
-        out = _randaugment_clip(self.randaugment, frames.cpu()) if self.randaugment is not None else frames
+        ra_ops = None
+        if self.randaugment is None:
+            out = frames
+        elif self.randaugment_backend == "tensor":
+            from .randaugment import draw_ops
+
+            # the same draws as the PIL path, and the frame size the crop draw needs is unchanged
+            # (RandAugment keeps sizes), so every later draw is as with "pil"
+            out, ra_ops = frames, draw_ops(self.randaugment)
+        else:
+            out = _randaugment_clip(self.randaugment, frames.cpu())
         T, H, W = out.shape[:3]
         crop = _crop_box(H, W, self.crop_scale, self.crop_ratio) if self.crop_scale else _centre_box(H, W)
         # the release's video_transforms.horizontal_flip(0.5, ...): np.random.uniform() < 0.5
         flip = bool(np.random.uniform() < 0.5) if self.horizontal_flip else False
         r = self.resolution
         erase = _erase_boxes(T, r, r, self.p_erase, self.erasing_per_frame) if self.p_erase > 0 else []
-        return out, {"crop": [int(v) for v in crop], "flip": flip, "erase": erase}
+        params = {"crop": [int(v) for v in crop], "flip": flip, "erase": erase}
+        if ra_ops is not None:
+            params["randaugment"] = ra_ops
+        return out, params
 
     def apply(self, frames: torch.Tensor, params: Mapping) -> torch.Tensor:
         """Any device: uint8 `(T, H, W, 3)` + params -> float32 `(3, T, r, r)`.
 
+        RandAugment first when params carry its ops (tensor backend, on the frames' device).
         Crop (on the uint8 frames: the same values as the release's crop of the normalised clip),
         normalise, resize with `F.interpolate` as the release's random_resized_crop, flip, and
         fill the erase boxes with N(0, 1) noise from a `torch.Generator` on `frames.device`
         seeded with `params['noise_seed']` (so the fill differs from the release's, which comes
         from torch's global RNG, and between device types)."""
         _check_frames(frames)
+        if params.get("randaugment"):
+            from .randaugment import apply_ops
+
+            frames = apply_ops(frames, params["randaugment"], resample=self.randaugment_resample)
         i, j, h, w = (int(v) for v in params["crop"])
         x = frames[:, i:i + h, j:j + w].permute(3, 0, 1, 2)  # (3, T, h, w)
         mean, std = _stats(self.mean, self.std, frames.device, (3, 1, 1, 1))
