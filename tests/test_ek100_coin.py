@@ -301,12 +301,9 @@ def coin_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_coin_prepares_manifests_from_coin_json(coin_root, tmp_path, monkeypatch):
+def test_coin_prepares_manifests_from_coin_json(coin_root, tmp_path):
     from tasks import native
-    from tasks.native import common
 
-    # registered by tasks/native/common.py PREPARERS in the lead's change; here for this test only
-    monkeypatch.setitem(common.PREPARERS, "coin", "coin")
     report = native.prepare("coin", coin_root, tmp_path, progress=False, workers=1)
     assert (tmp_path / "classes.txt").read_text().splitlines() == ["ChangeCarTire", "MakeFrenchFries",
                                                                   "ReplaceCDDriveWithSSD"]

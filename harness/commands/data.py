@@ -1,6 +1,7 @@
 """`harness data ...`: make the synthetic digits, prepare and check datasets in their native formats.
 
     harness data make digits --out data/digits
+    harness data make physics --out data/physics   # synthetic violation-of-expectation pairs
     harness data prepare k400 --root /datasets/kinetics400 [--out DIR]
     harness data check k400 --root DIR
     harness data prepare ava --root /datasets/ava   # boxes, proposals, excluded frames; seeks videos
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-DATASETS = ("digits",)
-NATIVE = ("k400", "ssv2", "in1k", "places205", "inat21", "diving48", "jester", "ava")  # tasks.native.PREPARERS
-SPLITTABLE = NATIVE[:-1]  # label-efficiency folds: single-label classification tasks
+DATASETS = ("digits", "physics")
+DEFAULT_OUT = {"digits": "data/digits", "physics": "data/physics"}
+# tasks.native.PREPARERS: classification / detection, then violation-of-expectation pairs
+NATIVE = ("k400", "ssv2", "in1k", "places205", "inat21", "diving48", "jester", "ava",
+          "intphys", "grasp", "inflevel", "intphys2")
+SPLITTABLE = NATIVE[:7]  # label-efficiency folds: single-label classification tasks
 _SHOWN = 20  # problems printed per kind; the report file holds them all
 
 
@@ -20,11 +24,14 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     make = sub.add_parser("make", help="write a dataset to disk")
     make.add_argument("dataset", choices=DATASETS,
-                      help="digits: digits_motion + digits_appearance from scikit-learn's digits")
-    make.add_argument("--out", default="data/digits", help="output folder (default data/digits)")
+                      help="digits: digits_motion + digits_appearance from scikit-learn's digits; "
+                           "physics: synthetic violation-of-expectation pairs (task physics_synth)")
+    make.add_argument("--out", help="output folder (default data/digits or data/physics)")
     make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     make.add_argument("--per-class", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
-                      help="videos per class in each split (default 100 25 100)")
+                      help="digits: videos per class in each split (default 100 25 100)")
+    make.add_argument("--pairs", type=int, default=40,
+                      help="physics: pairs per property (default 40)")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     prep = sub.add_parser("prepare", help="native layout -> manifests + label map (+ report)")
@@ -117,8 +124,10 @@ def _main(args, console, stop) -> int:
         _print_problems(console, report, args.all_problems)
         for note in report["notes"]:
             console.print(f"  note: {note}", highlight=False)
-        counts = ", ".join(f"{s} {c['written']} of {c['listed']}" for s, c in report["splits"].items())
         kinds = ", ".join(f"{n} {k}" for k, n in report["problem_counts"].items()) or "no problems"
+        if any("pairs_written" in c for c in report["splits"].values()):  # a VoE task
+            return _say_prepared_pairs(args, report, kinds, console)
+        counts = ", ".join(f"{s} {c['written']} of {c['listed']}" for s, c in report["splits"].items())
         console.print(f"[bold green]prepared[/] {args.task}: {report['num_classes']} classes; "
                       f"{counts} samples written; {kinds}", highlight=False)
         console.print(f"manifests and classes.txt in {report['out']}; report "
@@ -165,12 +174,15 @@ def _main(args, console, stop) -> int:
 
 
 def _make(args, console) -> int:
+    out = args.out or DEFAULT_OUT[args.dataset]
+    if args.dataset == "physics":
+        return _make_physics(args, out, console)
     from tasks.digits import make_digits
 
     sizes = {}
     if args.per_class:
         sizes = dict(zip(("per_class_train", "per_class_val", "per_class_test"), args.per_class))
-    summary = make_digits(args.out, seed=args.seed, progress=not args.no_progress, **sizes)
+    summary = make_digits(out, seed=args.seed, progress=not args.no_progress, **sizes)
     for task, info in summary["tasks"].items():
         counts = ", ".join(f"{split} {s['videos']}" for split, s in info["splits"].items())
         console.print(f"[bold green]wrote[/] {task}: {len(info['classes'])} classes; {counts} "
@@ -178,4 +190,35 @@ def _make(args, console) -> int:
                       f"{summary['size']}px)")
     console.print(f"in {summary['root']} ({summary['seconds']:.0f} s); manifests are the release "
                   "CSV format: `path label`")
+    return 0
+
+
+def _say_prepared_pairs(args, report: dict, kinds: str, console) -> int:
+    """A violation-of-expectation task's summary: pairs (and unlabelled videos) per split."""
+    parts = []
+    for split, c in report["splits"].items():
+        part = f"{split} {c['pairs_written']} of {c['pairs_listed']} pairs"
+        if c["videos_written"]:
+            part = (f"{split} {c['videos_written']} unlabelled videos" if not c["pairs_listed"]
+                    else f"{part} and {c['videos_written']} unlabelled videos")
+        parts.append(part)
+    console.print(f"[bold green]prepared[/] {args.task}: {'; '.join(parts)}; {kinds}",
+                  highlight=False, markup=True)
+    console.print(f"pair manifests ({', '.join(s + '.json' for s in report['splits'])}) in "
+                  f"{report['out']}; report {report['out']}/prepare_report.json. Run with "
+                  f"task.data.root={report['out']}", highlight=False, markup=False)
+    return 0
+
+
+def _make_physics(args, out: str, console) -> int:
+    from tasks.physics_synth import make_physics
+
+    summary = make_physics(out, seed=args.seed, pairs_per_property=args.pairs,
+                           progress=not args.no_progress)
+    pairs = ", ".join(f"{p} {n}" for p, n in summary["pairs"].items())
+    console.print(f"[bold green]wrote[/] physics_synth: {pairs} pairs ({summary['num_frames']} "
+                  f"frames, {summary['size']}px, PNG frame folders)")
+    console.print(f"in {summary['root']} ({summary['seconds']:.0f} s); pair manifest "
+                  f"{summary['manifest']}; pixels sha256 {summary['pixels_sha256'][:16]}",
+                  highlight=False, markup=False)
     return 0

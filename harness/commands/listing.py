@@ -46,12 +46,24 @@ def task_rows() -> tuple[list[str], list[list[str]]]:
         c = tasks.config(name)
         s = c.get("sampling", {})
         o = c.get("optim", {})
-        clip = f"{s.get('frames_per_clip')}f step {s.get('frame_step')}"
-        views = f"{s.get('eval_segments', 1)} seg x {s.get('eval_views', 1)} views"
+        clip, views = _clip_columns(c, s)
         rows.append([name, str(c.get("kind", "")), str(c.get("num_classes", "")), clip, views,
                      str(c.get("metric", "")), str(o.get("epochs", "")),
                      str(c.get("description", "")), task_layout(name, c)])
     return header, rows
+
+
+def _clip_columns(cfg: dict, s: dict) -> tuple[str, str]:
+    """The clip and evaluation-view columns: anticipation clips are defined by a frame rate,
+    violation-of-expectation windows by a stride and context lengths."""
+    if cfg.get("kind") == "anticipation":
+        a = cfg.get("anticipation") or {}
+        return f"{a.get('frames_per_clip')}f at {a.get('fps')} fps", "1 seg x 1 views"
+    if cfg.get("kind") == "voe":
+        return (f"{s.get('frames_per_clip')}f step {s.get('frame_step')}",
+                f"windows every {s.get('stride')}, context {s.get('context_frames')}")
+    return (f"{s.get('frames_per_clip')}f step {s.get('frame_step')}",
+            f"{s.get('eval_segments', 1)} seg x {s.get('eval_views', 1)} views")
 
 
 def task_layout(name: str, cfg: dict) -> str:
@@ -66,6 +78,8 @@ def task_layout(name: str, cfg: dict) -> str:
                 "point task.data.root / train / val at them")
     if name.startswith("digits"):
         return "made by `harness data make digits --out data/digits`"
+    if name == "physics_synth":
+        return "made by `harness data make physics --out data/physics`"
     return "manifests `path label` per line (train/val) and a class list, one name per line"
 
 
