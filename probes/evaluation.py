@@ -164,6 +164,8 @@ def evaluate_pass(encoder, probe, data, *, device, precision, encoder_chunk, pro
             bar.update(task, advance=1, rate=samples / max(elapsed, 1e-9), info=scorer.progress())
     counter.settle(total_micro)
     counter.finish()
+    kept = [None if k is None else tuple(v.cpu() if isinstance(v, torch.Tensor) else v for v in k)
+            for k in kept]  # one copy back per part, after the pass's work is all queued
     if parallel.world_size() > 1:
         scorer.merge_ranks(total_micro)
         samples = sum(parallel.gather_objects(samples))

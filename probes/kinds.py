@@ -79,9 +79,11 @@ class Kind(ABC):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(loss summed over units and heads, units) for one view's logits (n, [H,] C)."""
 
-    def hits(self, logits: torch.Tensor, target: torch.Tensor) -> float:
-        """Correct training predictions, averaged over heads (only with `train_metric`)."""
-        return 0.0
+    def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Correct training predictions summed over a grid's heads, a 0-d float tensor left on
+        the device (only with `train_metric`; the trainer reads a step's counts at once and
+        divides by the heads): no host sync per micro-batch."""
+        return None
 
     @abstractmethod
     def merge(self, logits: torch.Tensor) -> torch.Tensor:
@@ -115,8 +117,8 @@ class Classification(Kind):
 
     def hits(self, logits, target):
         if logits.ndim == 3:
-            return (logits.argmax(-1) == target[:, None]).float().sum().item() / logits.shape[1]
-        return (logits.argmax(-1) == target).float().sum().item()
+            return (logits.argmax(-1) == target[:, None]).float().sum()
+        return (logits.argmax(-1) == target).float().sum()
 
     def merge(self, logits):
         return logits.softmax(dim=-1).mean(dim=1)  # the release's mean of softmaxes
@@ -262,10 +264,11 @@ class ClassificationScorer(Scorer):
         return {name: 100.0 * m.compute().item() for name, m in self.metrics.items()}
 
     def kept(self, scores, target, batch):
+        """Paths, labels and the top 5, left on the device (`evaluate_pass` moves the pass's
+        parts to the CPU once, at its end: no copy back per micro-batch)."""
         top = scores.topk(min(5, scores.shape[-1]), dim=-1)
         n = scores.shape[0]
-        return (list(batch.get("path") or [""] * n), target.cpu(), top.indices.cpu(),
-                top.values.float().cpu())
+        return (list(batch.get("path") or [""] * n), target, top.indices, top.values.float())
 
     @staticmethod
     def predictions(parts):

@@ -8,6 +8,8 @@ arrives as micro-batches (`micro_batch_size`, a memory knob) whose gradients are
 float64 (`probes.optim`). Every draw is a function of (seed, epoch, sample index), so a run
 killed anywhere and resumed from its saved state (`probes.state`) ends with the same weights and
 metrics; under DDP every rank takes the same branch and rank 0's numbers are one process's.
+Nothing inside a step's micro-batch loop reads a value back from the device (a host sync that
+would idle a GPU): the loss sums and hits stay device tensors and are read once per step.
 
 Library code only logs (`logging`, the CLI installs the handler): one INFO line per epoch, the
 chosen head of a grid, a resume, the feature cache and the final metrics; progress is drawn with
@@ -340,11 +342,13 @@ def _train_epoch(probe, optimiser: ProbeOptimiser, source: TokenSource, *, optim
     for step in source.steps(epoch, start_step):
         lr = optimiser.begin(epoch * steps_per_epoch + step.index)
         grads = optimiser.grad_sum(step.num_micro, device)
-        # per micro-batch of this rank: (n_ok, failures, loss, correct, finite, units)
-        local = []
+        # Per micro-batch of this rank: (n_ok, failures, loss sum, hits, heads, units). The
+        # loss sums and hits stay on the device until the step's micro-batches are all in:
+        # one host read per step (`_read_step`), none inside this loop.
+        pending = []
         for micro in step.micro_batches:
             if micro.tokens is None:
-                local.append((0, micro.failures, 0.0, 0.0, True, 0))
+                pending.append((0, micro.failures, None, None, 1, 0))
                 continue
             logits = source.read.logits(micro)[:, 0]
             # The sum over the micro-batch's units (samples; boxes for detection) / the global
@@ -352,17 +356,16 @@ def _train_epoch(probe, optimiser: ProbeOptimiser, source: TokenSource, *, optim
             # step's units are known, this is the global batch's mean loss per unit, whatever
             # the micro size. A grid's loss is the sum of its heads' own losses.
             loss_sum, units = kind.loss(logits, micro.target)
-            loss = loss_sum / step.size
-            if not torch.isfinite(loss):  # reported once every rank has finished the step
-                local.append((micro.size, micro.failures, loss.item(), 0.0, False, units))
-                continue
             if units:
-                loss.backward()
+                # A non-finite loss is found when the step is read, before any update: its
+                # gradients are then never used.
+                (loss_sum / step.size).backward()
             if grads is not None:
                 grads.add()
             per_head = logits.shape[1] if logits.ndim == 3 else 1
-            local.append((micro.size, micro.failures, loss_sum.item() / per_head,
-                          kind.hits(logits, micro.target), True, units))
+            pending.append((micro.size, micro.failures, loss_sum.detach(),
+                            kind.hits(logits, micro.target), per_head, units))
+        local = _read_step(pending, step.size)
         flags = (stop is not None and stop(), time.perf_counter() - clock["last_save"] >= save_every_s)
         if world > 1:  # every rank's micro-batches, in one process's order, and the flags
             mine = parallel.gather_objects((local, flags))
@@ -400,3 +403,24 @@ def _train_epoch(probe, optimiser: ProbeOptimiser, source: TokenSource, *, optim
     return {**stats, "lr": lr, "samples": samples, "failed": counter.failed,
             "seconds": round(seconds, 3),
             "samples_per_s": round(samples / seconds, 2) if seconds else 0.0}
+
+
+def _read_step(pending: list, size: int) -> list:
+    """A step's per-micro-batch device counters read to the host at once (one sync per step):
+    (n_ok, failures, loss value, correct, finite, units) per micro-batch, the loss value per
+    head (a non-finite one as the step's loss, `loss_sum / size`) and the hits averaged over
+    heads: the float32 values, divided in Python, exactly as when each was read on its own."""
+    values = [v for _, _, loss, hits, _, _ in pending if loss is not None
+              for v in (loss, hits if hits is not None else torch.zeros((), device=loss.device))]
+    read = iter(torch.stack(values).tolist()) if values else iter(())
+    out = []
+    for n, failures, loss, hits, per_head, units in pending:
+        if loss is None:
+            out.append((0, failures, 0.0, 0.0, True, 0))
+            continue
+        loss_value, correct = next(read), next(read)
+        if not math.isfinite(loss_value):
+            out.append((n, failures, loss_value / size, 0.0, False, units))
+        else:
+            out.append((n, failures, loss_value / per_head, correct / per_head, True, units))
+    return out

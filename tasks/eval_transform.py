@@ -3,7 +3,8 @@
 
 It reproduces the V-JEPA release's `EvalVideoTransform` (facts in `tasks/transforms.py`'s
 docstring, fixtures in `tests/fixtures/make_release_transforms.py`), including OpenCV's
-fixed-point `INTER_LINEAR` resize bit for bit in integer torch ops.
+fixed-point `INTER_LINEAR` resize: `cv2.resize` itself on the CPU, and bit for bit in integer
+torch ops on other devices.
 """
 
 from __future__ import annotations
@@ -12,11 +13,21 @@ import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .errors import DataError
-from .transforms import (EVAL_KEYS, IMAGENET_MEAN, IMAGENET_STD, _check, _check_frames, _interpolate, _mode,
-                         _normalise, _stats)
+from .transforms import (
+    EVAL_KEYS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _check,
+    _check_frames,
+    _interpolate,
+    _mode,
+    _stats,
+)
+
 
 @functools.lru_cache(maxsize=256)
 def _cv2_linear_coeffs(src: int, dst: int, clamp_weight: bool):
@@ -53,6 +64,35 @@ def _cv2_bilinear_uint8(x: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
     rows = (v[..., xs0] * xa0 + v[..., xs1] * xa1) >> 4  # (N, C, H, ow)
     out = ((rows[..., ys0, :] * ya0[:, None]) >> 16) + ((rows[..., ys1, :] * ya1[:, None]) >> 16)
     return ((out + 2) >> 2).clamp(0, 255).to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _cv2():
+    """OpenCV when installed (an optional dependency: without it the CPU runs the emulation)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _opencv_resize(x: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
+    """CPU uint8 `(N, H, W, 3)` -> `(N, oh, ow, 3)` with `cv2.resize(INTER_LINEAR)` frame by
+    frame, as the release resizes (written into one output array: no stacking copy)."""
+    cv2 = _cv2()
+    src = x.contiguous().numpy()
+    out = np.empty((x.shape[0], oh, ow, 3), dtype=np.uint8)
+    for k in range(x.shape[0]):
+        cv2.resize(src[k], (ow, oh), dst=out[k], interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out)
+
+
+@functools.lru_cache(maxsize=32)
+def device_stats(mean: tuple, std: tuple, device: torch.device, shape: tuple):
+    """`tasks.transforms._stats` made once per device and shape: a fresh small tensor per
+    micro-batch would be a host-to-device copy from pageable memory each time (which may wait
+    for the device)."""
+    return _stats(mean, std, device, shape)
 
 
 def _short_side_size(H: int, W: int, size: int) -> tuple[int, int]:
@@ -97,21 +137,35 @@ class EvalTransform:
         # floor, with a little slack so that 1.1428571428571428 (256/224 in YAML) gives 256 at 224
         self.short_side = max(self.resolution, int(math.floor(self.resolution * scale + 1e-6)))
 
-    def _resize(self, x: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
-        if self.interpolation == "bilinear" and not self.antialias and self.round_to_uint8:
-            return _cv2_bilinear_uint8(x, oh, ow)
-        y = _interpolate(x.to(torch.float32), (oh, ow), self.interpolation,
-                         antialias=self.antialias and self.interpolation != "nearest")
-        return y.round().clamp(0, 255).to(torch.uint8) if self.round_to_uint8 else y
+    @property
+    def opencv_exact(self) -> bool:
+        """The release's resize: OpenCV's uint8 `INTER_LINEAR` (bilinear, no antialias, uint8)."""
+        return self.interpolation == "bilinear" and not self.antialias and self.round_to_uint8
 
-    def apply(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """Any device: uint8 `(T, H, W, 3)` -> V float32 `(3, T, r, r)`; a batch `(B, T, H, W, 3)`
-        gives V `(B, 3, T, r, r)`."""
-        batched = frames.ndim == 5
-        _check_frames(frames[0] if batched else frames)
-        x = frames if batched else frames[None]
-        B, T, H, W, _ = x.shape
-        x = x.permute(0, 1, 4, 2, 3).reshape(B * T, 3, H, W)
+    def _resize(self, x: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
+        """uint8 frames `(N, H, W, 3)` -> `(N, oh, ow, 3)` (uint8, or float32 without
+        `round_to_uint8`). The OpenCV-exact resize is `cv2.resize` itself on the CPU (40x faster
+        than its emulation there) and the integer-op emulation on other devices (bit-identical,
+        tested); other settings use `F.interpolate`."""
+        if self.opencv_exact and x.device.type == "cpu" and _cv2() is not None:
+            return _opencv_resize(x, oh, ow)
+        chw = x.permute(0, 3, 1, 2).contiguous()
+        if self.opencv_exact:
+            # On a CPU without OpenCV, a few frames at a time keep the int32 passes in cache.
+            step = 16 if x.device.type == "cpu" else chw.shape[0]
+            parts = [_cv2_bilinear_uint8(part, oh, ow) for part in chw.split(max(step, 1))]
+            return (parts[0] if len(parts) == 1 else torch.cat(parts)).permute(0, 2, 3, 1)
+        y = _interpolate(chw.to(torch.float32), (oh, ow), self.interpolation,
+                         antialias=self.antialias and self.interpolation != "nearest")
+        y = y.round().clamp(0, 255).to(torch.uint8) if self.round_to_uint8 else y
+        return y.permute(0, 2, 3, 1)
+
+    def finish(self, frames: torch.Tensor) -> torch.Tensor:
+        """Any device: uint8 clips `(B, T, H, W, 3)` -> float32 `(B, V, 3, T, r, r)`, every view
+        of every clip in one tensor (what `tasks.finishing` hands the encoder)."""
+        _check_frames(frames[0])
+        B, T, H, W, _ = frames.shape
+        x = frames.reshape(B * T, H, W, 3)
         oh, ow = _short_side_size(H, W, self.short_side)
         if (oh, ow) != (H, W):  # the release skips the resize when the short side already fits
             x = self._resize(x, oh, ow)
@@ -124,13 +178,24 @@ class EvalTransform:
                 starts = [(k * step, int(round((ow - r) / 2))) for k in range(self.views)]
             else:
                 starts = [(int(round((oh - r) / 2)), k * step) for k in range(self.views)]
-        mean, std = _stats(self.mean, self.std, x.device, (1, 3, 1, 1))
-        out = []
-        for top, left in starts:
-            v = _normalise(x[..., top:top + r, left:left + r], mean, std)
-            v = v.reshape(B, T, 3, r, r).permute(0, 2, 1, 3, 4).contiguous()
-            out.append(v if batched else v[0])
+        # Channels first while still uint8 (a quarter of the bytes of the floats), then each
+        # view is normalised in place into its slot: `_normalise`'s float32 ops, value for value.
+        x = x.reshape(B, T, oh, ow, 3).permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, oh, ow)
+        mean, std = device_stats(self.mean, self.std, x.device, (1, 3, 1, 1, 1))
+        out = torch.empty((B, len(starts), 3, T, r, r), dtype=torch.float32, device=x.device)
+        for v, (top, left) in enumerate(starts):
+            view = out[:, v]
+            view.copy_(x[..., top:top + r, left:left + r])
+            view.div_(255).sub_(mean).div_(std)
         return out
+
+    def apply(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Any device: uint8 `(T, H, W, 3)` -> V float32 `(3, T, r, r)`; a batch `(B, T, H, W, 3)`
+        gives V `(B, 3, T, r, r)`."""
+        batched = frames.ndim == 5
+        _check_frames(frames[0] if batched else frames)
+        out = self.finish(frames if batched else frames[None])
+        return [v.contiguous() for v in out.unbind(1)] if batched else list(out[0].unbind(0))
 
     def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
         return self.apply(frames)

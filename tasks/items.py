@@ -110,12 +110,16 @@ class VideoDataset(ManifestItems):
         clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
         draw = getattr(self.transform, "draw", None)
         if self.device_finish:
+            # The decoded frames are the segments back to back: (S, T, H, W, 3) is a view of
+            # them, not a copy, wherever the loader leaves the pixels alone.
+            whole = frames[: len(segments) * T].reshape(len(segments), T, *frames.shape[1:])
             if draw is None:  # evaluation: deterministic views, nothing to draw
-                return {"frames": torch.stack(clips), "params": None, "backend": backend}
+                return {"frames": whole, "params": None, "backend": backend}
             # Each segment gets its own random augmentation, as in the release.
             drawn = [draw(clip, int(torch.randint(0, 2**62, ()).item())) for clip in clips]
-            return {"frames": torch.stack([c for c, _ in drawn]), "params": [p for _, p in drawn],
-                    "backend": backend}
+            untouched = all(c is clip for (c, _), clip in zip(drawn, clips))  # no PIL RandAugment
+            return {"frames": whole if untouched else torch.stack([c for c, _ in drawn]),
+                    "params": [p for _, p in drawn], "backend": backend}
         views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
         return {"video": torch.stack(views), "backend": backend}  # (S, V, 3, T, H, W)
 
@@ -125,8 +129,11 @@ def collate_clips(items: Sequence[dict]) -> dict:
 
     Float items (`video`): `dict(video=(B, S, V, 3, T, H, W) or None when no item was readable,
     label=(B,), path=[...], failures=[(path, error), ...])`. uint8 items (`frames`, device
-    finishing): `frames` is a list of (S, T, H, W, 3) tensors (videos differ in size) and
-    `params` the list of their drawn augmentation parameters; `video` is absent.
+    finishing): `frames` is one contiguous `(B, S, T, H, W, 3)` tensor when every item has the
+    same shape (in a loader worker it is stacked straight into shared memory, so the micro-batch
+    crosses to the main process, and is pinned there, in one piece), else the list of each
+    item's `(S, T, H, W, 3)` (videos differ in size); `params` the list of their drawn
+    augmentation parameters; `video` is absent.
     """
     good = [it for it in items if it.get("error") is None]
     failures = [(it["path"], it["error"]) for it in items if it.get("error") is not None]
@@ -138,10 +145,24 @@ def collate_clips(items: Sequence[dict]) -> dict:
     if good and "targets" in good[0]:  # multi-label rows
         out["targets"] = torch.stack([it["targets"] for it in good])
     if good and "frames" in good[0]:
-        out["frames"] = [it["frames"] for it in good]
+        out["frames"] = _stack_frames([it["frames"] for it in good])
         out["params"] = [it["params"] for it in good]
     elif good:
         out["video"] = torch.stack([it["video"] for it in good])
     else:  # nothing readable: an empty batch in either form
         out.update(video=None, frames=[], params=[])
     return out
+
+
+def _stack_frames(frames: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """One `(B, ...)` tensor when the items share a shape, else the list. In a loader worker
+    the stack is written into shared memory directly (as torch's default_collate does), so
+    the batch is not copied again to be sent to the main process."""
+    first = frames[0]
+    if any(f.shape != first.shape or f.dtype != first.dtype for f in frames):
+        return frames
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        storage = first._typed_storage()._new_shared(len(frames) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(frames), *first.shape)
+    return torch.stack(frames, 0, out=out)

@@ -146,25 +146,28 @@ class ClipFinisher:
 
     Training items carry the random parameters their loader worker drew (crop box, erased boxes,
     noise seed); evaluation items need none. The work a GPU does fast (resize, crop, normalise,
-    erase) happens here rather than in the loader, and only uint8 crosses to the device.
+    erase) happens here rather than in the loader, and only uint8 crosses to the device: one
+    contiguous `(B, S, T, H, W, 3)` tensor when the micro-batch's clips share a size (pinned by
+    the loader for CUDA), else a list of samples. All the micro-batch's clips are finished
+    together in batched ops (`tasks.finishing`), not sample by sample.
     """
 
     def __init__(self, transform):
         self.transform = transform
 
     def __call__(self, batch: dict, device) -> torch.Tensor | None:
+        from .finishing import finish_clips
+
         frames = batch.get("frames")
-        if not frames:
+        if frames is None or len(frames) == 0:
             return None
-        out = []
-        for sample, params in zip(frames, batch["params"]):
-            sample = sample.to(device, non_blocking=True)  # (S, T, H, W, 3) uint8
-            segs = []
-            for s in range(sample.shape[0]):
-                if params is None or params[s] is None:
-                    views = self.transform.apply(sample[s])
-                else:
-                    views = [self.transform.apply(sample[s], params[s])]
-                segs.append(torch.stack(views))  # (V, 3, T, r, r)
-            out.append(torch.stack(segs))
-        return torch.stack(out)
+        params = batch["params"]
+        if isinstance(frames, torch.Tensor):  # (B, S, T, H, W, 3)
+            B, S = frames.shape[:2]
+            clips = frames.to(device, non_blocking=True).flatten(0, 1)
+        else:
+            B, S = len(frames), frames[0].shape[0]
+            clips = [c for sample in frames for c in sample.to(device, non_blocking=True)]
+        flat = None if params[0] is None else [p for sample in params for p in sample]
+        out = finish_clips(self.transform, clips, flat)  # (B*S, V, 3, T, r, r)
+        return out.view(B, S, *out.shape[1:])
