@@ -110,7 +110,10 @@ def estimate(plan, *, warmup: bool = True, say=print) -> dict:
         if str(plan.device).startswith("cpu"):
             acts += in_flight * spec.num_heads * n_tok * n_tok * 4
         probe = samples * segments * n_tok * d * 4 * (4 if train else 1)
-        return params * bytes_ + video + tokens + acts + probe
+        # The batched training finisher (tasks.finishing, gathers on a GPU) briefly holds about
+        # three copies of the float clips; they are freed before the encoder runs.
+        finishing = 3 * video if train and not str(plan.device).startswith("cpu") else video
+        return params * bytes_ + tokens + probe + max(finishing, video + acts)
 
     dev_train = device_bytes(train_clips, micro, 1, s.train_segments, True)
     dev_eval = device_bytes(eval_clips, eval_micro, s.eval_views, s.eval_segments, False)
