@@ -12,6 +12,7 @@ _LAZY = {
     "AttentiveProbeV2": "probes.attentive_v2",
     "ProbeGrid": "probes.grid",
     "LinearProbe": "probes.linear",
+    "LogRegProbe": "probes.logreg",
     "OptimConfig": "probes.optim",
     "ProbeResult": "probes.trainer",
     "Preempted": "probes.state",

@@ -45,6 +45,10 @@ def build(kind: str, embed_dim: int, num_classes: int, **kw):
         from probes.knn import KNNProbe
 
         return KNNProbe(embed_dim, num_classes, **kw)
+    if kind == "logreg":  # not trained: fitted on the training features (LogRegProbe, MVEB's)
+        from probes.logreg import LogRegProbe
+
+        return LogRegProbe(embed_dim, num_classes, **kw)
     if kind == "linear":
         from probes.linear import LinearProbe
 
@@ -137,6 +141,10 @@ TYPES = {
     "knn": ProbeType("knn", trained=False, encoder_heads=False,
                      build_keys=("k", "temperature", "bank_chunk", "query_chunk"),
                      memory_keys=("bank_chunk", "query_chunk")),
+    # MVEB's protocol (mteb's logistic regression); `benchmark: mveb` labels its records.
+    "logreg": ProbeType("logreg", trained=False, encoder_heads=False,
+                        build_keys=("benchmark", "samples_per_label", "n_experiments", "seed",
+                                    "max_iter")),
 }
 
 

@@ -315,6 +315,10 @@ def _fit_and_evaluate(encoder, probe, source: TokenSource, eval_loader, *, probl
         metrics, eval_seconds, eval_samples = evaluate_pass(
             encoder, probe, eval_loader, problems=problems, bar=bar, predictions=predictions,
             kind=kind, **evaluation)
+    if hasattr(probe, "pass_metrics"):
+        # A fitted probe that scores its own pass: MVEB's logreg reports mteb's mean over its
+        # experiments, not the accuracy of their ensemble.
+        metrics = probe.pass_metrics(predictions["label"])
     timings = _timings(start, 0.0, 0, eval_seconds, eval_samples)
     timings.update(train_s=round(fit_s, 3), feature_cache=source.cache_stats)
     _log_metrics(metrics)

@@ -34,7 +34,7 @@ def test_names_list_configs_without_importing_torch():
             "assert 'torch' not in sys.modules, 'probes.names() imported torch'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "['attentive', 'attentive_v2', 'knn', 'linear', 'roi_linear']" in out.stdout
+    assert "['attentive', 'attentive_v2', 'knn', 'linear', 'logreg', 'roi_linear']" in out.stdout
 
 
 def test_configs_hold_the_release_protocol():

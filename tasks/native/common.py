@@ -26,7 +26,7 @@ CLASS_LIST_DIR = Path(__file__).resolve().parent
 # task name -> module of tasks/native (imported only when that task is prepared)
 PREPARERS = {"k400": "k400", "ssv2": "ssv2", "in1k": "imagenet", "places205": "places205",
              "inat21": "inat21", "diving48": "diving48", "jester": "jester", "ava": "ava",
-             "ek100": "ek100", "coin": "coin",
+             "ek100": "ek100", "coin": "coin", "hmdb51": "hmdb51", "ucf101": "ucf101",
              # violation-of-expectation pairs (tasks.voe manifests, tasks/native/voe_common.py)
              "intphys": "intphys", "grasp": "grasp", "inflevel": "inflevel", "intphys2": "intphys2"}
 PREPARE_REPORT = "prepare_report.json"
