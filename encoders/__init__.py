@@ -23,6 +23,7 @@ from .spec import EncoderSpec
 __all__ = [
     "CheckpointError", "EncoderSpec", "FrozenEncoder", "UnknownNameError", "build", "checkpoint_sha256",
     "compose", "config", "default_checkpoint", "from_config", "load_encoder_state", "names", "resolve_config",
+    "FrozenPredictor", "PredictorSpec", "build_predictor", "predictor_from_config",
 ]
 
 
@@ -56,6 +57,10 @@ def __getattr__(name: str) -> Any:  # lazy, torch-importing names
         from .frozen import FrozenEncoder
 
         return FrozenEncoder
+    if name in ("FrozenPredictor", "PredictorSpec", "build_predictor", "predictor_from_config"):
+        from . import predictors
+
+        return getattr(predictors, name)
     if name == "load_encoder_state":
         from .checkpoint import load_encoder_state
 
