@@ -107,47 +107,80 @@ def _batches_of(loader, epoch: int | None):
     return loader
 
 
+class _Pass:
+    """The tokens, labels, failures and paths of one pass, gathered batch by batch."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.tokens, self.labels, self.failures, self.paths = [], [], [], []
+
+    def add(self, batch: dict, out: torch.Tensor | None) -> int:
+        self.failures.extend(batch.get("failures") or [])
+        n = 0 if out is None else out.shape[0]
+        if n:
+            self.tokens.append(out.cpu())
+            self.labels.append(torch.as_tensor(batch["label"]).long())
+            self.paths.extend(str(p) for p in list(batch.get("path") or [""] * n)[:n])
+        return n
+
+    def cache(self) -> TokenCache:
+        import time
+
+        seconds = time.perf_counter() - self.start
+        if not self.tokens:
+            return TokenCache(torch.empty(0), torch.empty(0, dtype=torch.long), self.failures,
+                              seconds)
+        return TokenCache(torch.cat(self.tokens), torch.cat(self.labels), self.failures, seconds,
+                          paths=self.paths)
+
+
 def encode_loader(encoder, loader, *, device, encode: Callable, on_batch: Callable | None = None,
                   epoch: int | None = None) -> TokenCache:
     """Run `encode(encoder, batch) -> (B, V, L, D) or None` over every batch of `loader` (a
     DataLoader or an `EpochBatches`, pass `epoch` of its seed stream), keep the tokens on CPU."""
     import time
 
-    start = time.perf_counter()
-    tokens, labels, failures, paths = [], [], [], []
+    done = _Pass(time.perf_counter())
     with torch.no_grad():
         for batch in _batches_of(loader, epoch):
-            failures.extend(batch.get("failures") or [])
-            out = encode(encoder, batch)
-            n = 0 if out is None else out.shape[0]
-            if n:
-                tokens.append(out.cpu())
-                labels.append(torch.as_tensor(batch["label"]).long())
-                paths.extend(str(p) for p in list(batch.get("path") or [""] * n)[:n])
+            n = done.add(batch, encode(encoder, batch))
             if on_batch is not None:
                 on_batch(n, batch.get("failures") or [])
-    if not tokens:
-        return TokenCache(torch.empty(0), torch.empty(0, dtype=torch.long), failures,
-                          time.perf_counter() - start)
-    return TokenCache(torch.cat(tokens), torch.cat(labels), failures, time.perf_counter() - start,
-                      paths=paths)
+    return done.cache()
 
 
 def encode_copies(encoder, loader, copies: int, *, seed: int, device, encode: Callable,
                   on_batch: Callable | None = None) -> TokenCache:
-    """`copies` passes of `encode_loader` over an augmenting, *unshuffled* loader, stacked as
-    tokens `(n, copies, L, D)` (each pass must give `(n, 1, L, D)`).
+    """`copies` augmented clips of every sample of an *unshuffled* loader, encoded once and
+    stacked as tokens `(n, copies, L, D)` (each copy's batches must give `(n, 1, L, D)`).
 
-    Pass k is epoch k of an `EpochBatches` (items seeded by its seed, k and the index), or, for a
-    plain loader, draws from torch seeded by (seed, k) inside a forked RNG: the same seed gives
-    the same cache (a resumed run rebuilds it exactly) and the caller's RNG stream is untouched.
-    Failures are counted on the first pass only (an unreadable video fails every pass).
+    Copy k is epoch k of an `EpochBatches` (items seeded by its seed, k and the index), or, for a
+    plain loader, a pass drawing from torch seeded by (seed, k) inside a forked RNG: the same
+    seed gives the same cache (a resumed run rebuilds it exactly) and the caller's RNG stream is
+    untouched. A loader with `copy_micro_batches(copies)` (an `EpochBatches`) gives each
+    micro-batch's K copies together, drawn from one decode of each video
+    (`tasks.items.copy_micro_batches`); each copy is encoded as the micro-batch its own pass
+    would have formed, so the tokens equal the K passes' bit for bit.
+    Failures are counted on copy 0 only (an unreadable video fails every copy).
     """
     import time
 
     start = time.perf_counter()
+    copies = int(copies)
+    if hasattr(loader, "copy_micro_batches"):
+        passes = [_Pass(start) for _ in range(copies)]
+        # Items carry their own seeds; the fork keeps the loader's own draw (its base seed)
+        # out of the caller's RNG stream.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(int(seed) * 1_000_003)
+            for group in loader.copy_micro_batches(copies):
+                for k, batch in enumerate(group):
+                    n = passes[k].add(batch, encode(encoder, batch))
+                    if k == 0 and on_batch is not None:
+                        on_batch(n, batch.get("failures") or [])
+        return merge_copies([p.cache() for p in passes], time.perf_counter() - start)
     passes = []
-    for k in range(int(copies)):
+    for k in range(copies):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) * 1_000_003 + k)
             passes.append(encode_loader(encoder, loader, device=device, encode=encode,

@@ -212,56 +212,81 @@ class Scorer(ABC):
 
 
 class ClassificationScorer(Scorer):
-    """torchmetrics accuracies (integer counts: summed over ranks exactly)."""
+    """Top-k and mean-class accuracy from integer counts kept on the device.
+
+    Per micro-batch: top-k hits per k, samples seen, and per class its samples, its top-1 hits
+    and its top-1 predictions, all added with `index_add_` (no op whose output size depends on
+    values, no read back: torchmetrics' update, used before, read values back every micro-batch,
+    in its `bincount`). The numbers are torchmetrics' `MulticlassAccuracy`'s to the bit
+    (`tests/test_probes_kinds.py`): top-1 is the argmax, top-k (k > 1) `torch.topk`'s indices,
+    micro accuracy hits / seen, and the macro mean averages hits / samples over the classes
+    that were a target or a prediction (a class only predicted scores 0), in float32 as it does.
+    Counts sum over ranks exactly (`merge_ranks`)."""
 
     def __init__(self, topk, device):
-        self.topk, self.device, self.metrics = topk, device, None
+        self.topk, self.device = topk, device
+        self.ks: dict[str, int] | None = None  # metric name -> the k it uses
+        self.num_classes: int | None = None
 
-    def _build(self, num_classes: int) -> dict:
-        from torchmetrics.classification import MulticlassAccuracy
-
-        # No sync inside compute(): the progress bar computes on rank 0 alone, mid-pass; the
-        # states are summed over the ranks once, at the end (merge_ranks).
-        opts = dict(sync_on_compute=False, compute_with_cache=False)
-        metrics = {}
+    def _build(self, num_classes: int) -> None:
+        self.num_classes = int(num_classes)
+        self.ks = {}
         for k in self.topk:
-            k = min(int(k), num_classes)  # top-k beyond the class count: name the k used
-            metrics.setdefault(f"top{k}", MulticlassAccuracy(num_classes=num_classes, top_k=k,
-                                                             average="micro", **opts))
-        metrics["mean_class_acc"] = MulticlassAccuracy(num_classes=num_classes, top_k=1,
-                                                       average="macro", **opts)
-        return {name: m.to(self.device) for name, m in metrics.items()}
+            k = min(int(k), self.num_classes)  # top-k beyond the class count: name the k used
+            self.ks.setdefault(f"top{k}", k)
+        zeros = dict(dtype=torch.int64, device=self.device)
+        self.hits = torch.zeros(len(self.ks), **zeros)
+        self.seen = torch.zeros((), **zeros)
+        self.per_class = torch.zeros(3, self.num_classes, **zeros)  # samples, top-1 hits, predicted
 
     def update(self, scores, target, batch):
-        if self.metrics is None:
-            self.metrics = self._build(scores.shape[-1])
-        for m in self.metrics.values():
-            m.update(scores, target)
+        if self.ks is None:
+            self._build(scores.shape[-1])
+        target = target.long()
+        top1 = scores.argmax(dim=-1)  # as torchmetrics: argmax for k = 1 (its tie order)
+        hit1 = (top1 == target).long()
+        for i, k in enumerate(self.ks.values()):
+            hit = hit1 if k == 1 else (scores.topk(k, dim=-1).indices == target[:, None]).any(-1)
+            self.hits[i] += hit.sum()
+        self.seen += target.numel()
+        ones = torch.ones_like(target)
+        self.per_class[0].index_add_(0, target, ones)
+        self.per_class[1].index_add_(0, target, hit1)
+        self.per_class[2].index_add_(0, top1, ones)
 
     def progress(self):
-        if not self.metrics:
+        if self.ks is None:
             return ""
-        first = next(iter(self.metrics))
-        return f"{first} {100 * self.metrics[first].compute().item():.1f}"
+        first = next(iter(self.ks))
+        return f"{first} {self._metrics()[first]:.1f}"
 
     def merge_ranks(self, total_micro):
-        classes = [c for c in parallel.gather_objects(
-            None if self.metrics is None else next(iter(self.metrics.values())).num_classes)
-            if c is not None]
+        classes = [c for c in parallel.gather_objects(self.num_classes) if c is not None]
         if not classes:  # no rank read anything: the caller reports it
             return
-        if self.metrics is None:  # this rank owned no readable micro-batch: empty states
-            self.metrics = self._build(classes[0])
-            for m in self.metrics.values():
-                m._update_count = 1  # its (empty) share is complete: compute() need not warn
-        for m in self.metrics.values():
-            m.sync(should_sync=True)  # all-gather of integer counts, summed: exact
+        if self.ks is None:  # this rank owned no readable micro-batch: zero counts
+            self._build(classes[0])
+        for counts in (self.hits, self.seen, self.per_class):
+            parallel.all_sum_(counts)  # integer counts: their sum is exact in any order
 
     def empty(self) -> bool:
-        return self.metrics is None
+        return self.ks is None
 
     def compute(self):
-        return {name: 100.0 * m.compute().item() for name, m in self.metrics.items()}
+        return self._metrics()
+
+    def _metrics(self) -> dict[str, float]:
+        # float32 as torchmetrics divides (its `_safe_divide` after `.float()`), 0 where 0/0.
+        micro = torch.where(self.seen != 0, self.hits.float() / self.seen.float(),
+                            torch.zeros((), device=self.hits.device))
+        samples, correct, predicted = self.per_class.float()
+        score = torch.where(samples != 0, correct / samples, torch.zeros_like(samples))
+        weights = ((samples + predicted - correct) != 0).float()  # tp + fp + fn == 0: unscored
+        total = weights.sum(-1, keepdim=True)
+        macro = torch.where(total != 0, weights * score / total, torch.zeros_like(score)).sum(-1)
+        values = torch.cat([micro, macro.reshape(1)]).tolist()  # the one read back
+        names = [*self.ks, "mean_class_acc"]
+        return {name: 100.0 * v for name, v in zip(names, values)}
 
     def kept(self, scores, target, batch):
         """Paths, labels and the top 5, left on the device (`evaluate_pass` moves the pass's

@@ -264,7 +264,10 @@ class Task:
             return dataset
         if fixed and train:
             s = self.spec.sampling
-            sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, placement="center")
+            # The one clip a fitted probe caches: the task's own fixed placement (MVEB's spread)
+            # where it has one, else the centre.
+            placement = s.train_placement if s.train_placement != "random" else "center"
+            sampler = ClipSampler(s.frames_per_clip, s.frame_step, s.train_segments, placement=placement)
             transform = EvalTransform(self.resolve_resolution(resolution), mean, std, views=1,
                                       **self.spec.eval_transform)
         else:

@@ -1,16 +1,17 @@
 """Datasets over a manifest's `(path, label)` entries: `ManifestItems` (the common item protocol),
-`VideoDataset` (manifest -> clips) and `collate_clips` (batches that report unreadable files)."""
+`VideoDataset` (manifest -> clips), `collate_clips` (batches that report unreadable files) and
+`copy_micro_batches` (augmented copies of each video drawn from one decode)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .clip_reader import read_frames
+from .clip_reader import read_frames, read_many
 from .frame_cache import FrameCache
 from .native.frames import read_frame_folder
 from .sampling import ClipSampler
@@ -35,6 +36,26 @@ class ManifestItems(torch.utils.data.Dataset):
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict:
+        item = self._header(index)
+        try:
+            item.update(self._load(item["path"], item["label"]))
+        except Exception as e:  # any failure is this sample's problem, reported, not hidden
+            _failed(item, e)
+        return item
+
+    def load_copies(self, index: int, seeds: Sequence[int]) -> list[dict]:
+        """`self[index]` loaded once under each torch seed of `seeds` (augmented copies). Here
+        each copy reads the file again; `VideoDataset` decodes the video once for all of them."""
+        items = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                items.append(self[index])
+        return items
+
+    def _header(self, index: int) -> dict:
+        """The item's `label`, `path`, `error` (None) and, for multi-label entries, `targets`;
+        draws nothing from the RNG."""
         path, label = self.entries[index]
         item = {"label": 0 if isinstance(label, tuple) else int(label), "path": path, "error": None}
         if isinstance(label, tuple):
@@ -43,12 +64,12 @@ class ManifestItems(torch.utils.data.Dataset):
             targets = torch.zeros(self.num_classes)
             targets[list(label)] = 1.0
             item["targets"] = targets
-        try:
-            item.update(self._load(path, item["label"]))
-        except Exception as e:  # any failure is this sample's problem, reported, not hidden
-            item.update(video=None, error=f"{type(e).__name__}: {e}")
-            log.debug("skipping unreadable %s: %s", path, item["error"])
         return item
+
+
+def _failed(item: dict, error: Exception) -> None:
+    item.update(video=None, error=f"{type(error).__name__}: {error}")
+    log.debug("skipping unreadable %s: %s", item["path"], item["error"])
 
 
 class VideoDataset(ManifestItems):
@@ -91,6 +112,51 @@ class VideoDataset(ManifestItems):
         # Every draw of this item comes from torch's generator, which the caller seeds per item
         # (`tasks.loading.SeededItems`: seed, epoch, index), so clips are reproducible and a
         # resumed run sees what the uninterrupted one would have.
+        segments, indices_fn = self._clip_indices(label)
+        if os.path.isdir(path):  # a folder of numbered frames (Jester) is a video too
+            decoded = read_frame_folder(path, indices_fn, backend=self.backend)
+        else:
+            read = self.frame_cache.read if self.frame_cache is not None else read_frames
+            decoded = read(path, indices_fn, backend=self.backend, **self.decode)
+        return self._finish(decoded, segments)
+
+    def load_copies(self, index: int, seeds: Sequence[int]) -> list[dict]:
+        """The items `self[index]` gives under each torch seed of `seeds`, equal to them tensor
+        for tensor, from ONE decode of the video (`tasks.clip_reader.read_many`): copy k draws
+        its clip positions under its seed, the union of the copies' frames is decoded once, then
+        copy k draws its augmentation from its own generator, continued where it stopped. K
+        cached copies of a video then cost one decode, not K. A folder of frames or a frame
+        cache reads per copy (neither decodes a video per read)."""
+        path = self.entries[index][0]
+        if os.path.isdir(path) or self.frame_cache is not None:
+            return super().load_copies(index, seeds)
+        items, plans, states = [], [], []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                item = self._header(index)
+                plans.append(self._clip_indices(item["label"]))
+                states.append(torch.random.get_rng_state())  # where this copy's draws resume
+            items.append(item)
+        try:
+            decoded = read_many(path, [fn for _, fn in plans], backend=self.backend, **self.decode)
+        except Exception as e:  # the video is unreadable for every copy alike
+            for item in items:
+                _failed(item, e)
+            return items
+        for item, (segments, _), state, clip in zip(items, plans, states, decoded):
+            with torch.random.fork_rng(devices=[]):
+                torch.random.set_rng_state(state)
+                try:
+                    item.update(self._finish(clip, segments))
+                except Exception as e:
+                    _failed(item, e)
+        return items
+
+    def _clip_indices(self, label: int):
+        """`(segments, indices_fn)`: `indices_fn(num_frames)` draws the clips' frame indices
+        (from a numpy generator seeded by one torch draw, made now) and leaves them, per
+        segment, in `segments`."""
         rng = np.random.RandomState(int(torch.randint(0, 2**32, ()).item()))
         segments: list[list[int]] = []
 
@@ -100,11 +166,10 @@ class VideoDataset(ManifestItems):
                 segments[:] = [reorder(self.temporal_probe, seg, label, rng) for seg in segments]
             return [i for seg in segments for i in seg]
 
-        if os.path.isdir(path):  # a folder of numbered frames (Jester) is a video too
-            decoded = read_frame_folder(path, indices_fn, backend=self.backend)
-        else:
-            read = self.frame_cache.read if self.frame_cache is not None else read_frames
-            decoded = read(path, indices_fn, backend=self.backend, **self.decode)
+        return segments, indices_fn
+
+    def _finish(self, decoded, segments: list[list[int]]) -> dict:
+        """The item's frames (device finishing) or float views from the decoded segments."""
         frames, backend = decoded.frames, decoded.backend
         T = self.sampler.frames_per_clip
         clips = [frames[s * T : (s + 1) * T] for s in range(len(segments))]
@@ -122,6 +187,58 @@ class VideoDataset(ManifestItems):
                     "params": [p for _, p in drawn], "backend": backend}
         views = [torch.stack(self.transform(clip)) for clip in clips]  # each (V, 3, T, H, W)
         return {"video": torch.stack(views), "backend": backend}  # (S, V, 3, T, H, W)
+
+
+class CopiedItems(torch.utils.data.Dataset):
+    """Item i: the `copies` items of `dataset[i]`, copy k loaded under torch seed
+    `seed_of(k, i)` (the seed epoch k would load it with), by `dataset.load_copies`: from one
+    decode where the dataset can."""
+
+    def __init__(self, dataset, copies: int, seed_of: Callable[[int, int], int]):
+        if int(copies) < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        self.dataset, self.copies, self.seed_of = dataset, int(copies), seed_of
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> list[dict]:
+        return self.dataset.load_copies(index, [self.seed_of(k, index) for k in range(self.copies)])
+
+
+class CopiesCollate:
+    """Samples' copy lists -> one micro-batch per copy: `[collate(copy k of every sample)]`."""
+
+    def __init__(self, collate: Callable | None):
+        self.collate = collate
+
+    def __call__(self, samples: Sequence[list[dict]]) -> list:
+        from torch.utils.data import default_collate
+
+        collate = self.collate or default_collate
+        return [collate([sample[k] for sample in samples]) for k in range(len(samples[0]))]
+
+
+def copy_micro_batches(batches, copies: int, seed_of: Callable[[int, int], int]) -> Iterator[list]:
+    """One pass over an unshuffled `tasks.loading.EpochBatches`, each of this rank's micro-batches
+    arriving as `copies` micro-batches: copy k holds what `batches.micro_batches(k)` would give
+    for those samples (item i loaded under `seed_of(k, i)`, the epoch's item seed), all copies of
+    a video drawn from one decode. Copies must line up sample by sample, so the order is the
+    manifest's."""
+    from torch.utils.data import DataLoader
+
+    if batches.shuffle:
+        raise ValueError("augmented copies need an unshuffled loader: each copy's micro-batches "
+                         "must hold the same samples")
+    n, m = len(batches.dataset), batches.micro_batch_size
+    flat = [list(range(i, min(i + m, n))) for i in range(0, n, m)]
+    flat = flat[batches.rank::batches.world_size]
+    if not flat:
+        return iter(())
+    return iter(DataLoader(CopiedItems(batches.dataset, copies, seed_of), batch_sampler=flat,
+                           num_workers=batches.num_workers,
+                           collate_fn=CopiesCollate(batches.collate_fn),
+                           pin_memory=batches.pin_memory, persistent_workers=False))
 
 
 def collate_clips(items: Sequence[dict]) -> dict:

@@ -39,6 +39,15 @@ after `np.random.seed(s)`); `"start"` is the release with `random_clip_sampling=
 the start of its partition); `"center"` is ours, a deliberate deviation for deterministic
 evaluation and cacheable features: the window ends at `clip_len + (partition_len - clip_len)//2`,
 otherwise as the release (same overlap branch).
+
+`"mveb"` is MVEB's (mteb 2.x, `mteb/models/modality_collators.py` `FramesCollator` in its
+fixed-sample mode, which its VideoMAE and V-JEPA 2 wrappers use with the encoder's frame count
+F = `frames_per_clip`): one clip of F frames spread over the whole video, every (n // F)-th frame
+from the first, `range(0, n, max(1, n // F))[:F]`; a video shorter than F frames is looped,
+`(range(n) * (F // n + 1))[:F]` (0, 1, ..., n-1, 0, 1, ...). `frame_step` plays no part and there
+is one segment (MVEB encodes one clip per video). n is the frame count the reader settles on
+(`tasks.clip_reader`: the header's, corrected to the frames that decode, where mteb drops
+undecodable trailing frames one at a time: the same n when only trailing frames fail).
 """
 
 from __future__ import annotations
@@ -47,7 +56,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PLACEMENTS = ("random", "start", "center")
+PLACEMENTS = ("random", "start", "center", "mveb")
+# Placements that take one clip per video, spread over all of it (no partitions, no frame_step).
+WHOLE_VIDEO = ("mveb",)
 
 
 def _positive_int(name: str, v) -> int:
@@ -62,7 +73,8 @@ class ClipSampler:
 
     placement: "random": the release (train and eval); "start": the release with
     random_clip_sampling=False (window at the partition start); "center": deterministic, window
-    centred in its partition (a deliberate deviation, ours).
+    centred in its partition (a deliberate deviation, ours); "mveb": MVEB's, `frames_per_clip`
+    frames spread evenly over the whole video (one segment; `frame_step` unused).
     """
 
     frames_per_clip: int
@@ -77,6 +89,9 @@ class ClipSampler:
             raise ValueError(
                 f"ClipSampler.placement must be one of {', '.join(map(repr, PLACEMENTS))}; "
                 f"got {self.placement!r}")
+        if self.placement in WHOLE_VIDEO and self.num_segments != 1:
+            raise ValueError(f"ClipSampler placement {self.placement!r} takes one clip spread over "
+                             f"the whole video: num_segments must be 1, got {self.num_segments}")
 
     @property
     def span(self) -> int:
@@ -88,7 +103,7 @@ class ClipSampler:
 
         `rng` is required for placement "random" and must be a legacy `np.random.RandomState`
         (the release's RNG); it is drawn from only for partitions longer than a clip, one
-        `randint` per segment. "start" and "center" ignore it.
+        `randint` per segment. "start", "center" and "mveb" ignore it.
         """
         if isinstance(num_frames, (bool, np.bool_)) or not isinstance(num_frames, (int, np.integer)):
             raise ValueError(f"num_frames must be an integer, got {num_frames!r}")
@@ -102,6 +117,9 @@ class ClipSampler:
             if not isinstance(rng, np.random.RandomState):
                 raise TypeError(f"rng must be a np.random.RandomState (the release's legacy RNG), "
                                 f"got {type(rng).__name__}")
+
+        if self.placement == "mveb":
+            return [mveb_indices(n, self.frames_per_clip)]
 
         fpc, step, S = self.frames_per_clip, self.frame_step, self.num_segments
         clip_len = self.span
@@ -128,3 +146,12 @@ class ClipSampler:
                 idx[idx < 0] += n  # what decord reads for the release's -1 (one-frame window)
             out.append(idx.tolist())
         return out
+
+
+def mveb_indices(num_frames: int, frames: int) -> list[int]:
+    """MVEB's `frames` indices of an n-frame video (mteb's `FramesCollator`, fixed-sample mode):
+    every (n // frames)-th frame from the first, or the video looped when it is shorter."""
+    n = int(num_frames)
+    if n < frames:
+        return (list(range(n)) * (frames // n + 1))[:frames]
+    return list(range(0, n, max(1, n // frames)))[:frames]

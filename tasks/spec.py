@@ -20,7 +20,10 @@ METRICS = ("top1", "top5", "mAP")
 # The metric each kind reports (a task may pick top5 over top1, never a metric of another kind).
 KIND_METRICS = {"video": ("top1", "top5"), "image": ("top1", "top5"), "multilabel": ("mAP",),
                 "detection": ("mAP",)}
-PLACEMENTS = ("random", "start", "center")
+# Clip placements (tasks.sampling, which holds the same tuples; kept here so specs load without
+# numpy). WHOLE_VIDEO: one clip spread over the whole video (MVEB's), so one segment.
+PLACEMENTS = ("random", "start", "center", "mveb")
+WHOLE_VIDEO = ("mveb",)
 # `decoder`: who decodes the videos (not protocol: it changes no number beyond colour-conversion
 # rounding, and the record says which ran); `auto` takes the first usable of decord, torchcodec,
 # PyAV (tasks.clip_reader; the same names as tasks.backends.CHOICES).
@@ -105,7 +108,8 @@ class SamplingSpec:
     eval_views: int = 1
     # Where a clip sits in its partition (tasks.sampling.ClipSampler): "random" is the release's
     # behaviour in training *and* evaluation; "center" (deterministic) or "start" are deviations
-    # that get their own protocol id.
+    # that get their own protocol id; "mveb" is MVEB's one clip of frames_per_clip frames spread
+    # over the whole video (one segment).
     train_placement: str = "random"
     eval_placement: str = "random"
 
@@ -114,6 +118,12 @@ class SamplingSpec:
             if getattr(self, name) not in PLACEMENTS:
                 raise DataError(f"sampling.{name} must be one of {', '.join(PLACEMENTS)}, "
                                 f"got {getattr(self, name)!r}")
+        for place, segments in (("train_placement", "train_segments"),
+                                ("eval_placement", "eval_segments")):
+            if getattr(self, place) in WHOLE_VIDEO and getattr(self, segments) != 1:
+                raise DataError(f"sampling.{place} {getattr(self, place)} takes one clip spread "
+                                f"over the whole video: sampling.{segments} must be 1, got "
+                                f"{getattr(self, segments)!r}")
         for f in dataclasses.fields(self):
             if f.name.endswith("_placement"):
                 continue

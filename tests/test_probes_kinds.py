@@ -202,3 +202,34 @@ def test_detection_refuses_several_views_and_cached_features():
     with pytest.raises(ValueError, match="cached features"):
         train_probe(nn.Identity(), probe, Steps([[batch]]), [batch], optim, progress=False,
                     kind=kind, cache_features=True)
+
+
+@pytest.mark.parametrize("num_classes, topk", [(7, (1, 5)), (3, (1, 5)), (10, (1, 2, 5))])
+def test_classification_counts_equal_torchmetrics_to_the_bit(num_classes, topk):
+    # Our device counts against torchmetrics' MulticlassAccuracy (what the scorer used before):
+    # scores with ties (quantised), a class never a target, one only ever predicted, uneven
+    # micro-batches; every number equal as a float, not approximately.
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from probes.kinds import ClassificationScorer
+
+    g = torch.Generator().manual_seed(num_classes)
+    scorer = ClassificationScorer(topk, "cpu")
+    ref = {}
+    for k in topk:
+        k = min(k, num_classes)
+        ref.setdefault(f"top{k}", MulticlassAccuracy(num_classes=num_classes, top_k=k,
+                                                     average="micro"))
+    ref["mean_class_acc"] = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="macro")
+    for n in (5, 1, 13, 8):
+        scores = (torch.rand(n, num_classes, generator=g) * 4).round() / 4  # many ties
+        scores[:, num_classes - 1] -= 1.0  # rarely predicted
+        target = torch.randint(0, num_classes - 1, (n,), generator=g)  # the last: never a target
+        if n == 13:
+            scores[0, num_classes - 1] = 10.0  # ... but predicted once (scores 0 in the mean)
+        scorer.update(scores.softmax(-1), target, {})
+        for m in ref.values():
+            m.update(scores.softmax(-1), target)
+    want = {name: 100.0 * m.compute().item() for name, m in ref.items()}
+    assert scorer.compute() == want
+    assert scorer.progress() == f"top1 {want['top1']:.1f}"

@@ -1,4 +1,5 @@
-"""No host sync inside a training step: the trainer reads its counters once per step.
+"""No host sync inside a training step or an evaluation micro-batch: the trainer reads its
+counters once per step, the evaluation scorer its counts once per pass.
 
 A host sync is any read of a tensor's value into Python (`.item()`, `bool(t)`, `float(t)`,
 `.tolist()`, `.numpy()`) or an op whose output size depends on values (`nonzero`). On a GPU
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 import probes
 import tasks
 from probes import OptimConfig, train_probe
+from probes.kinds import Classification
 from tasks.loading import ClipFinisher, EpochBatches
 from tasks.transforms import TrainTransform
 
@@ -119,18 +121,44 @@ class Watched:
         self.reads.active = False
 
 
-def _run(micro, reads):
+class WatchedPasses:
+    """Evaluation data whose passes switch the counter on while the evaluation is inside its
+    micro-batch loop: from the first micro-batch handed out until the pass has none left."""
+
+    def __init__(self, data, reads: HostReads):
+        self.data, self.reads = data, reads
+        self.passes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.data, name)
+
+    def __len__(self):
+        return len(self.data)
+
+    def micro_batches(self, *args, **kwargs):
+        self.passes += 1
+        for batch in self.data.micro_batches(*args, **kwargs):
+            self.reads.active = True
+            yield batch
+        self.reads.active = False
+
+
+def _run(micro, reads, watch_eval=False, eval_micro=8, topk=(1, 5)):
     torch.manual_seed(0)
     data = TinyVideo()
     finish = ClipFinisher(data.transform)
     train = EpochBatches(data, batch_size=8, micro_batch_size=micro, seed=3,
                          collate_fn=tasks.collate_clips, finish=finish)
-    evaluation = EpochBatches(data, batch_size=8, seed=3, shuffle=False,
+    evaluation = EpochBatches(TinyVideo(12), batch_size=eval_micro, seed=3, shuffle=False,
                               collate_fn=tasks.collate_clips, finish=finish)
     probe = probes.build("attentive", 16, C, num_heads=2)
     optim = OptimConfig(epochs=2, batch_size=8, lr=1e-2, weight_decay=0.01, warmup_epochs=0.0)
     reads.active = False
-    return train_probe(TinyEncoder(), probe, Watched(train, reads), evaluation, optim)
+    train = train if watch_eval else Watched(train, reads)
+    if watch_eval:
+        evaluation = WatchedPasses(evaluation, reads)
+    return train_probe(TinyEncoder(), probe, train, evaluation, optim,
+                       kind=Classification(topk)), evaluation
 
 
 @pytest.mark.parametrize("micro", [1, 3, 8])
@@ -139,7 +167,7 @@ def test_no_host_read_inside_a_steps_micro_batch_loop(micro):
     # probe's forward and backward, the float64 gradient sum: nothing reads a value until the
     # step's micro-batches are all in.
     with HostReads() as reads:
-        result = _run(micro, reads)
+        result, _ = _run(micro, reads)
     assert reads.count == 0
     assert len(result.history) == 2 and all(math.isfinite(h["loss"]) for h in result.history)
 
@@ -148,12 +176,27 @@ def test_the_counters_read_once_per_step_are_the_numbers_read_one_by_one():
     # The step's loss sums and hits are read together; the history equals a run whose
     # micro-batches are one global batch each.
     with HostReads() as reads:
-        one = _run(1, reads)
-        whole = _run(8, reads)
+        one, _ = _run(1, reads)
+        whole, _ = _run(8, reads)
     for a, b in zip(one.history, whole.history):
         assert a["samples"] == b["samples"] == 16
         assert a["train_top1"] == b["train_top1"]
         assert abs(a["loss"] - b["loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("eval_micro", [1, 5])
+def test_no_host_read_inside_an_evaluation_micro_batch_loop(eval_micro):
+    # Clips finished on the device, encoded, the probe, the views merged, the scorer's counts
+    # (top-1, top-5 and per class) and the kept top 5 of the predictions: nothing reads a
+    # value until the pass's micro-batches are all in; the metrics are read once, after.
+    with HostReads() as reads:
+        result, evaluation = _run(eval_micro, reads, watch_eval=True, eval_micro=eval_micro)
+    assert evaluation.passes >= 1 and result.num_evaluated == 12
+    assert reads.count == 0
+    assert set(result.metrics) >= {"top1", "top3", "mean_class_acc"}  # top-5 of 3 classes: top3
+    with HostReads() as reads:
+        again, _ = _run(eval_micro, reads, watch_eval=True, eval_micro=12)
+    assert again.metrics == result.metrics  # the counts do not depend on the micro-batches
 
 
 def test_counter_sees_each_kind_of_host_read():
@@ -166,3 +209,9 @@ def test_counter_sees_each_kind_of_host_read():
         t.numpy()
         t.nonzero()
     assert reads.count == 6
+    from torchmetrics.classification import MulticlassAccuracy
+
+    macro = MulticlassAccuracy(num_classes=3, average="macro")
+    with HostReads() as reads:  # what the evaluation scorer used to do per micro-batch
+        macro.update(torch.eye(3), torch.arange(3))
+    assert reads.count >= 1  # its bincount (more on a GPU)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.sampling import PLACEMENTS, ClipSampler
+from tasks.sampling import PLACEMENTS, WHOLE_VIDEO, ClipSampler
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "release_frame_indices.json").read_text())
 BY_CONFIG = defaultdict(list)
@@ -197,7 +197,7 @@ def test_center_properties_over_many_lengths(fpc, step, S):
 # ---------------------------------------------------------------- all placements: invariants, errors
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("placement", [p for p in PLACEMENTS if p not in WHOLE_VIDEO])
 def test_invariants_over_many_lengths(placement):
     rng = np.random.RandomState(0)
     for fpc, step, S in [(8, 2, 1), (16, 4, 8), (16, 4, 2), (3, 5, 4), (1, 1, 1)]:
@@ -256,3 +256,74 @@ def test_numpy_ints_accepted_and_span():
     assert s.indices(np.int64(300)) == ClipSampler(16, 4, 2, placement="start").indices(300)
     with pytest.raises(ValueError):
         s.indices(3.0)
+
+
+# ---------------------------------------------------------------- mveb: MVEB's frame sampling
+
+
+def _mteb_indices(n_source, target):
+    """mteb's rule, transcribed from `FramesCollator.resample_video._indices` (mteb @ a905523,
+    fixed-sample mode): the reference the placement is checked against."""
+    if n_source < target:
+        return (list(range(n_source)) * ((target // n_source) + 1))[:target]
+    step = max(1, n_source // target)
+    return list(range(0, n_source, step))[:target]
+
+
+@pytest.mark.parametrize("frames", [1, 2, 8, 16, 32, 64])
+def test_mveb_placement_is_mtebs_rule(frames):
+    s = ClipSampler(frames, 4, 1, placement="mveb")
+    for n in [1, 2, 3, 5, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 300, 301,
+              1000, 9001]:
+        got = s.indices(n, np.random.RandomState(0))
+        assert got == [_mteb_indices(n, frames)], (frames, n)
+        assert len(got[0]) == frames and all(0 <= i < n for i in got[0])
+
+
+def test_mveb_by_hand_spreads_over_the_whole_video_and_loops_short_ones():
+    s = ClipSampler(4, 2, placement="mveb")
+    assert s.indices(10) == [[0, 2, 4, 6]]      # 10 // 4 = 2: every 2nd frame from the first
+    assert s.indices(16) == [[0, 4, 8, 12]]
+    assert s.indices(19) == [[0, 4, 8, 12]]     # 19 // 4 = 4; the tail beyond is never read
+    assert s.indices(4) == [[0, 1, 2, 3]]
+    assert s.indices(3) == [[0, 1, 2, 0]]       # shorter than F: looped, not padded
+    assert s.indices(1) == [[0, 0, 0, 0]]
+    # frame_step plays no part; the rng is never drawn from
+    rng = np.random.RandomState(5)
+    state = rng.get_state()[1].copy()
+    assert ClipSampler(4, 7, placement="mveb").indices(10, rng) == [[0, 2, 4, 6]]
+    assert np.array_equal(rng.get_state()[1], state)
+
+
+def test_mveb_takes_one_segment_and_is_its_own_protocol(digits_small):
+    import torch
+
+    import tasks
+    from results import protocol_id
+    from tasks import sampling
+    from tasks import spec as spec_module
+
+    with pytest.raises(ValueError, match="num_segments must be 1"):
+        ClipSampler(16, 4, 2, placement="mveb")
+    assert spec_module.PLACEMENTS == sampling.PLACEMENTS
+    assert spec_module.WHOLE_VIDEO == sampling.WHOLE_VIDEO
+    with pytest.raises(tasks.DataError, match="eval_segments must be 1"):
+        spec_module.SamplingSpec(16, 4, eval_segments=2, eval_placement="mveb")
+    for name in ("hmdb51", "ucf101", "ucf101_51va"):
+        cfg = tasks.config(name)
+        assert cfg["sampling"]["eval_placement"] == cfg["sampling"]["train_placement"] == "mveb"
+
+    def task(placement):
+        return tasks.build("digits_appearance", root=digits_small, decoder="pyav",
+                           sampling={"eval_segments": 1, "eval_placement": placement})
+
+    mveb, center = task("mveb"), task("center")
+    assert protocol_id(mveb.protocol()) != protocol_id(center.protocol())
+    # An evaluation item holds the frames at mteb's indices (the digits videos have 20 frames:
+    # 8 frames, every 2nd from the first).
+    item = mveb.dataset("test", train=False, resolution=32, device_finish=True)[0]
+    from tasks.clip_reader import read_frames
+
+    whole = read_frames(item["path"], lambda n: range(n), backend="pyav").frames
+    assert whole.shape[0] == 20
+    assert torch.equal(item["frames"][0], whole[_mteb_indices(20, 8)])
