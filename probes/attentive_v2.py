@@ -51,8 +51,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from probes.attentive import (MLP, Block, _merge_heads, _split_heads, _trunc_normal_,
-                              init_release_weights)
+from probes.attentive import (
+    MLP,
+    Block,
+    _merge_heads,
+    _split_heads,
+    _trunc_normal_,
+    init_release_weights,
+)
+from probes.optim import OPTIM_GROUPS
 
 __all__ = ["AttentiveProbeV2", "build", "load_release_probe_checkpoint", "load_release_state_dict",
            "load_release_grid", "config_from_state_dict"]
@@ -151,25 +158,56 @@ class AttentiveProbeV2(nn.Module):
 
     Defaults are the release's evaluation probe (16 heads, depth 4, one query). With several
     queries (not the release's) the head reads their mean.
+
+    `out_layers`: encoder blocks read instead of the last one, as the release's multi-level
+    wrapper (`vit_encoder_multiclip_multilevel`, Diving-48 and Jester: ViT-L blocks 17, 19, 21,
+    23) does. The trainer asks the encoder for those taps and hands them concatenated on the
+    channel axis, (B, N, L*D); the release concatenates them on the *token* axis (its
+    `torch.cat(outputs, dim=1)`), so the probe, of width D, attends over L*N tokens: done here by
+    a reshape. The order of the tokens does not matter to this probe (no position embedding; the
+    blocks are permutation-equivariant and the pooling invariant).
+
+    `optim_groups`: how AdamW decays it (`probes.optim.param_groups`): `split` (this harness's:
+    biases and norms not decayed) or `release` (V-JEPA 2's eval.py: every parameter decayed, a
+    grid's heads in the release's order).
     """
 
     kind = "attentive_v2"
 
     def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 16, depth: int = 4,
                  num_queries: int = 1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 init_std: float = 0.02, activation_checkpointing: bool = False):
+                 init_std: float = 0.02, activation_checkpointing: bool = False,
+                 out_layers: Sequence[int] | None = None, optim_groups: str = "split"):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_classes = num_classes
+        if out_layers is not None:
+            out_layers = tuple(int(i) for i in out_layers)
+            if not out_layers or len(set(out_layers)) != len(out_layers):
+                raise ValueError(f"attentive_v2 probe: out_layers must be distinct block "
+                                 f"indices, e.g. [17, 19, 21, 23]; got {list(out_layers)}")
+        self.out_layers = out_layers  # the trainer asks the encoder for these taps
+        if optim_groups not in OPTIM_GROUPS:
+            raise ValueError(f"attentive_v2 probe: optim_groups must be one of {OPTIM_GROUPS}, "
+                             f"got {optim_groups!r}")
+        self.optim_groups = optim_groups
         self.pooler = AttentivePoolerV2(embed_dim, num_heads, num_queries, depth, mlp_ratio,
                                         qkv_bias, init_std, activation_checkpointing)
         self.linear = nn.Linear(embed_dim, num_classes)  # default init, built last, as the release
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.ndim != 3 or tokens.shape[-1] != self.embed_dim:
-            raise ValueError(f"attentive_v2 probe expects tokens (B, N, {self.embed_dim}), "
-                             f"got {tuple(tokens.shape)}")
+        taps = len(self.out_layers) if self.out_layers else 1
+        if tokens.ndim != 3 or tokens.shape[-1] != taps * self.embed_dim:
+            what = (f"{taps} taps of width {self.embed_dim} concatenated on the channel axis"
+                    if taps > 1 else "")
+            raise ValueError(f"attentive_v2 probe expects tokens (B, N, {taps * self.embed_dim})"
+                             f"{' (' + what + ')' if what else ''}, got {tuple(tokens.shape)}")
+        if taps > 1:  # (B, N, L*D) -> (B, N*L, D): the taps as tokens, as the release
+            tokens = tokens.unflatten(-1, (taps, self.embed_dim)).flatten(1, 2)
         return self.linear(self.pooler(tokens).mean(dim=1))
+
+    def extra_repr(self) -> str:
+        return f"out_layers={self.out_layers}, optim_groups={self.optim_groups!r}"
 
 
 def build(embed_dim: int, num_classes: int, num_heads: int | None = 16, depth: int = 4,

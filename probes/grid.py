@@ -10,6 +10,12 @@ Selection (`probes.trainer.train_probe`): by default the head is chosen on a val
 held out from the training data, and only that head is scored on the evaluation split;
 `selection: eval_max` (the V-JEPA 2 release's practice) picks the best head on the evaluation
 split itself, and is labelled as such in the protocol.
+
+Head order: `grid_points` lists learning rates outer, weight decays inner. Heads whose probe
+declares `optim_groups: release` (V-JEPA 2's optimiser, `probes.optim.param_groups`) are put in
+the release's order instead, weight decay outer and lr inner, as its configs' `multihead_kwargs`
+list them: head k is then built k-th (the same initialisation draw) with the release's k-th
+(lr, weight decay), and a release grid checkpoint loads head for head.
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from probes.optim import optim_groups_of, param_groups
 
 SELECTIONS = ("val", "eval_max")
 
@@ -36,6 +44,15 @@ def grid_points(grid: dict) -> list[dict]:
     return [{"lr": lr, "weight_decay": wd} for lr, wd in itertools.product(lrs, wds)]
 
 
+def release_order(points: Sequence[dict]) -> list[dict]:
+    """The points with weight decay outer and lr inner (V-JEPA 2's `multihead_kwargs` order):
+    each list keeps the order in which its values first appear in `points`."""
+    wds = list(dict.fromkeys(p["weight_decay"] for p in points))
+    lrs = list(dict.fromkeys(p["lr"] for p in points))
+    return sorted((dict(p) for p in points),
+                  key=lambda p: (wds.index(p["weight_decay"]), lrs.index(p["lr"])))
+
+
 def _as_list(value, name: str) -> list:
     if value is None:
         raise ValueError(f"probe.grid needs a list of {name}")
@@ -49,8 +66,10 @@ class ProbeGrid(nn.Module):
         super().__init__()
         if not points:
             raise ValueError("a probe grid needs at least one point")
-        self.points = [dict(p) for p in points]
-        self.heads = nn.ModuleList(make_probe() for _ in self.points)
+        self.heads = nn.ModuleList(make_probe() for _ in points)
+        # The heads are alike until trained: which head gets which point is only the order.
+        release = optim_groups_of(self.heads[0]) == "release"
+        self.points = release_order(points) if release else [dict(p) for p in points]
 
     def forward(self, tokens: torch.Tensor, **inputs) -> torch.Tensor:
         """`inputs`: what the task kind gives the heads besides tokens (boxes for detection)."""
@@ -61,10 +80,9 @@ class ProbeGrid(nn.Module):
 
 
 def grid_param_groups(grid: ProbeGrid) -> list[dict]:
-    """AdamW groups per head: decayed weights and exempt ones (biases, 1-D), each carrying the
-    head's own base lr / weight decay (the schedules scale them) and its head index."""
-    from probes.optim import param_groups
-
+    """AdamW groups per head (`probes.optim.param_groups`: decayed weights and exempt ones, or
+    one group of all with `optim_groups: release`), each carrying the head's own base lr /
+    weight decay (the schedules scale them) and its head index."""
     groups = []
     for h, (head, point) in enumerate(zip(grid.heads, grid.points)):
         for g in param_groups(head, point["weight_decay"]):

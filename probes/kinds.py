@@ -159,7 +159,12 @@ class Detection(MultiLabel):
         self.evaluate, self.class_ids = evaluate, list(class_ids)
 
     def probe_inputs(self, batch, device):
-        return {"boxes": torch.as_tensor(batch["boxes"]).float().to(device, non_blocking=True)}
+        boxes = torch.as_tensor(batch["boxes"]).float()
+        if boxes.device.type == "cpu" and torch.device(device).type != "cpu":
+            from probes.roi import check_boxes  # checked on the CPU, where a read stalls nothing
+
+            check_boxes(boxes, len(batch["label"]))
+        return {"boxes": boxes.to(device, non_blocking=True)}
 
     def forward(self, probe, tokens, inputs, autocast):
         if tokens.shape[1] != 1:

@@ -2,7 +2,8 @@
 
 Follows the release's `eval.py`: AdamW, lr cosine (schedulers stepped *before* each update, so
 update k uses the value at k+1), weight decay cosine from `weight_decay` to `final_weight_decay`
-(the release's 1e-6) on the decayed group, gradient norm clipped at `clip_grad_norm` (1.0). A
+(the release's 1e-6) on the decayed group, gradient norm clipped at `clip_grad_norm` (1.0). Which
+parameters are decayed is the probe's `optim_groups` (`param_groups`). A
 `probes.grid.ProbeGrid` gets per-head groups with their own lr / wd (the protocol's schedule
 scaled to each) and per-head clipping. `param_groups`, `cosine_value` and `CosineSchedule` are
 reusable by pretraining.
@@ -82,17 +83,35 @@ class OptimConfig:
         return d
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed weights, and biases + 1-D parameters (norm scales) without decay.
+# How a probe's parameters meet AdamW's weight decay (a probe declares it as `optim_groups`):
+# `split`, this harness's: biases and 1-D parameters (norm scales) are not decayed;
+# `release`, V-JEPA 2's `eval.py init_opt`: one group per head, every parameter decayed (biases,
+# LayerNorms and the query tokens too), and a grid's heads in its config's order (weight decay
+# outer, lr inner; `probes.grid.ProbeGrid`).
+OPTIM_GROUPS = ("split", "release")
 
-    Same rule as the V-JEPA release: a parameter is exempt when its name ends in `bias` or it has
-    at most one dimension. The attentive probe's query tokens are 3-D (1, Q, D), so they are
-    decayed, as in the release (keeping the protocol identical matters more than the choice).
+
+def optim_groups_of(model: nn.Module) -> str:
+    """The model's `optim_groups` (`split` when it declares none), checked."""
+    mode = getattr(model, "optim_groups", None) or "split"
+    if mode not in OPTIM_GROUPS:
+        raise ValueError(f"optim_groups must be one of {OPTIM_GROUPS}, got {mode!r}")
+    return mode
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups of a model's trainable parameters, as its `optim_groups` says.
+
+    `split` (default): decayed weights, and biases + 1-D parameters without decay (the V-JEPA
+    release's rule: a parameter is exempt when its name ends in `bias` or it has at most one
+    dimension; the attentive probe's query tokens are 3-D (1, Q, D), so they are decayed).
+    `release`: one group, every parameter decayed, as V-JEPA 2's `eval.py` builds each head's.
     """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if optim_groups_of(model) == "release":
+        return [{"params": [p for _, p in params], "weight_decay": weight_decay, "decay": True}]
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for name, p in params:
         (no_decay if name.endswith("bias") or p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "decay": True}]
     if no_decay:

@@ -36,6 +36,39 @@ SAMPLING_RATIO = 0
 _BOX_TOLERANCE = 1e-3
 
 
+def _check_box_shape(boxes: torch.Tensor) -> None:
+    if boxes.ndim != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"roi_linear probe expects boxes (K, 5) = [batch index, x1, y1, x2, "
+                         f"y2] normalised to [0, 1]; got shape {tuple(boxes.shape)}")
+
+
+def check_boxes(boxes: torch.Tensor, batch: int) -> None:
+    """Boxes (K, 5) `[batch index, x1, y1, x2, y2]` of a micro-batch of `batch` clips: integer
+    indices in [0, batch), coordinates normalised to [0, 1], x1 <= x2 and y1 <= y2.
+
+    Reads the values: call it on the CPU tensor before it is moved to the device."""
+    _check_box_shape(boxes)
+    if boxes.shape[0] == 0:
+        return
+    index, xy = boxes[:, 0].float(), boxes[:, 1:].float()
+    bad_index, bad_range, bad_order = torch.stack([
+        ((index != index.round()) | (index < 0) | (index >= batch)).any(),
+        ((xy < -_BOX_TOLERANCE) | (xy > 1 + _BOX_TOLERANCE) | ~torch.isfinite(xy)).any(),
+        ((xy[:, 2] < xy[:, 0]) | (xy[:, 3] < xy[:, 1])).any(),
+    ]).tolist()
+    if bad_index:
+        raise ValueError(f"roi_linear probe: box batch indices must be integers in "
+                         f"[0, {batch - 1}] (the clips of this batch); got "
+                         f"{sorted(set(index.tolist()))}")
+    if bad_range:
+        raise ValueError(f"roi_linear probe: box coordinates must be normalised to [0, 1] of "
+                         f"the frame (pixel boxes divided by width / height); got values in "
+                         f"[{xy.min().item():.4g}, {xy.max().item():.4g}]")
+    if bad_order:
+        raise ValueError("roi_linear probe: boxes must be [x1, y1, x2, y2] with x1 <= x2 "
+                         "and y1 <= y2")
+
+
 class RoIProbe(nn.Module):
     """Layer taps (B, t*h*w, D * len(out_layers)) + boxes (K, 5) -> logits (K, num_classes).
 
@@ -99,35 +132,16 @@ class RoIProbe(nn.Module):
         fmap = tokens.transpose(1, 2).reshape(b, c, t, h, w)
         return fmap.mean(dim=2)  # time pooling, as SlowFast's temporal AvgPool3d over the clip
 
-    def _check_boxes(self, boxes: torch.Tensor, batch: int) -> None:
-        if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"roi_linear probe expects boxes (K, 5) = [batch index, x1, y1, x2, "
-                             f"y2] normalised to [0, 1]; got shape {tuple(boxes.shape)}")
-        if boxes.shape[0] == 0:
-            return
-        index, xy = boxes[:, 0].float(), boxes[:, 1:].float()
-        # One device-to-host transfer for all checks.
-        bad_index, bad_range, bad_order = torch.stack([
-            ((index != index.round()) | (index < 0) | (index >= batch)).any(),
-            ((xy < -_BOX_TOLERANCE) | (xy > 1 + _BOX_TOLERANCE) | ~torch.isfinite(xy)).any(),
-            ((xy[:, 2] < xy[:, 0]) | (xy[:, 3] < xy[:, 1])).any(),
-        ]).tolist()
-        if bad_index:
-            raise ValueError(f"roi_linear probe: box batch indices must be integers in "
-                             f"[0, {batch - 1}] (the clips of this batch); got "
-                             f"{sorted(set(index.tolist()))}")
-        if bad_range:
-            raise ValueError(f"roi_linear probe: box coordinates must be normalised to [0, 1] of "
-                             f"the frame (pixel boxes divided by width / height); got values in "
-                             f"[{xy.min().item():.4g}, {xy.max().item():.4g}]")
-        if bad_order:
-            raise ValueError("roi_linear probe: boxes must be [x1, y1, x2, y2] with x1 <= x2 "
-                             "and y1 <= y2")
-
     def features(self, tokens: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """The pooled RoI features (K, C) the linear layer reads."""
         fmap = self.feature_map(tokens)
-        self._check_boxes(boxes, fmap.shape[0])
+        # The values are checked where reading them stalls nothing: boxes on the CPU here;
+        # boxes already on a device were checked on the CPU before the move (`check_boxes` in
+        # the task kind), so a training step reads nothing back from the device.
+        if boxes.device.type == "cpu":
+            check_boxes(boxes, fmap.shape[0])
+        else:
+            _check_box_shape(boxes)
         _, h, w = self.grid
         # roi_align takes one spatial_scale; the map is h x w tokens, so scale x by w and y by h
         # here and pass 1.0 (a non-square grid needs two scales).
