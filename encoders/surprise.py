@@ -11,6 +11,9 @@ As in Garrido et al. 2025 (`facebookresearch/jepa-intuitive-physics`,
   pretraining), the predictor predicts the tokens of the remaining frames, and the target encoder
   (`target_encoder`) encodes the whole window, layer-normed over the feature dim (the release's
   targets; `normalize_targets`);
+* a predictor that reads several encoder layers (V-JEPA 2.1: `spec.input_layers`) gets those
+  layers' outputs concatenated on channels as context, and its targets are the target encoder's
+  same layers, each layer-normed on its own (2.1's `forward_target`);
 * surprise of a window = mean L1 (or L2: mean squared error) over the predicted tokens and
   channels; of a video, the mean and the max over its windows, per context length, and the
   elementwise minimum over context lengths (the authors' "Filtered").
@@ -43,7 +46,9 @@ class SurpriseProtocol:
     loss: str = "l1"
     normalize_targets: bool = True          # layer-norm the target encoder's tokens
     normalize_context: bool = False         # layer-norm the context encoder's tokens (authors' option)
-    mask_index: int = 0                     # predictor mask token (the authors' wrapper passes 0)
+    # predictor mask token; None: the predictor's own (0 as the authors' wrapper passes for
+    # V-JEPA and V-JEPA 2, 1 for 2.1, the one its training uses)
+    mask_index: int | None = None
     target: str = "latent"                  # latent (target encoder) | pixels (tubelets, VideoMAE's space)
     context_key: str = "encoder"            # checkpoint entries of the two encoders
     target_key: str = "target_encoder"
@@ -63,6 +68,8 @@ class SurpriseProtocol:
             raise ValueError(f"loss {self.loss!r}: one of {', '.join(LOSSES)}")
         if self.target not in TARGETS:
             raise ValueError(f"target {self.target!r}: one of {', '.join(TARGETS)}")
+        if self.mask_index is not None and int(self.mask_index) < 0:
+            raise ValueError(f"mask_index must be None or >= 0, got {self.mask_index}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -111,6 +118,20 @@ def _grid(encoder, clip: torch.Tensor) -> tuple[int, int, int]:
     return (t // tub, h // p, w // p)
 
 
+def encoder_tokens(encoder, clips: torch.Tensor, masks: torch.Tensor | None, layers, normalize: bool) -> torch.Tensor:
+    """What a predictor reads from `encoder` (and predicts of the target encoder): its output, or
+    with `layers` (the predictor's `spec.input_layers`) those blocks' normed outputs concatenated
+    on channels; `normalize` layer-norms each part over its own channels."""
+    kwargs = {} if masks is None else {"masks": masks}
+    if layers:
+        parts = encoder.backbone(clips, out_layers=list(layers), **kwargs)
+    else:
+        parts = [encoder.backbone(clips, **kwargs)]
+    if normalize:
+        parts = [F.layer_norm(p, (p.size(-1),)) for p in parts]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
 def _window_losses(models: SurpriseModels, clips: torch.Tensor, protocol: SurpriseProtocol) -> torch.Tensor:
     """Surprise (B, len(context_frames)) of a batch of windows (B, 3, F, H, W)."""
     from .jepa.model import pixel_targets
@@ -118,12 +139,13 @@ def _window_losses(models: SurpriseModels, clips: torch.Tensor, protocol: Surpri
     enc, pred = models.context_encoder, models.predictor
     grid = _grid(enc, clips)
     b = clips.shape[0]
+    # The one question surprise asks the predictor: which encoder layers it reads (a decoder
+    # without the field reads the output).
+    layers = tuple(getattr(pred.spec, "input_layers", ()))
     if protocol.target == "latent":
         if models.target_encoder is None:
             raise ValueError("latent targets need a target encoder")
-        h = models.target_encoder.backbone(clips)
-        if protocol.normalize_targets:
-            h = F.layer_norm(h, (h.size(-1),))
+        h = encoder_tokens(models.target_encoder, clips, None, layers, protocol.normalize_targets)
     else:
         pixels = clips.float()
         if protocol.pixel_normalize:  # VideoMAE standardises tubelets of the un-normalised clip
@@ -135,9 +157,7 @@ def _window_losses(models: SurpriseModels, clips: torch.Tensor, protocol: Surpri
     for c in protocol.context_frames:
         ctx, tgt = split_indices(grid, c, enc.spec.tubelet_size, device=clips.device)
         ctx_b, tgt_b = ctx.expand(b, -1), tgt.expand(b, -1)
-        z = enc.backbone(clips, masks=ctx_b)
-        if protocol.normalize_context:
-            z = F.layer_norm(z, (z.size(-1),))
+        z = encoder_tokens(enc, clips, ctx_b, layers, protocol.normalize_context)
         p = pred.predict(z, ctx_b, tgt_b, grid, mask_index=protocol.mask_index)
         target = h[:, tgt]
         if p.shape != target.shape:
@@ -192,10 +212,12 @@ def load_models(name: str, checkpoint=None, *, random_init: bool = False, seed: 
                 **encoder_overrides) -> tuple[SurpriseModels, str]:
     """The models the surprise evaluation of encoder entry `name` runs, and their target kind.
 
-    JEPA entries (vjepa, vjepa2): the checkpoint's `encoder` (context), `target_encoder`
-    (targets) and `predictor`; a pixel-target predictor (`harness pretrain` with `target:
-    pixels`) gives "pixels". VideoMAE entries: the pretraining file's encoder and decoder
-    ("pixels"). Anything else is one error saying what the encoder supports."""
+    JEPA entries (vjepa, vjepa2, vjepa2_1): the checkpoint's `encoder` (context),
+    `target_encoder` (targets) and `predictor`; a pixel-target predictor (`harness pretrain`
+    with `target: pixels`) gives "pixels"; a distilled V-JEPA 2.1 predictor (its teacher's
+    features, which the file does not hold) is an error. VideoMAE entries: the pretraining
+    file's encoder and decoder ("pixels"). Anything else is one error saying what the encoder
+    supports."""
     from .errors import CheckpointError
     from .frozen import from_config
     from .predictors import FAMILY_DEFAULTS, build_predictor
@@ -219,7 +241,7 @@ def load_models(name: str, checkpoint=None, *, random_init: bool = False, seed: 
         raise CheckpointError(
             f"encoder {name!r} (family {family}, {cfg['modality']}) has neither a JEPA predictor nor a VideoMAE "
             f"decoder, so it cannot be scored by surprise; it supports the frozen-probe evaluations "
-            f"(`harness run`). Surprise supports video entries of the families vjepa and vjepa2 (with their "
+            f"(`harness run`). Surprise supports video entries of the families vjepa, vjepa2 and vjepa2_1 (with their "
             f"pretraining checkpoint's predictor) and videomae (a pretraining checkpoint with its decoder)")
     if random_init:
         enc = build(name, random_init=True, seed=seed, **encoder_overrides)
@@ -227,6 +249,12 @@ def load_models(name: str, checkpoint=None, *, random_init: bool = False, seed: 
                                **encoder_overrides)
         return SurpriseModels(enc, pred, enc), pred.spec.target
     pred = build_predictor(name, checkpoint, predictor_overrides=predictor_overrides, **common)
+    if pred.spec.target == "teacher":
+        raise CheckpointError(
+            f"the predictor in {checkpoint} was distilled: it predicts {pred.spec.out_dim}-wide features of the "
+            f"teacher {name!r} was distilled from (V-JEPA 2.1's ViT-G), not {name!r}'s own, and the file holds no "
+            f"teacher to compute them; surprise needs a self-supervised predictor and its target encoder (the "
+            f"V-JEPA 2.1 ViT-g and ViT-G files: vjepa2_1_vitg_384, vjepa2_1_vitgigantic_384)")
     ctx = build(name, checkpoint, checkpoint_key="encoder", **common)
     if pred.spec.target == "pixels":
         return SurpriseModels(ctx, pred), "pixels"

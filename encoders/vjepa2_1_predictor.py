@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .vjepa2 import LN_EPS, Block, Rotary3D, grid_positions, rope_split
+from .vjepa2 import LN_EPS, Block, Rotary3D, entries_of, grid_positions, rope_split
 
 HUB_NUM_HEADS = 12
 
@@ -65,11 +65,15 @@ class VJEPA21Predictor(nn.Module):
         self.split = rope_split(width // num_heads)
 
     def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor,
-                mod: str = "video", mask_index: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+                mod: str = "video", mask_index: int = 1, grid: tuple[int, int, int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(predicted targets (B, Kt, out), projected context (B, Kc, out) or None).
 
         context: (B, Kc, n*D) the encoder's taps at `context_index` (B, Kc); target_index: (B, Kt)
-        token indices on the nominal grid (frame-major, rows of `grid_size` tokens).
+        token indices, frame-major, on `grid` (t, h, w), by default the release's nominal grid
+        (rows of `grid_size` tokens). Positions are the tokens' integer coordinates on that grid
+        (not rescaled: the release's predictor does not interpolate its RoPE), so another grid
+        gives each token its own place where the release would wrap rows at `grid_size`.
         """
         if mod not in ("video", "image"):
             raise ValueError(f"mod must be 'video' or 'image', got {mod!r}")
@@ -80,8 +84,9 @@ class VJEPA21Predictor(nn.Module):
         if self.modality_embedding:
             x = x + (self.img_mod_embed if mod == "image" else self.video_mod_embed)
         ids = torch.cat([context_index, target_index], dim=1).to(device=x.device, dtype=torch.int64)
-        g = self.grid_size
-        positions = tuple(p.float() for p in grid_positions((1, g, g), ids))  # float, as the release's
+        if grid is None:
+            grid = (1, self.grid_size, self.grid_size)
+        positions = tuple(p.float() for p in grid_positions(tuple(grid), ids))  # float, as the release's
         rope = Rotary3D(positions, self.split, interleave=True)
         for blk in self.predictor_blocks:
             x = blk(x, rope)
@@ -110,7 +115,42 @@ def predictor_arch(state: Mapping[str, Any]) -> dict[str, Any]:
         "embed_dim": embed_dim, "num_inputs": num_inputs, "width": width, "depth": depth,
         "mlp_ratio": (int(fc1.shape[0]) / width) if fc1 is not None else 4.0,
         "num_mask_tokens": sum(1 for k in state if re.fullmatch(r"mask_tokens\.\d+", k)),
-        "out_dim": int(state["predictor_proj.weight"].shape[0]),
+        "out_dim": int(state["predictor_proj.weight"].shape[0]) if "predictor_proj.weight" in state else None,
         "context_proj": "predictor_proj_context.weight" in state,
         "modality_embedding": "video_mod_embed" in state,
     }
+
+
+def is_vjepa2_1_predictor_state(state: Mapping[str, Any]) -> bool:
+    """A predictor state (prefixes stripped) in 2.1's layout: modality embeddings, a context
+    projection or a multi-layer input embedding, none of which V-JEPA or V-JEPA 2 predictors have
+    (every released 2.1 predictor has the first two; ViT-g/G's the third too)."""
+    return any(k in state for k in ("video_mod_embed", "img_mod_embed", "predictor_proj_context.weight",
+                                    "predictor_embed.0.weight"))
+
+
+def wrong_version(family: str, state: Mapping[str, Any], encoder_width: int) -> str:
+    """Why the predictor `state` cannot stand for a `family` entry's, naming the entries it
+    belongs to; "" when 2.1-ness fits. A V-JEPA 2 predictor would load into a 2.1 module without
+    its optional parts, and a 2.1 one could be trimmed to V-JEPA 2's keys, yet their RoPE layouts
+    differ, so the keys decide, not a strict load."""
+    is_21 = is_vjepa2_1_predictor_state(state)
+    if is_21 == (family == "vjepa2_1"):
+        return ""
+    if is_21:
+        try:
+            width = predictor_arch(state)["embed_dim"]
+        except ValueError:
+            width = encoder_width
+        fits = entries_of("vjepa2_1", width)
+        use = f"--encoder {' or '.join(fits)}" if fits else "a vjepa2_1_* entry"
+        return ("it is a V-JEPA 2.1 predictor (modality embeddings, predictor_proj_context or a multi-layer "
+                f"predictor_embed; interleaved RoPE): use {use}, not a {family} entry")
+    mask_tokens = sum(1 for k in state if re.fullmatch(r"mask_tokens\.\d+", k))
+    other = "vjepa" if "predictor_pos_embed" in state and mask_tokens == 2 else "vjepa2"
+    w = state.get("predictor_embed.weight")
+    fits = entries_of(other, int(w.shape[1])) if w is not None else []
+    use = f"--encoder {' or '.join(fits)}" if fits else f"a {other}_* entry"
+    return ("it has none of a V-JEPA 2.1 predictor's keys (video_mod_embed, predictor_proj_context, a "
+            f"multi-layer predictor_embed): a {'V-JEPA' if other == 'vjepa' else 'V-JEPA 2'} predictor; "
+            f"use {use}, not a V-JEPA 2.1 entry")

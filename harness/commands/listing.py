@@ -133,14 +133,16 @@ def verbose_encoders(fmt: str) -> None:
 
     import encoders
     from encoders.metadata import describe
+    from encoders.predictors import predictor_summary
 
-    entries = [describe(encoders.compose(name)) for name in encoders.names()]
+    cfgs = [encoders.compose(name) for name in encoders.names()]
+    entries = [{**describe(c), "predictor": predictor_summary(c)} for c in cfgs]
     if fmt == "csv":
         import csv
         import sys
 
         keys = ["name", "family", "paper", "weights", "licence", "pretraining_data", "clip",
-                "parameters", "gflops_per_clip"]
+                "parameters", "gflops_per_clip", "predictor"]
         w = csv.writer(sys.stdout)
         w.writerow(keys)
         for e in entries:
@@ -156,6 +158,7 @@ def verbose_encoders(fmt: str) -> None:
               f"{json.dumps(inp['mean'])}, std {json.dumps(inp['std'])}")
         print(f"  cost: {e['parameters'] / 1e6:.1f}M parameters, {e['gflops_per_clip']:g} GFLOPs "
               f"per {e['clip']} clip")
+        print(f"  predictor: {e['predictor']}")
 
 
 def main(args) -> int:
