@@ -62,12 +62,16 @@ DECODED_CACHE_MB = 2048
 
 def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 1.0,
              seed: int = 0, progress: bool = True, fresh: bool = False, seeds: int = 1,
-             decoded_cache_mb: float = DECODED_CACHE_MB) -> dict:
+             decoded_cache_mb: float = DECODED_CACHE_MB, torch_threads: int | None = None) -> dict:
+    """`torch_threads`: torch's intra-op threads for pretraining and probes; None: the runs'
+    `auto` (1 on CPU, where the demo loads its data in process; torch's default on a GPU)."""
     from rich.console import Console
 
     from harness.config import compose_run
+    from harness.plan import resolve_device
     from harness.pretrain import run_pretrain
-    from harness.runner import run_evaluation
+    from harness.runner import intra_op_threads, run_evaluation
+    from harness.runner import torch_threads as threads_set_to
     from tasks.frame_cache import FrameCache
 
     console = Console()
@@ -95,14 +99,20 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
     frame_cache = FrameCache(int(decoded_cache_mb * 2**20)) if decoded_cache_mb > 0 else None
     console.rule(f"[bold]2/4 pretraining: {settings['pretrain_steps']} steps each")
     t1 = time.time()
+    # Pretraining loads its clips in this process (num_workers 0), like the probe runs: the
+    # same thread rule (harness.runner.intra_op_threads) holds for both.
+    pretrain_threads = intra_op_threads(torch_threads or "auto", device=resolve_device("auto"),
+                                        in_process_loading=True)
+    settings["runtime"] = demo_runtime(pretrain_threads)
     for entry in entries:
         if entry.pretrain_config:
-            entry.checkpoint = str(run_pretrain(
-                entry.pretrain_config,
-                [f"optim.total_steps={settings['pretrain_steps']}", f"data.root={data_dir}",
-                 f"seed={seed}"],
-                out_dir=str(out_dir / "pretrain" / entry.pretrain_config),
-                resume=True, progress=progress, frame_cache=frame_cache))
+            with threads_set_to(pretrain_threads):
+                entry.checkpoint = str(run_pretrain(
+                    entry.pretrain_config,
+                    [f"optim.total_steps={settings['pretrain_steps']}", f"data.root={data_dir}",
+                     f"seed={seed}"],
+                    out_dir=str(out_dir / "pretrain" / entry.pretrain_config),
+                    resume=True, progress=progress, frame_cache=frame_cache))
     timings["pretrain_s"] = time.time() - t1
 
     console.rule("[bold]3/4 attentive probes on frozen features, the tasks' own protocol")
@@ -114,7 +124,8 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
         overrides = [f"encoder={entry.encoder}", f"task={task}", "probe=attentive",
                      f"out={out_dir}", f"seed={run_seed}", f"label='{entry.label}'",
                      f"task.data.root={data_dir}",
-                     f"progress={'true' if progress else 'false'}"]
+                     f"progress={'true' if progress else 'false'}",
+                     f"torch_threads={torch_threads or 'auto'}"]
         if entry.random_init:
             overrides.append("random_init=true")
         if entry.checkpoint:
@@ -232,13 +243,39 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         *_pretraining_lines(pretraining or []),
         "## Transfer audit", "", *describe(audit), "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
+        *([f"Computed with: {_runtime_text(settings['runtime'])}.", ""]
+          if settings.get("runtime") else []),
         f"![results]({chart.name})", "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
     return {"top1": table.round(2).to_dict(), "protocol_ids": protocol_ids,
             "top1_sd": spread.round(2).to_dict() if n_seeds > 1 else None,
-            "seeds": settings.get("seeds"),
+            "seeds": settings.get("seeds"), "runtime": settings.get("runtime"),
             "pretraining": pretraining or [], "audit": audit}
+
+
+def demo_runtime(pretrain_threads: int | None) -> dict:
+    """What the demo's numbers were computed with, beyond its code and data: torch's intra-op
+    threads and CPU kernels move CPU numbers (each record says its own), and the videos are
+    PyAV's FFmpeg and x264 (`tasks.digits.X264_PARAMS`) output."""
+    import platform
+
+    import av
+    import torch
+
+    from tasks.digits import X264_PARAMS
+
+    return {"pretrain_torch_threads": pretrain_threads or torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "pyav": av.__version__,
+            "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+            "x264_params": X264_PARAMS, "machine": platform.machine()}
+
+
+def _runtime_text(runtime: dict) -> str:
+    from results.escape import markdown_escape
+
+    return markdown_escape(", ".join(f"{k} {v}" for k, v in runtime.items()))
 
 
 def _paired_lines(records: list[dict]) -> list[str]:

@@ -247,9 +247,15 @@ def run_pretrain(config: str | None, overrides: Sequence[str] = (), out_dir: str
     out = Path(out_dir) if out_dir is not None else Path("runs") / "pretrain" / str(cfg["name"])
     joined_here = not dist.is_initialized()
     info = init_distributed(cfg["device"])
+    from harness.runner import intra_op_threads, torch_threads
+
+    # The same thread rule as a probe run: one intra-op thread on a CPU that loads in process.
+    threads = intra_op_threads("auto", device=str(info.device),
+                               in_process_loading=int(cfg["data"]["num_workers"]) == 0)
     try:
-        return _train(cfg, out, info, resume=resume, progress=progress, frame_cache=frame_cache,
-                      resume_from=resume_from)
+        with torch_threads(threads):
+            return _train(cfg, out, info, resume=resume, progress=progress, frame_cache=frame_cache,
+                          resume_from=resume_from)
     finally:
         if joined_here and dist.is_initialized():  # leave the process as we found it
             dist.destroy_process_group()

@@ -39,6 +39,41 @@ def run_key(plan, *, checkpoint: dict | None = None, probe_sha256: str | None = 
                            plan.protocol_id, plan.seed, probe_sha256 if probe_ckpt else None)
 
 
+def intra_op_threads(requested, *, device: str, in_process_loading: bool) -> int | None:
+    """torch's intra-op threads for a run (`torch_threads`); None keeps torch's default.
+
+    auto is 1 on CPU when the data are loaded in the run's own process (num_workers 0: the
+    digits tasks, `harness demo`): there each op is small (a tiny encoder, a probe on cached
+    tokens, 64 px frames), so a second thread mostly waits for the first, and on a busy
+    machine the waiting spins. Measured on 2 shared cores (vjepa_tiny random init, the
+    digits_motion probe): 1 thread 40-44 CPU-s and 59-83 s, 2 threads (torch's default there)
+    224 CPU-s and 416 s. The thread count also moves the number (92.25 vs 91.62 top-1: other
+    reduction orders), so it is part of what reproduces a CPU run, and the record says it.
+    Elsewhere (loader workers, a GPU) torch's default stands; a number is taken as given.
+    """
+    if requested != "auto":
+        return int(requested)
+    if str(device).startswith("cpu") and in_process_loading:
+        return 1
+    return None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the body with `threads` intra-op threads (None: as it is), then restore them."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        log.debug("torch intra-op threads: %d (was %d)", threads, before)
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def run_evaluation(cfg, frame_cache=None, overrides: list[str] | None = None,
                    stop=None) -> RunOutcome:
     """Train and evaluate the probe `cfg` describes; write and return its record.
@@ -70,6 +105,10 @@ def _run(cfg, frame_cache, overrides, stop, held) -> RunOutcome:
     check_out_writable(cfg.out)  # a read-only --out is found before any data is read
     plan = plan_run(cfg, frame_cache=frame_cache)
     settings, main_rank = plan.settings, plan.rank == 0
+    # Set for the whole run (the record's `runtime` reads it), restored when the run ends.
+    held.enter_context(torch_threads(intra_op_threads(
+        settings.torch_threads, device=plan.device,
+        in_process_loading=plan.train_data.num_workers == 0)))
     planned = identity.checkpoint_identity(plan.c)
     key = run_key(plan, checkpoint=planned)
     records_dir = settings.out / "records"

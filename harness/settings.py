@@ -31,6 +31,9 @@ class RunSettings:
     cache_features: bool | Literal["auto"] = "auto"   # auto: the task's default
     feature_store: Path | None = None                 # None: cached tokens stay in memory
     state_save_every_s: float = bounded(300.0, low=0, why="0: at every step")
+    # torch's intra-op threads for the run; auto: 1 on CPU with in-process loading, else
+    # torch's default (harness.runner.intra_op_threads says why)
+    torch_threads: int | Literal["auto"] = bounded("auto", low=1)
 
     def __post_init__(self):
         for name in ("seed", "micro_batch_size", "eval_batch_size", "encoder_chunk"):
@@ -40,6 +43,10 @@ class RunSettings:
         if not (isinstance(self.cache_features, bool) or self.cache_features == "auto"):
             raise ValueError(f"cache_features must be true, false or auto, got "
                              f"{self.cache_features!r}")
+        if self.torch_threads != "auto" and (not isinstance(self.torch_threads, int)
+                                             or isinstance(self.torch_threads, bool)):
+            raise ValueError(f"torch_threads must be an integer or auto, got "
+                             f"{self.torch_threads!r}")
         if isinstance(self.state_save_every_s, bool) or \
                 not isinstance(self.state_save_every_s, (int, float)):
             raise ValueError(f"state_save_every_s must be a number of seconds, got "
@@ -58,7 +65,8 @@ class RunSettings:
                    micro_batch_size=c.get("micro_batch_size"),
                    eval_batch_size=c.get("eval_batch_size"), encoder_chunk=c.get("encoder_chunk"),
                    cache_features=c["cache_features"], feature_store=_store_root(c),
-                   state_save_every_s=c.get("state_save_every_s", 300.0))
+                   state_save_every_s=c.get("state_save_every_s", 300.0),
+                   torch_threads=c.get("torch_threads", "auto"))
 
 
 def _text(value) -> str | None:

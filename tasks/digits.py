@@ -40,7 +40,7 @@ MOTIONS = [
 DIGIT_CLASSES = [f"digit {d}" for d in range(10)]
 TASKS = {"digits_motion": MOTIONS, "digits_appearance": DIGIT_CLASSES}
 SPLITS = ("train", "val", "test")
-# Videos per class (train, val, test): 4,050 small videos, about a minute to write. The test
+# Videos per class (train, val, test): 4,050 small videos, about 100 CPU-s to write. The test
 # splits hold 800 and 1,000 videos so a top-1 of ~90% (~40%) has a standard error of about 1.0
 # (1.5) points; the earlier 160-video test splits had ~3.2, more than the differences between
 # encoders the demo is about. 100 labelled videos per class keep appearance learnable: with 48,
@@ -149,6 +149,10 @@ def render_video(image: np.ndarray, params: dict, rng: np.random.Generator, *, n
     return np.repeat(frames[..., None], 3, axis=-1)
 
 
+# Part of what makes the files: the same frames give the same bytes in any process on any CPU.
+X264_PARAMS = "threads=1:asm=0"
+
+
 def pick_codec() -> str:
     import av
 
@@ -189,10 +193,15 @@ def _encode(tmp: str, frames: np.ndarray, *, fps: int, codec: str) -> None:
     with av.open(tmp, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        # One encoder thread: x264's output then depends only on its input (reproducible files).
+        # One encoder thread, and x264's portable C code (`asm=0`): its output then depends only
+        # on its input, on every machine. With its assembly, x264 on a CPU with AVX-512 wrote
+        # different bytes for the same frames in two processes (28 of 40 test videos, up to 28
+        # grey levels apart once decoded; deterministic with the assembly capped at AVX2, and
+        # with asm=0), and the SSE/AVX2 and C paths differ from each other. C costs about 10 ms
+        # more per 64x64x24 video (~40 s of CPU for the 4,050 videos).
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "20", "preset": "veryfast"}
+            stream.options = {"crf": "20", "preset": "veryfast", "x264-params": X264_PARAMS}
         else:
             stream.bit_rate = 400_000
         for frame in frames:

@@ -38,6 +38,19 @@ def test_demo_writes_leaderboard_report_and_chart(tmp_path, capsys):
     for variant in ("vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"):
         assert (out / "pretrain" / variant / "latest.pth.tar").exists()
     assert "leaderboard" in capsys.readouterr().out.lower()
+    # what the numbers were computed with: one intra-op thread on CPU (the data are loaded in
+    # process), the CPU kernels, and the video encoder's settings
+    import torch
+
+    runtime = summary["runtime"]
+    assert runtime["pretrain_torch_threads"] == (1 if not torch.cuda.is_available()
+                                                 else torch.get_num_threads())
+    assert runtime["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert runtime["x264_params"] == "threads=1:asm=0"
+    assert "Computed with: pretrain_torch_threads" in report
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert records and all(r["runtime"]["torch_threads"] == runtime["pretrain_torch_threads"]
+                           for r in records)
 
 
 def test_demo_report_averages_seeds_and_keeps_one_seed_in_the_leaderboard(tmp_path):

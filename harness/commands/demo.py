@@ -29,6 +29,10 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="delete <out> first and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--torch-threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads for pretraining and probes (default: 1 on CPU, "
+                        "where more threads cost CPU time without saving wall time; torch's "
+                        "default on a GPU)")
 
 
 def main(args) -> int:
@@ -36,8 +40,10 @@ def main(args) -> int:
         raise ValueError("--budget must be positive (1.0 is about 10 minutes on 2 CPU cores)")
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise ValueError("--torch-threads must be at least 1")
     from harness.demo import run_demo
 
     run_demo(out=args.out, data=args.data, budget=args.budget, seed=args.seed, seeds=args.seeds,
-             progress=not args.no_progress, fresh=args.fresh)
+             progress=not args.no_progress, fresh=args.fresh, torch_threads=args.torch_threads)
     return 0
