@@ -83,7 +83,13 @@ def write_run_record(plan, record: dict, predictions, identity: str) -> Path:
         write_predictions(pred_path, predictions, [p for p, _ in plan.task.entries(plan.split)])
         record["extra"]["predictions"] = pred_path.name
         failpoints.hit("record")  # between the predictions and the record
-    return results.write_record(record, records_dir, filename=filename)
+    path = results.write_record(record, records_dir, filename=filename)
+    # After the rename, so the index never names a file that is not whole; a crash before this
+    # line is repaired by the next read (it walks the folder).
+    from results.index import note_written
+
+    note_written(path, plan.settings.out)
+    return path
 
 
 def _remove_unclaimed_predictions(records_dir: Path, filename: str) -> None:

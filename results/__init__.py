@@ -14,7 +14,8 @@ from results.formats import render
 from results.record import (PROTOCOL_VERSION, make_record, protocol_id, read_record,
                             record_filename, record_protocol_version, write_record)
 from results.reference import load_reference_tables
-from results.store import ResultStore, checkpoint_label, default_root, records_frame
+from results.frame import checkpoint_label, records_frame
+from results.store import ResultStore, default_root
 
 __all__ = ["PROTOCOL_VERSION", "Leaderboard", "ResultStore", "record_protocol_version", "checkpoint_label", "default_root", "leaderboard",
            "load_reference_tables", "make_record", "protocol_diff", "protocol_id", "read_record",

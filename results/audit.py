@@ -36,7 +36,7 @@ class TaskComparison:
 
 
 def _name(rec: dict) -> str:
-    from results.store import encoder_label
+    from results.frame import encoder_label
 
     return (rec.get("extra") or {}).get("label") or encoder_label(rec["encoder"])
 
@@ -59,7 +59,7 @@ def pick(records: list[dict], who: str, task: str) -> list[dict]:
     """Records of `who` (a run label, an encoder label, or an encoder name: its trained
     checkpoints, or its random init where it has nothing else) on `task`, newest first; several
     checkpoints or architectures of one encoder are refused by the caller."""
-    from results.store import encoder_label
+    from results.frame import encoder_label
 
     on_task = [r for r in records if r.get("task") == task]
     by_label = [r for r in on_task if (r.get("extra") or {}).get("label") == who] or \
@@ -85,7 +85,7 @@ def compare_task(records: list[dict], image: str, video: str, task: str, role: s
     missing = [who for who, hits in ((image, imgs), (video, vids)) if not hits]
     if missing:
         return TaskComparison(task, role, "missing", f"no record of {', '.join(missing)} on {task}")
-    from results.store import encoder_label
+    from results.frame import encoder_label
 
     for who, hits in ((image, imgs), (video, vids)):
         archs = sorted({encoder_label(r["encoder"]) for r in hits})

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from results.columns import column_names, mismatch_note
 from results.significance import ALPHA, mark
-from results.store import BASE_COLUMNS
+from results.frame import BASE_COLUMNS
 
 __all__ = ["BEST", "TIED", "ROW_KEYS", "Cell", "Column", "Leaderboard", "decimals_for",
            "filter_frame", "leaderboard"]

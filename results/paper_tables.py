@@ -304,15 +304,32 @@ def _low_shot_command(run, task: str, fraction: float, root: str) -> str:
 
 def known_data_roots(frame) -> dict[str, str]:
     """{task: the data root its newest record ran on}, read from the records' one-line commands
-    (`task.data.root=...`); tasks whose records name none are left out."""
+    (`task.data.root=...`); tasks whose records name none are left out. A frame without the
+    records' text (read through the index) has their files read, newest first, until one
+    names a root: one file per task, not the whole store."""
     if frame is None or frame.empty or "record" not in frame:
         return {}
     roots: dict[str, str] = {}
-    for _, row in frame.sort_values("created", kind="stable").iterrows():
-        root = _root_in(row.get("record"))
+    ordered = frame.sort_values("created", kind="stable")
+    for task, text, path in zip(ordered["task"].iloc[::-1], ordered["record"].iloc[::-1],
+                                ordered["path"].iloc[::-1]):
+        if str(task) in roots:
+            continue
+        root = _root_in(text if isinstance(text, str) else _file_text(path))
         if root:
-            roots[str(row["task"])] = root
+            roots[str(task)] = root
     return roots
+
+
+def _file_text(path) -> str | None:
+    from results.record import RecordError, read_record
+
+    if not isinstance(path, str):
+        return None
+    try:
+        return json.dumps(read_record(path))
+    except (OSError, RecordError):
+        return None
 
 
 def _root_in(record_text) -> str | None:

@@ -23,7 +23,8 @@ import pytest
 
 from harness.cli import main
 from results import ResultStore, make_record, write_record
-from results.store import export_store
+from results.exchange import export_store
+from results.index import INDEX_NAME
 from tests.test_leaderboard_cells import K400, SSV2, add
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +36,13 @@ ROW = ("vjepa_vitl", "a.pth")
 
 
 def snapshot(base: Path) -> dict:
-    """Every entry under `base`, links not followed: {relative path: what it is}."""
+    """Every entry under `base`, links not followed: {relative path: what it is}. The result
+    index (`index.sqlite*`, derived from the records and rewritten by reads) is left out."""
     out = {}
     for folder, dirs, files in os.walk(base):
         for name in dirs + files:
+            if name.startswith(INDEX_NAME):
+                continue
             p = Path(folder) / name
             rel = str(p.relative_to(base))
             if p.is_symlink():
@@ -208,7 +212,7 @@ def test_dangling_records_link_is_refused(tmp_path, capsys):
 
 def test_a_link_at_a_record_name_is_never_written_through(tmp_path, capsys):
     from results.record import parse_record
-    from results.store import _import_name
+    from results.exchange import _import_name
 
     src = good_store(tmp_path / "src")
     frame = export_csv(src, tmp_path / "s.csv")
@@ -310,9 +314,9 @@ def test_an_oversized_record_file_is_refused_unread(tmp_path, capsys, monkeypatc
 
 
 def test_an_import_row_too_long_is_refused_in_bounded_memory(tmp_path, capsys, monkeypatch):
-    import results.store
+    import results.exchange
 
-    monkeypatch.setattr(results.store, "_CSV_ROW_LIMIT", 20_000)
+    monkeypatch.setattr(results.exchange, "_CSV_ROW_LIMIT", 20_000)
     src = good_store(tmp_path / "src")
     frame = export_csv(src, tmp_path / "s.csv")
     frame.loc[2, "label"] = "y" * 50_000

@@ -10,7 +10,7 @@ import pytest
 from harness.cli import main
 from results import ResultStore, leaderboard, plots, render
 from results.columns import departures_text
-from results.store import SCHEMA
+from results.frame import SCHEMA
 from tests.test_leaderboard_cells import build_store, protocol
 from tests.test_results_low_shot import fold, write
 

@@ -8,7 +8,8 @@ import pytest
 
 from results import ResultStore, leaderboard, make_record, write_record
 from common.atomic import atomic_write
-from results.store import SCHEMA, SCHEMA_VERSION, export_store, import_store
+from results.exchange import export_store, import_store
+from results.frame import SCHEMA, SCHEMA_VERSION
 from tests.test_leaderboard_cells import COLUMNS, build_store
 
 

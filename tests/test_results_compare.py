@@ -7,7 +7,7 @@ import pytest
 from harness.cli import main
 from results import ResultStore
 from results.predictions import missing_reason, predictions_path
-from results.store import export_store, import_store
+from results.exchange import export_store, import_store
 from tests.test_leaderboard_cells import protocol
 from tests.test_results_low_shot import write
 

@@ -77,7 +77,7 @@ def main(args) -> int:
                 temporal_task=args.temporal_task, margin=args.margin, n_boot=args.bootstrap)
     # Inside --results only: an `audits` folder that is a link leading elsewhere is refused,
     # a link at the file's name is replaced (never written through), faults are one line.
-    from results.store import folder_in, writing
+    from results.storage import folder_in, writing
 
     name = (f"audit__{_safe(args.image)}__{_safe(args.video)}__"
             f"{_safe(args.static_task)}__{_safe(args.temporal_task)}.json")

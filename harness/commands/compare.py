@@ -38,7 +38,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def checkpoint_text(record: dict) -> str:
     """`latest.pth.tar (sha256 1a2b3c4d, step 450)`, `random init`, or `no checkpoint`."""
-    from results.store import checkpoint_label
+    from results.frame import checkpoint_label
 
     ckpt = record.get("checkpoint") or {}
     label = checkpoint_label(ckpt)
@@ -59,13 +59,13 @@ def checkpoint_text(record: dict) -> str:
 def run_name(record: dict) -> str:
     """The run as a reader knows it: its label, else its encoder's label (registry name plus
     the architecture that differs from the entry)."""
-    from results.store import encoder_label
+    from results.frame import encoder_label
 
     return (record.get("extra") or {}).get("label") or encoder_label(record.get("encoder"))
 
 
 def _candidates(hits: list[dict]) -> str:
-    from results.store import encoder_label, run_identity
+    from results.frame import encoder_label, run_identity
 
     lines = []
     for r in sorted(hits, key=lambda r: (str(r.get("task")), str(r.get("created")))):
@@ -85,14 +85,14 @@ def find(ref: str, task: str | None, root, store_records: list | None = None) ->
     from pathlib import Path
 
     import results
-    from results.store import encoder_label, run_identity
+    from results.frame import encoder_label, run_identity
 
     path = Path(ref)
     if path.is_file():
         return path, results.read_record(path)
     root = results.default_root(root)
     if store_records is None:
-        store_records = _store_records(root)
+        store_records = _store_records(root, [ref])
     records = [r for r in store_records if task is None or r.get("task") == task]
     # Most specific first: a run id, then a run's label, then an encoder label, then a name.
     tiers = [
@@ -115,15 +115,36 @@ def find(ref: str, task: str | None, root, store_records: list | None = None) ->
     return Path(hits[0]["_path"]), hits[0]
 
 
-def _store_records(root) -> list:
-    """The store's records, once; the files left out are said once, with their reasons."""
+def _store_records(root, refs: list[str]) -> list:
+    """The store's records that any of `refs` could name (by run id or its prefix, record
+    file stem, run label, encoder label or encoder name), once: the index picks them, so only
+    their files are read. The files left out are said once, with their reasons."""
+    from pathlib import Path
+
     import results
     from harness.output import report_skipped
 
     store = results.ResultStore(root)
     if not store.root.is_dir():
         return []
-    records = store.records()
+    frame = store.frame(text=False)
+    if frame.empty:
+        report_skipped(store)
+        return []
+    stems = frame["path"].map(lambda p: Path(p).stem)
+    run_ids = frame["run_id"].astype(str)
+    keep = False
+    for ref in refs:
+        keep = keep | (run_ids == ref) | (stems == ref) | (frame["label"] == ref) \
+            | (frame["encoder_label"] == ref) | (frame["encoder"] == ref)
+        if len(ref) >= 6:
+            keep = keep | run_ids.str.startswith(ref)
+    records = []
+    for path in frame.loc[keep, "path"]:
+        rec = store.read(Path(path))
+        if rec is not None:
+            rec["_path"] = path
+            records.append(rec)
     report_skipped(store)
     return records
 
@@ -136,7 +157,7 @@ def main(args) -> int:
     from results.stats import align, bootstrap_ci, paired
 
     named = [ref for ref in (args.a, args.b) if not Path(ref).is_file()]
-    store_records = _store_records(results.default_root(args.results)) if named else []
+    store_records = _store_records(results.default_root(args.results), named) if named else []
     (pa, ra), (pb, rb) = (find(args.a, args.task, args.results, store_records),
                           find(args.b, args.task, args.results, store_records))
     if ra["protocol_id"] != rb["protocol_id"]:

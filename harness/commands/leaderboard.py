@@ -59,7 +59,7 @@ def main(args) -> int:
     import results
     from harness.output import print_line, report_skipped
     from results.formats import format_for_path, render
-    from results.store import export_store
+    from results.exchange import export_store
 
     root = results.default_root(args.results)
     if args.import_:
@@ -76,7 +76,7 @@ def main(args) -> int:
         print_line(f"exported {n} record(s) from {root} to {args.export}")
         return 0
     # The date window applies before one record per run is kept (the board as it stood then).
-    frame = store.frame(since=args.since, until=args.until)
+    frame = store.frame(since=args.since, until=args.until, text=False)
     report_skipped(store)
     encoders = args.encoder
     if args.series:

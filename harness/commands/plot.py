@@ -44,7 +44,7 @@ def main(args) -> int:
     if not root.exists():
         raise FileNotFoundError(f"no results at '{root}': pass --results DIR or set HARNESS_RESULTS")
     store = results.ResultStore(root)
-    frame = store.frame()
+    frame = store.frame(text=False)
     from harness.output import report_skipped
 
     report_skipped(store)

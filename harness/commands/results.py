@@ -1,4 +1,4 @@
-"""`harness results`: the result store as a whole: export, import, schema."""
+"""`harness results`: the result store as a whole: export, import, schema, reindex."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,13 @@ import argparse
 EPILOG = """\
   harness results export store.parquet --results runs    # every record, as one file
   harness results import store.parquet --results runs    # merge another machine's records
-  harness results schema                                 # the frame's columns, documented
+  harness results schema                                 # the frame's columns, the index
+  harness results reindex --results runs                 # rebuild <results>/index.sqlite
+
+Every reader goes through `<results>/index.sqlite`, an SQLite index of the record files that
+each read brings up to date with what changed on disk (new, rewritten, deleted or torn files);
+the records stay the truth and the index can be deleted at any time. Export streams the store
+a chunk at a time.
 
 Importing writes each record atomically under `<results>/records/`, named from the record
 itself (encoder, task, protocol id, creation time): importing the same file twice, or records
@@ -32,7 +38,7 @@ def add_results_argument(p: argparse.ArgumentParser) -> None:
 def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
     p.epilog = EPILOG
-    p.add_argument("action", choices=["export", "import", "schema"])
+    p.add_argument("action", choices=["export", "import", "schema", "reindex"])
     p.add_argument("file", nargs="?", help="the .parquet or .csv file (export, import)")
     add_results_argument(p)
 
@@ -40,13 +46,37 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def main(args) -> int:
 
     import results
-    from results.store import SCHEMA, SCHEMA_VERSION, export_store
+    from results.exchange import export_store
+    from results.frame import SCHEMA, SCHEMA_VERSION
+
+    from harness.output import print_line
 
     if args.action == "schema":
-        print(f"result store frame, schema version {SCHEMA_VERSION} (then one column per metric):")
+        from results.index import describe
+
+        print_line(f"result store frame, schema version {SCHEMA_VERSION} (then one column per "
+                   f"metric):")
         width = max(len(c) for c in SCHEMA)
         for column, what in SCHEMA.items():
-            print(f"  {column.ljust(width)}  {what}")
+            print_line(f"  {column.ljust(width)}  {what}")
+        print_line("")
+        for line in describe():
+            print_line(line)
+        return 0
+    if args.action == "reindex":
+        from results.index import RecordIndex
+
+        root = results.default_root(args.results)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no results at '{root}': pass --results DIR or set "
+                                    f"HARNESS_RESULTS")
+        index = RecordIndex(root)
+        n = index.rebuild()
+        bad = len(index.problems())
+        index.close()
+        print_line(f"indexed {n} record(s) under {root} into {index.path}"
+                   + (f" ({bad} file(s) that are no usable record: see `harness leaderboard`)"
+                      if bad else ""))
         return 0
     if not args.file:
         raise ValueError(f"`harness results {args.action}` needs a FILE (.parquet or .csv)")
@@ -60,7 +90,7 @@ def main(args) -> int:
         from harness.output import report_skipped
 
         report_skipped(store)
-        print(f"exported {n} record(s) from {root} to {args.file}")
+        print_line(f"exported {n} record(s) from {root} to {args.file}")
         return 0
     return run_import(args.file, root)
 
@@ -71,7 +101,7 @@ def run_import(file, root) -> int:
     import sys
 
     from harness.output import print_line
-    from results.store import ImportInterrupted, import_store
+    from results.exchange import ImportInterrupted, import_store
 
     try:
         done = import_store(file, root)

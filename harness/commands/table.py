@@ -137,7 +137,7 @@ def main(args) -> int:
 
     root = results.default_root(args.results)
     store = results.ResultStore(root)
-    frame = store.frame() if root.exists() else None
+    frame = store.frame(text=False) if root.exists() else None
     from harness.output import report_skipped
 
     report_skipped(store)

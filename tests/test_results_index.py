@@ -1,0 +1,309 @@
+"""The result store's SQLite index: the same answer as the file scan, kept up to date from
+what changed on disk, rebuilt when missing, damaged or stale."""
+import copy
+import json
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from results import ResultStore, leaderboard, make_record, render, write_record
+from results.exchange import export_store, import_store
+from results.index import INDEX_NAME, RecordIndex
+from tests.test_leaderboard_cells import K400, SSV2, build_store
+
+
+def _record(encoder="enc", task="k400", top1=50.0, seed=0, created=None, **extra):
+    rec = make_record(encoder={"name": encoder}, checkpoint={"path": "/ckpt/e.pth",
+                                                             "sha256": "e" * 64},
+                      task=task, split="val", protocol=copy.deepcopy(K400 if task == "k400"
+                                                                     else SSV2),
+                      metrics={"top1": top1, "num_samples": 100}, data_problems={},
+                      timings={"wall_seconds": 10.0}, seed=seed, device="cpu",
+                      extra=extra or None)
+    if created:
+        rec["created"] = created
+    return rec
+
+
+def _put(root: Path, name: str, text: str) -> Path:
+    path = root / "records" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def hostile_store(root: Path) -> Path:
+    """Good records, re-runs (one of them not reproducing), torn, hostile, foreign, hidden and
+    linked files: everything the scan has rules for."""
+    build_store(root)
+    recs = root / "records"
+    # a re-run with other metrics (a conflict) and one that reproduces (replaced quietly)
+    a = _record("rerun", top1=10.0, created="2026-11-02T00:00:00+00:00", run_id="r1")
+    b = _record("rerun", top1=11.0, created="2026-11-03T00:00:00+00:00", run_id="r1")
+    c = _record("same", top1=5.0, created="2026-11-02T00:00:00+00:00", run_id="r2")
+    d = _record("same", top1=5.0, created="2026-11-04T00:00:00+00:00", run_id="r2")
+    for rec in (a, b, c, d):
+        write_record(rec, recs)
+    # two records of one run created in the same microsecond: the later path wins
+    for name in ("tie-a.json", "tie-b.json"):
+        _put(root, name, json.dumps(_record("tie", top1=1.0 if name == "tie-a.json" else 2.0,
+                                            created="2026-11-05T00:00:00+00:00", run_id="t")))
+    good = json.dumps(_record("torn", top1=33.0), indent=2)
+    _put(root, "torn__k400__0123456789ab__20261201T000000_000000Z-abcdef.json",
+         good[: len(good) // 2])
+    (recs / "bytes.json").write_bytes(b'{"record_version": 1, "created": "\xff\xfe"}')
+    _put(root, "future.json", json.dumps(_record("future", created="2999-01-01T00:00:00+00:00")))
+    _put(root, "badfield.json", json.dumps({**_record("bad"), "seed": "0"}))
+    _put(root, "deep.json", "[" * 5000 + "]" * 5000)
+    # odd but valid values: a huge seed, a bool in an unchecked field, NaN
+    odd = _record("odd name", top1=float("nan"), seed=2 ** 80)
+    odd["protocol"]["precision"] = True
+    odd["precision"] = None
+    _put(root, "odd.json", json.dumps(odd))
+    # not ours: ignored without a word; hidden: in-flight writes
+    (root / "config.json").write_text(json.dumps({"lr": 1}))
+    (root / "summary.json").write_text("[1, 2, 3]")
+    _put(root, ".part-123.json", "{")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "x.json").write_text(json.dumps(_record("hidden")))
+    # a linked file is read (as the scan reads it), a linked folder is not walked
+    outside = root.parent / (root.name + "_outside")
+    outside.mkdir(exist_ok=True)
+    (outside / "linked.json").write_text(json.dumps(_record("linked", top1=44.0)))
+    (outside / "sub").mkdir(exist_ok=True)
+    (outside / "sub" / "x.json").write_text(json.dumps(_record("linked_dir")))
+    (recs / "linked.json").symlink_to(outside / "linked.json")
+    (root / "linkdir").symlink_to(outside / "sub")
+    # a sub-store one level down, whose names sort differently as text and as paths
+    write_record(_record("nested", task="ssv2", top1=20.0), root / "a-b" / "records")
+    write_record(_record("nested2", task="ssv2", top1=21.0), root / "a" / "records")
+    return root
+
+
+def both(root, **kw):
+    """(scan store, scan frame, index store, index frame)."""
+    scan, index = ResultStore(root, scan=True), ResultStore(root)
+    return scan, scan.frame(**kw), index, index.frame(**kw)
+
+
+def assert_same(root, **kw):
+    scan, f_scan, index, f_index = both(root, **kw)
+    assert not index.scan  # the index was used
+    pd.testing.assert_frame_equal(f_scan, f_index)
+    assert scan.problems == index.problems
+    assert scan.conflicts == index.conflicts
+    assert scan.replaced == index.replaced
+    board_scan = render(leaderboard(f_scan, significance=False), "plain")
+    assert board_scan == render(leaderboard(f_index, significance=False), "plain")
+    # what the leaderboard command reads: everything but the records' text
+    pd.testing.assert_frame_equal(f_scan.assign(record=None),
+                                  ResultStore(root).frame(text=False, **kw))
+    recs_scan = ResultStore(root, scan=True).records(**kw)
+    assert recs_scan == ResultStore(root).records(**kw)
+    return f_index, index
+
+
+def test_index_and_file_scan_agree_on_a_hostile_store(tmp_path):
+    root = hostile_store(tmp_path / "store")
+    frame, store = assert_same(root)
+    assert (root / INDEX_NAME).is_file()
+    problems = dict(store.problems)
+    assert any("future" in why for why in problems.values())
+    assert str(root / "config.json") not in problems and len(store.conflicts) == 3  # r1, the tie, build_store
+    assert "linked" in set(frame["encoder"]) and "linked_dir" not in set(frame["encoder"])
+    assert frame.loc[frame["encoder"] == "tie", "top1"].tolist() == [2.0]
+    assert store.replaced == 4  # build_store's re-run, r1, r2, the tie
+    # every other selection agrees too: all records, date windows
+    assert_same(root, latest_only=False)
+    assert_same(root, since="2026-11-03", until="2026-11-04")
+    assert_same(root, until="2026-11-02T12:00")
+    # a task filter pushed into SQL keeps what filtering the scan's frame keeps (the dtypes of
+    # a column are those of the rows kept: the huge seed of a k400 row is not among them)
+    scan = ResultStore(root, scan=True).frame()
+    pd.testing.assert_frame_equal(scan[scan["task"] == "ssv2"].reset_index(drop=True),
+                                  ResultStore(root).frame(tasks=["ssv2"]), check_dtype=False)
+
+
+def test_changes_on_disk_are_found_incrementally(tmp_path):
+    root = hostile_store(tmp_path / "store")
+    assert_same(root)
+    recs = root / "records"
+    # rewritten (atomically, as a writer does), rewritten in place keeping size and mtime,
+    # deleted, torn, a new record, a bad record fixed
+    victim = sorted(recs.glob("vjepa_vitl__ssv2__*.json"))[0]
+    rec = json.loads(victim.read_text())
+    rec["metrics"]["top1"] = 12.0
+    write_record(rec, recs, filename=victim.name)
+    in_place = sorted(recs.glob("videomae_vitl__ssv2__*.json"))[0]
+    st = in_place.stat()
+    text = in_place.read_text()
+    in_place.write_text(text.replace('"top1": 60.0', '"top1": 66.0'))
+    os.utime(in_place, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert in_place.stat().st_size == st.st_size
+    sorted(recs.glob("videomae_vitl__k400__*.json"))[0].unlink()
+    torn = sorted(recs.glob("vjepa_vitl__k400__*.json"))[-1]
+    torn.write_text(torn.read_text()[:100])
+    write_record(_record("newcomer", top1=99.0), recs)
+    (recs / "badfield.json").write_text(json.dumps(_record("fixed", top1=42.0)))
+    frame, store = assert_same(root)
+    assert {"newcomer", "fixed"} <= set(frame["encoder"])
+    assert 12.0 in frame["top1"].tolist() and 66.0 in frame["top1"].tolist()
+    assert str(torn) in dict(store.problems)
+
+
+def test_bad_records_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import results.index_rows as index_module
+
+    root = hostile_store(tmp_path / "store")
+    ResultStore(root).frame()
+    index = RecordIndex(root)
+    with sqlite3.connect(index.path) as con:  # a later read finds the last update long past
+        con.execute("UPDATE meta SET value = ? WHERE key = 'last_update_ns'",
+                    (str(10 ** 19),))
+    judged = []
+    real = index_module.index_entry
+    monkeypatch.setattr(index_module, "index_entry",
+                        lambda r, rel, st: judged.append(rel) or real(r, rel, st))
+    store = ResultStore(root)
+    store.frame()
+    assert judged == [] and any("badfield" in p for p, _ in store.problems)
+    (root / "records" / "badfield.json").write_text(json.dumps({**_record("bad"), "seed": "1"}))
+    store = ResultStore(root)
+    store.frame()
+    assert judged == ["records/badfield.json"]
+    assert any("badfield" in p for p, _ in store.problems)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "garbage", "older", "link"])
+def test_a_damaged_or_stale_index_is_rebuilt(tmp_path, damage, caplog):
+    root = hostile_store(tmp_path / "store")
+    ResultStore(root).frame()
+    path = root / INDEX_NAME
+    if damage == "older":  # an index from before records were added and removed
+        saved = path.read_bytes()
+        RecordIndex(root).close()
+        write_record(_record("later", top1=77.0), root / "records")
+        next(iter(sorted((root / "records").glob("vjepa_vitl__k400__*.json")))).unlink()
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        path.write_bytes(saved)
+    else:
+        with sqlite3.connect(path) as con:  # everything into the main file first
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        if damage == "deleted":
+            path.unlink()
+        elif damage == "truncated":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 3])
+        elif damage == "garbage":
+            path.write_bytes(b"not an sqlite file" * 100)
+        elif damage == "link":
+            victim = tmp_path / "victim"
+            victim.write_text("keep")
+            path.unlink()
+            path.symlink_to(victim)
+    with caplog.at_level(logging.WARNING, logger="results.index"):
+        frame, _ = assert_same(root)
+    if damage == "older":
+        assert "later" in set(frame["encoder"])
+    if damage in ("garbage", "truncated", "link"):
+        assert len([r for r in caplog.records if r.name == "results.index"]) == 1
+    if damage == "link":
+        assert (tmp_path / "victim").read_text() == "keep" and not path.is_symlink()
+
+
+def test_an_index_made_by_other_code_is_rebuilt(tmp_path):
+    root = build_store(tmp_path / "store")
+    ResultStore(root).frame()
+    with sqlite3.connect(root / INDEX_NAME) as con:
+        con.execute("UPDATE meta SET value = 'old' WHERE key = 'stamp'")
+        con.execute("DELETE FROM records")
+    assert_same(root)
+
+
+def test_a_folder_where_no_index_can_be_written_is_scanned(tmp_path, caplog):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    root = build_store(tmp_path / "store")
+    os.chmod(root, 0o555)
+    try:
+        store = ResultStore(root)
+        frame = store.frame()
+        assert store.scan and len(frame) == len(ResultStore(root, scan=True).frame())
+    finally:
+        os.chmod(root, 0o755)
+
+
+def test_export_streams_in_chunks_and_round_trips(tmp_path, monkeypatch):
+    root = hostile_store(tmp_path / "store")
+    import results.store as store_module
+
+    chunks = []
+    real = store_module.ResultStore.chunks
+    monkeypatch.setattr(store_module.ResultStore, "chunks",
+                        lambda self, size=2000: (chunks.append(1) or c for c in real(self, 3)))
+    n = export_store(ResultStore(root), tmp_path / "s.csv")
+    assert n == len(ResultStore(root, scan=True).frame(latest_only=False)) and n > 6
+    written, present = import_store(tmp_path / "s.csv", tmp_path / "copy")
+    assert written == n and present == 0
+    # the copy holds the same records (names rebuilt, `imported` added): the same board
+    # (but for the two records of one run made in the same microsecond: their new names decide)
+    a = ResultStore(root, scan=True).frame().query("encoder != 'tie'")
+    b = ResultStore(tmp_path / "copy").frame().query("encoder != 'tie'")
+    cols = ["encoder", "task", "protocol_id", "run_id", "top1", "seed"]
+    key = ["run_id"]
+    pd.testing.assert_frame_equal(a[cols].sort_values(key, ignore_index=True),
+                                  b[cols].sort_values(key, ignore_index=True))
+    pytest.importorskip("pyarrow")
+    assert export_store(ResultStore(root), tmp_path / "s.parquet") == n
+    assert import_store(tmp_path / "s.parquet", tmp_path / "copy2").written == n
+
+
+def test_reindex_and_schema_commands(tmp_path, capsys):
+    root = build_store(tmp_path / "store")
+    assert main(["results", "reindex", "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    n = len(ResultStore(root, scan=True).records(latest_only=False))
+    assert f"indexed {n} record(s)" in out and (root / INDEX_NAME).is_file()
+    assert main(["results", "schema"]) == 0
+    out = capsys.readouterr().out
+    assert "index.sqlite" in out and "retry_at" in out
+
+
+def test_a_writer_adds_its_row_and_a_crash_before_it_is_repaired(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.record_writer import write_run_record
+
+    root = build_store(tmp_path / "store")
+    ResultStore(root).frame()
+    plan = SimpleNamespace(settings=SimpleNamespace(out=root))
+    path = write_run_record(plan, _record("written", top1=50.0), None, "abcdef1234567890")
+    with sqlite3.connect(root / INDEX_NAME) as con:
+        assert con.execute("SELECT COUNT(*) FROM records WHERE encoder = 'written'"
+                           ).fetchone() == (1,)
+    # a record whose writer died before its row: the next read finds it
+    crashed = write_record(_record("crashed", top1=51.0), root / "records")
+    frame, _ = assert_same(root)
+    assert {"written", "crashed"} <= set(frame["encoder"]) and path.is_file() and crashed
+
+
+def test_an_index_sqlite_refuses_to_write_falls_back_to_the_scan(tmp_path, monkeypatch, caplog):
+    root = build_store(tmp_path / "store")
+
+    def refuse(self):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(RecordIndex, "_open", refuse)
+    store = ResultStore(root)
+    with caplog.at_level(logging.WARNING):
+        frame = store.frame()
+    assert store.scan and "reading every record file instead" in caplog.text
+    pd.testing.assert_frame_equal(frame, ResultStore(root, scan=True).frame())
