@@ -44,8 +44,8 @@ _NAME_PRIORITY = ["protocol_version", "precision", "probe.selection", "task.samp
                   "task.sampling.eval_placement", "optim.epochs", "optim.lr",
                   "task.manifests.train.videos", "task.manifests.train.sha256"]
 # The order departures are named in (then the others by key): what a reader checks first.
-_DEPARTURE_ORDER = ["task.sampling.frames_per_clip", "task.sampling.frame_step",
-                    "task.sampling.eval_segments", "task.sampling.eval_views", "probe.kind",
+_DEPARTURE_ORDER = ["sampling.frames_per_clip", "sampling.frame_step",
+                    "sampling.eval_segments", "sampling.eval_views", "probe.kind",
                     "probe.depth", "probe.selection", "optim.epochs", "optim.lr",
                     "optim.batch_size", "optim.weight_decay"]
 

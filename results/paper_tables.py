@@ -10,7 +10,9 @@ protocol. Rows and columns without a counterpart here are shown with the reason.
 A row is the registry entry at its registry size: records of an encoder whose architecture was
 overridden (`record.encoder.label`, e.g. `videomae_vits (embed_dim 192, depth 2)`) never fill
 it, nor do records whose protocol departs from the task's published one
-(`record.protocol_departures`) in more than the fields the table itself checks. Fill-in
+(`record.protocol_departures`) in more than the fields the table itself checks. A table whose
+reference data carries a `recipe` (V-JEPA 2's: its probe, optimiser and head grid per task and
+row) counts only records run under it, and its fill-in commands set it. Fill-in
 commands are shell-quoted and carry `task.data.root=` where a data root is known (`--data-root
 TASK=DIR`, else the root the newest record of the task ran on).
 """
@@ -31,7 +33,8 @@ METRIC_OF = {"ava": "mAP"}
 # The paper's AVA probe is its own (a linear classifier on RoIAligned layer taps: roi_linear).
 PROBE_OF = {"ava": "roi_linear"}
 TASK_OF = {"K400": "k400", "SSv2": "ssv2", "AVA": "ava", "IN1K": "in1k", "Places205": "places205",
-           "iNat21": "inat21", "Diving48": "diving48", "Jester": "jester", "COIN": "coin"}
+           "iNat21": "inat21", "Diving48": "diving48", "Jester": "jester", "COIN": "coin",
+           "EK100": "ek100"}
 # Columns that are no frozen evaluation of one checkpoint (fine-tuning, averages).
 NOT_FROZEN = {"K400_ft": "end-to-end fine-tuning, not a frozen evaluation",
               "SSv2_ft": "end-to-end fine-tuning, not a frozen evaluation",
@@ -88,10 +91,13 @@ TABLES = {s.name: s for s in [
               note="rows are ablation checkpoints (no released weights)"),
     TableSpec("vjepa-vs-pixel-methods", "vjepa_2024", "table5_vs_pixel_prediction",
               "V-JEPA (2024) Table 5: against pixel-prediction methods"),
-    TableSpec("vjepa2-frozen", "vjepa2_2025", "table4_frozen_classification",
-              "V-JEPA 2 (2025) Table 4: frozen classification", probe="attentive_v2",
-              views={"k400": (16, 8, 3), "ssv2": (16, 2, 3)},
-              note="the V-JEPA 2 protocol: 4-block attentive probe (attentive_v2), 256 px"),
+    TableSpec("vjepa2-frozen", "vjepa2_2025", "frozen_classification_and_anticipation",
+              "V-JEPA 2 (2025) Tables 4-5: frozen classification and EK100 anticipation",
+              probe="attentive_v2", views={},
+              note="the V-JEPA 2 release's protocol exactly (results/reference/vjepa2_frozen.yaml "
+                   "recipe): attentive_v2 with its optimiser (optim_groups: release), its head "
+                   "grid and the best head on the evaluation split (selection: eval_max), as "
+                   "its published numbers were chosen"),
 ]}
 
 
@@ -179,9 +185,11 @@ def fraction_of(column_fraction: str) -> float:
     return float(column_fraction.rstrip("%")) / 100.0
 
 
-def matches(protocol: dict, spec: TableSpec, task: str, fraction: float | None = None) -> bool:
+def matches(protocol: dict, spec: TableSpec, task: str, fraction: float | None = None,
+            recipe: dict | None = None) -> bool:
     """Is a record's protocol the one the table's numbers were measured under? A run on a
-    label-efficiency fold (`train_fold`) matches only the low-shot cell of its fraction."""
+    label-efficiency fold (`train_fold`) matches only the low-shot cell of its fraction. With
+    a `recipe` (`recipe_for`) the record must have every probe and task field it names."""
     if not isinstance(protocol, dict):
         return False
     fold = (protocol.get("task") or {}).get("train_fold")
@@ -191,6 +199,8 @@ def matches(protocol: dict, spec: TableSpec, task: str, fraction: float | None =
         return False
     if int(protocol.get("protocol_version") or 1) != PROTOCOL_VERSION:
         return False
+    if recipe is not None:
+        return _has_recipe(protocol, recipe)
     probe = protocol.get("probe") or {}
     if probe.get("kind") != PROBE_OF.get(task, spec.probe) or probe.get("selection") == "eval_max":
         return False
@@ -216,6 +226,7 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
         raise ValueError(f"the reference data has no table {spec.paper}/{spec.table}")
     columns = _low_shot_columns(body) if spec.low_shot else _columns(body)
     full = (paper.get(spec.full_labels) or {}).get("rows", {}) if spec.full_labels else {}
+    allowed = recipe_departures(body)
     notes = []
     rows = []
     for method, row in (body.get("rows") or {}).items():
@@ -235,6 +246,7 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
                 if isinstance(full_value, (int, float)) and full_value:
                     cell.drop = 100.0 * (float(full_value) - float(published["mean"])) / float(full_value)
             task = TASK_OF.get(task_col)
+            recipe = recipe_for(body, method, task) if task else None
             if col in NOT_FROZEN or task_col in NOT_FROZEN:
                 cell.why_not = NOT_FROZEN.get(col) or NOT_FROZEN[task_col]
             elif encoder is None:
@@ -243,6 +255,8 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
                 cell.why_not = f"no task for column {task_col}"
             elif task not in known_tasks:
                 cell.why_not = f"task {task} is not in the registry yet"
+            elif recipe is not None and recipe.get("why_not"):
+                cell.why_not = str(recipe["why_not"])
             elif spec.low_shot:
                 _fill_low_shot(cell, frame, encoder, task, spec, fraction_of(frac))
                 if cell.ours is None and command is not None:
@@ -253,15 +267,15 @@ def build(spec: TableSpec, reference: dict, frame, *, known_tasks: set[str],
                         command(encoder, release, task, spec, data_root=root), task,
                         fraction_of(frac), root)
             else:
-                _fill(cell, frame, encoder, task, spec)
+                _fill(cell, frame, encoder, task, spec, recipe, allowed)
                 if cell.ours is None and command is not None:
-                    cell.command = shell_text(command(encoder, release, task, spec,
-                                                      data_root=roots.get(task)))
+                    run = command(encoder, release, task, spec, data_root=roots.get(task))
+                    cell.command = shell_text(_with_recipe(run, recipe))
             cells.append(cell)
         rows.append((method, cells))
         if row.get("note"):
             notes.append(f"{method}: {row['note']}")
-    notes += _left_out_notes(frame, body, spec)
+    notes += _left_out_notes(frame, body, spec, allowed)
     if spec.note:
         notes.insert(0, spec.note)
     return PaperTable(spec, str(body.get("source", "")), str(body.get("protocol", "")),
@@ -359,21 +373,23 @@ def _unquote_hydra(value: str) -> str:
 
 # Departures from the task's published protocol that a table's own checks already judge (its
 # views and probe); a record departing in anything else is not the paper's protocol.
-CHECKED_DEPARTURES = ("task.sampling.frames_per_clip", "task.sampling.eval_segments",
-                      "task.sampling.eval_views", "probe.kind")
+# Keyed as records write them (`harness.identity.departures` flattens the task config with no
+# `task.` prefix).
+CHECKED_DEPARTURES = ("sampling.frames_per_clip", "sampling.eval_segments", "sampling.eval_views")
 # A label-efficiency fold is the low-shot table's own protocol, not a departure from it.
-_FOLD_KEYS = ("task.train_fold", "task.manifests.train", "task.data.train")
+_FOLD_KEYS = ("train_fold", "manifests.train", "data.train")
 
 
-def departs(departures) -> list[str]:
-    """The departures (dotted keys) that keep a record out of a paper's cell."""
+def departs(departures, allowed: frozenset = frozenset()) -> list[str]:
+    """The departures (dotted keys) that keep a record out of a paper's cell; `allowed`: those
+    a table's recipe checks itself (`recipe_departures`)."""
     if not isinstance(departures, dict):
         return []
-    return sorted(k for k in departures if k not in CHECKED_DEPARTURES
+    return sorted(k for k in departures if k not in CHECKED_DEPARTURES and k not in allowed
                   and not str(k).startswith(_FOLD_KEYS))
 
 
-def _candidates(frame, encoder: str, task: str):
+def _candidates(frame, encoder: str, task: str, allowed: frozenset = frozenset()):
     """Records of the registry entry itself (not an overridden architecture, not random init)
     on `task`, without departures the table cannot judge."""
     sub = frame[(frame["encoder"] == encoder) & (frame["task"] == task)
@@ -381,11 +397,12 @@ def _candidates(frame, encoder: str, task: str):
     if "encoder_label" in sub and len(sub):
         sub = sub[[not isinstance(lab, str) or lab in ("", encoder) for lab in sub["encoder_label"]]]
     if "protocol_departures" in sub and len(sub):
-        sub = sub[[not departs(d) for d in sub["protocol_departures"]]]
+        sub = sub[[not departs(d, allowed) for d in sub["protocol_departures"]]]
     return sub
 
 
-def _left_out_notes(frame, body: dict, spec: TableSpec) -> list[str]:
+def _left_out_notes(frame, body: dict, spec: TableSpec,
+                    allowed: frozenset = frozenset()) -> list[str]:
     """Say which records of the table's encoders were left out, and why."""
     if frame is None or frame.empty:
         return []
@@ -399,7 +416,7 @@ def _left_out_notes(frame, body: dict, spec: TableSpec) -> list[str]:
             notes.append(f"records of overridden architectures fill no paper row: "
                          f"{', '.join(labels)}")
     if "protocol_departures" in sub:
-        keys = sorted({k for d in sub["protocol_departures"] for k in departs(d)})
+        keys = sorted({k for d in sub["protocol_departures"] for k in departs(d, allowed)})
         if keys:
             notes.append(f"records departing from the published protocol in "
                          f"{', '.join(keys)} fill no cell")
@@ -436,11 +453,12 @@ def _fill_low_shot(cell: PaperCell, frame, encoder: str, task: str, spec: TableS
         cell.ours_std = math.sqrt(sum((v - cell.ours) ** 2 for v in values) / (len(values) - 1))
 
 
-def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec) -> None:
+def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec,
+          recipe: dict | None = None, allowed: frozenset = frozenset()) -> None:
     if frame is None or frame.empty:
         return
-    sub = _candidates(frame, encoder, task)
-    sub = sub[[matches(p, spec, task) for p in sub["protocol"]]] if len(sub) else sub
+    sub = _candidates(frame, encoder, task, allowed)
+    sub = sub[[matches(p, spec, task, recipe=recipe) for p in sub["protocol"]]] if len(sub) else sub
     metric = METRIC_OF.get(task, "top1")
     sub = sub[sub[metric].notna()] if metric in sub and len(sub) else sub.iloc[0:0]
     if sub.empty:
@@ -454,3 +472,100 @@ def _fill(cell: PaperCell, frame, encoder: str, task: str, spec: TableSpec) -> N
     cell.protocol_id = pid
     if len(values) > 1:
         cell.ours_std = math.sqrt(sum((v - cell.ours) ** 2 for v in values) / (len(values) - 1))
+
+
+# ----- a table's recipe: the protocol its numbers were measured under, per task and row -------
+
+def recipe_for(body: dict, method: str, task: str) -> dict | None:
+    """`{"probe": {...}, "task": {dotted key: value}, "why_not": str | None}` for one cell of a
+    table whose reference data has a `recipe` (the table's probe fields, then its task's, then
+    its row's for that task); None for a table without one."""
+    recipe = body.get("recipe")
+    if not isinstance(recipe, dict):
+        return None
+    out = {"probe": dict(recipe.get("probe") or {}), "task": {}, "why_not": None}
+    for part in ((recipe.get("tasks") or {}).get(task),
+                 ((recipe.get("rows") or {}).get(method) or {}).get(task)):
+        part = part or {}
+        out["probe"].update(part.get("probe") or {})
+        out["task"].update(part.get("task") or {})
+        out["why_not"] = part.get("why_not") or out["why_not"]
+    return out
+
+
+def recipe_departures(body: dict) -> frozenset:
+    """The departures from a published task that a table's recipe checks itself: each task
+    field it sets, keyed as records write them (`sampling.frame_step`, `optim.clip_grad_norm`:
+    `harness.identity.departures` flattens the task config without a `task.` prefix)."""
+    recipe = body.get("recipe")
+    if not isinstance(recipe, dict):
+        return frozenset()
+    parts = list((recipe.get("tasks") or {}).values())
+    parts += [p for row in (recipe.get("rows") or {}).values() for p in (row or {}).values()]
+    return frozenset(k for p in parts for k in ((p or {}).get("task") or {}))
+
+
+def _field(protocol: dict, dotted: str):
+    """A task-config field in a record's protocol: `optim.X` is the protocol's optim block,
+    the rest lives under its task block."""
+    node = protocol.get("optim") if dotted.startswith("optim.") else protocol.get("task")
+    keys = dotted.split(".")[1:] if dotted.startswith("optim.") else dotted.split(".")
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+_MISSING = object()
+
+
+def _same(a, b) -> bool:
+    """Equal as YAML values: numbers by value (1e-3 == 0.001), lists and dicts element-wise."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _has_recipe(protocol: dict, recipe: dict) -> bool:
+    probe = protocol.get("probe") or {}
+    if not all(_same(probe.get(k), v) for k, v in recipe["probe"].items()):
+        return False
+    return all(_same(_field(protocol, k), v) for k, v in recipe["task"].items())
+
+
+def _override_value(value) -> str:
+    """A YAML value as Hydra's override grammar reads it back (null, numbers, [lists], {dicts})."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_override_value(v)}" for k, v in value.items()) + "}"
+    return hydra_value(str(value))
+
+
+def recipe_overrides(recipe: dict | None) -> list[str]:
+    """The `harness run` overrides that run a cell's recipe (`++` adds a probe key the probe's
+    YAML may not have, or sets it)."""
+    if not recipe:
+        return []
+    out = [f"++probe.{k}={_override_value(v)}" for k, v in recipe["probe"].items() if k != "kind"]
+    return out + [f"task.{k}={_override_value(v)}" for k, v in recipe["task"].items()]
+
+
+def _with_recipe(run, recipe: dict | None):
+    extra = recipe_overrides(recipe)
+    if not extra:
+        return run
+    return f"{run} {shlex.join(extra)}" if isinstance(run, str) else [*run, *extra]

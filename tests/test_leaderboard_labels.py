@@ -85,7 +85,7 @@ def test_column_titles_name_the_departures(tmp_path):
     lb = leaderboard(ResultStore(tmp_path).frame())
     assert [c.name for c in lb.columns] == ["k400 (16x8x3, attentive)",
                                             "k400 (16x8x3, attentive; epochs 1, batch_size 8)"]
-    assert departures_text({"task.sampling.eval_views": 1, "probe.x.depth": 2,
+    assert departures_text({"sampling.eval_views": 1, "probe.x.depth": 2,
                             "optim.depth": 3, "optim.use_bf16": False}) == \
         "eval_views 1, optim.depth 3, use_bf16 false, probe.x.depth 2"
     assert departures_text(None) == "" and departures_text({}) == ""
@@ -119,7 +119,7 @@ def test_overridden_and_departing_records_fill_no_paper_cell(tmp_path, capsys):
     write(tmp_path, "vjepa_vith", "ssv2", 99.0, protocol("ssv2", 16, 2, 3, 100),
           ckpt="vith16.pth.tar", departures={"optim.epochs": 1})
     write(tmp_path, "vjepa_vitl", "k400", 81.0, K400, ckpt="vitl16.pth.tar",
-          departures={"task.sampling.eval_views": 3})  # a field the table checks itself
+          departures={"sampling.eval_views": 3})  # a field the table checks itself
     assert main(["table", "vjepa-frozen", "--results", str(tmp_path), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = {r["method"]: r["cells"] for r in doc["rows"]}
@@ -189,7 +189,7 @@ def test_low_shot_commands_without_a_known_root_use_one_placeholder(capsys):
 def test_fold_records_feed_the_table(tmp_path, capsys):
     for seed, v in enumerate([70.0, 72.0, 74.0]):
         write(tmp_path, "vjepa_vith", "k400", v, fold(K400, 0.1, seed),
-              departures={"task.train_fold.fraction": 0.1, "task.train_fold.seed": seed})
+              departures={"train_fold.fraction": 0.1, "train_fold.seed": seed})
     assert main(["table", "vjepa-low-shot", "--results", str(tmp_path), "--format", "json"]) == 0
     rows = {r["method"]: r["cells"] for r in json.loads(capsys.readouterr().out)["rows"]}
     assert rows["V-JEPA ViT-H/16"]["K400 10%"]["ours"] == pytest.approx(72.0)
