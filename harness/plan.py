@@ -157,6 +157,10 @@ def plan_run(cfg, frame_cache=None, estimate_only: bool = False) -> RunPlan:
                          f"(roi_linear), and only detection tasks have boxes; "
                          + ("drop --probe to use the task's" if kind.boxes
                             else "use attentive, attentive_v2, linear or knn"))
+    if kind.segments and not ptype.outputs:
+        raise ValueError(f"probe {ptype.kind!r} cannot serve task {task.spec.name!r} (kind "
+                         f"{kind.name}): it has verb, noun and action heads; use "
+                         f"--probe attentive_v2 (the release's head, one query per output)")
     report = preflight(task, split, kind)
     arch = encoder_cfg.get("arch") or {}
     resolution = task.spec.resolution or arch.get("resolution")

@@ -124,6 +124,15 @@ def _run(cfg, frame_cache, overrides, stop, held) -> RunOutcome:
                                    trust_checkpoint=settings.trust_checkpoint,
                                    random_init=settings.random_init, seed=plan.seed)
     identity.check_loaded(planned, encoder.checkpoint_info)
+    future = plan.task_kind.predicted_future(plan.task)
+    if future is not None:  # the head reads the frozen predictor's tokens of the frames ahead
+        from probes.predicted_future import PredictedFuture
+
+        predictor = encoders.predictor_from_config(
+            plan.encoder_cfg, identity.checkpoint_source(plan.c),
+            trust_checkpoint=settings.trust_checkpoint, random_init=settings.random_init,
+            seed=plan.seed)
+        encoder = PredictedFuture(encoder, predictor, **future)
     probe = _build_probe(plan, encoder.spec)
 
     task = plan.task

@@ -173,14 +173,30 @@ class AttentiveProbeV2(nn.Module):
     """
 
     kind = "attentive_v2"
+    OUTPUT_NAMES = ("verb", "noun", "action")
 
-    def __init__(self, embed_dim: int, num_classes: int, num_heads: int = 16, depth: int = 4,
-                 num_queries: int = 1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+    def __init__(self, embed_dim: int, num_classes: int | Sequence[int], num_heads: int = 16,
+                 depth: int = 4, num_queries: int = 1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  init_std: float = 0.02, activation_checkpointing: bool = False,
                  out_layers: Sequence[int] | None = None, optim_groups: str = "split"):
         super().__init__()
         self.embed_dim = embed_dim
-        self.num_classes = num_classes
+        # Several outputs (action anticipation: num_classes = (verbs, nouns, actions)): one query
+        # per output and one Linear per output, `verb_classifier`, `noun_classifier`,
+        # `action_classifier`, built in that order after the pooler, as the release's
+        # `evals/action_anticipation_frozen/models.py` AttentiveClassifier; the logits are
+        # returned concatenated, [verb | noun | action].
+        self.outputs = None
+        if isinstance(num_classes, Sequence):
+            self.outputs = tuple(int(n) for n in num_classes)
+            if len(self.outputs) != len(self.OUTPUT_NAMES) or min(self.outputs) < 1:
+                raise ValueError(f"attentive_v2 probe: several outputs are (verbs, nouns, actions), "
+                                 f"positive sizes; got {list(num_classes)}")
+            if num_queries not in (1, len(self.outputs)):
+                raise ValueError(f"attentive_v2 probe: with {len(self.outputs)} outputs the probe has "
+                                 f"one query per output; num_queries {num_queries} does not fit")
+            num_queries = len(self.outputs)
+        self.num_classes = sum(self.outputs) if self.outputs else num_classes
         if out_layers is not None:
             out_layers = tuple(int(i) for i in out_layers)
             if not out_layers or len(set(out_layers)) != len(out_layers):
@@ -193,7 +209,11 @@ class AttentiveProbeV2(nn.Module):
         self.optim_groups = optim_groups
         self.pooler = AttentivePoolerV2(embed_dim, num_heads, num_queries, depth, mlp_ratio,
                                         qkv_bias, init_std, activation_checkpointing)
-        self.linear = nn.Linear(embed_dim, num_classes)  # default init, built last, as the release
+        if self.outputs is None:  # default init, built last, as the release
+            self.linear = nn.Linear(embed_dim, num_classes)
+        else:
+            for name, n in zip(self.OUTPUT_NAMES, self.outputs):
+                setattr(self, f"{name}_classifier", nn.Linear(embed_dim, n))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         taps = len(self.out_layers) if self.out_layers else 1
@@ -204,7 +224,11 @@ class AttentiveProbeV2(nn.Module):
                              f"{' (' + what + ')' if what else ''}, got {tuple(tokens.shape)}")
         if taps > 1:  # (B, N, L*D) -> (B, N*L, D): the taps as tokens, as the release
             tokens = tokens.unflatten(-1, (taps, self.embed_dim)).flatten(1, 2)
-        return self.linear(self.pooler(tokens).mean(dim=1))
+        pooled = self.pooler(tokens)
+        if self.outputs is not None:  # query i -> output i
+            return torch.cat([getattr(self, f"{name}_classifier")(pooled[:, i])
+                              for i, name in enumerate(self.OUTPUT_NAMES)], dim=-1)
+        return self.linear(pooled.mean(dim=1))
 
     def extra_repr(self) -> str:
         return f"out_layers={self.out_layers}, optim_groups={self.optim_groups!r}"

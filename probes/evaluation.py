@@ -154,7 +154,10 @@ def evaluate_pass(encoder, probe, data, *, device, precision, encoder_chunk, pro
             if scores.ndim == 3:  # a grid: score one head
                 if head is None:
                     raise ValueError("evaluating a probe grid needs the chosen head")
-                scores = scores[:, head]
+                if getattr(kind, "scores_every_head", False):
+                    scorer.head = head  # keeps every head's counts, reports the chosen one's
+                else:
+                    scores = scores[:, head]
             scorer.update(scores, micro.target, batch)
             samples += micro.size
             if predictions is not None and not gathered:  # per-sample, for statistics later

@@ -50,14 +50,17 @@ def prepare_encoder(encoder: nn.Module, device: torch.device, precision: str) ->
 
 def encode_views(encoder: nn.Module, video: torch.Tensor, *, chunk: int | None = None,
                  autocast: Callable = contextlib.nullcontext,
-                 layers: tuple[int, ...] | None = None) -> torch.Tensor:
+                 layers: tuple[int, ...] | None = None,
+                 anticipation_time: torch.Tensor | None = None) -> torch.Tensor:
     """(B, S, V, 3, T, H, W) -> tokens (B, V, S*N, D): segments concatenated per view.
 
     The tokens keep the encoder's dtype (bfloat16 when its weights were cast): the segment
     tokens of a whole micro-batch are never copied to fp32. `chunk`: clips per encoder call
     (default all the micro-batch's). `layers`: block indices whose (normed) outputs are
     concatenated on the channel axis instead of the last block's (AVA's probe reads four
-    blocks: D becomes 4 x the width)."""
+    blocks: D becomes 4 x the width). An encoder that `takes_anticipation_time`
+    (`probes.predicted_future.PredictedFuture`) gets each clip's sample's `anticipation_time`
+    (B,) beside it."""
     if video.ndim != 7:
         raise ValueError(f"expected video (B, S, V, 3, T, H, W), got {tuple(video.shape)}")
     b, s, v = video.shape[:3]
@@ -66,8 +69,15 @@ def encode_views(encoder: nn.Module, video: torch.Tensor, *, chunk: int | None =
     if dtype.is_floating_point and clips.dtype != dtype:
         clips = clips.to(dtype)
     chunk = chunk or b * s * v
+    future = getattr(encoder, "takes_anticipation_time", False)
+    if future and (anticipation_time is None or layers):
+        raise ValueError("an encoder with the predictor's future tokens needs each clip's "
+                         "anticipation_time and reads the last block only (no out_layers)")
     with torch.no_grad(), autocast():
-        if layers:
+        if future:  # (B,) per sample -> per clip: its S segments and V views share it
+            times = torch.as_tensor(anticipation_time).to(clips.device).repeat_interleave(s * v)
+            parts = [encoder(c, at) for c, at in zip(clips.split(chunk), times.split(chunk))]
+        elif layers:
             parts = [torch.cat(encoder(c, out_layers=list(layers)), dim=-1)
                      for c in clips.split(chunk)]
         else:
@@ -152,7 +162,8 @@ class TokenReader:
             tokens = video[:, :1] if self.train else video
         else:
             tokens = encode_views(self.encoder, video[:, :, :1] if self.train else video,
-                                  chunk=self.chunk, autocast=self.autocast, layers=self.layers)
+                                  chunk=self.chunk, autocast=self.autocast, layers=self.layers,
+                                  anticipation_time=batch.get("anticipation_time"))
         return MicroTokens(tokens, target, failures, batch,
                            self.kind.probe_inputs(batch, self.device))
 

@@ -17,6 +17,7 @@ accumulate a loss, merge the views, score. A kind supplies what differs:
 | classification | `video`, `image` | cross-entropy | mean softmax | top-1/top-5, mean class accuracy |
 | multilabel | `multilabel` | sigmoid BCE, mean over classes | mean sigmoid | mAP over classes with positives |
 | detection | `detection` (AVA) | sigmoid BCE per person box | one view | the task's evaluator (frame mAP) |
+| anticipation | `anticipation` (EK100) | focal, verb + noun + action | mean sigmoid | class-mean recall@5 per output (`probes.anticipation`) |
 
 Scores that need the whole pass (average precision) are kept per micro-batch; under DDP the
 ranks' parts are gathered back into one process's order before they are scored, so every number
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -34,16 +34,18 @@ import torch
 import torch.nn.functional as F
 
 import parallel
+from probes.kind_base import Kind, Scorer, per_head
 
 TASK_KINDS = {"video": "classification", "image": "classification",
-              "multilabel": "multilabel", "detection": "detection"}
+              "multilabel": "multilabel", "detection": "detection",
+              "anticipation": "anticipation"}
 
 
 def for_task(task_kind: str, *, topk: Iterable[int] = (1, 5), evaluate: Callable | None = None,
-             class_ids: list[int] | None = None) -> "Kind":
+             class_ids: list[int] | None = None, outputs: tuple[int, ...] | None = None) -> "Kind":
     """The kind serving a task of `task_kind` (`tasks.spec` kinds). Detection needs `evaluate`
     (detections -> metrics, the task's official evaluator) and `class_ids` (the publisher's ids
-    of the probe's outputs)."""
+    of the probe's outputs); anticipation the sizes of its verb, noun and action `outputs`."""
     if task_kind not in TASK_KINDS:
         raise ValueError(f"task kind {task_kind!r} has no probe kind; known: {', '.join(TASK_KINDS)}")
     name = TASK_KINDS[task_kind]
@@ -51,53 +53,15 @@ def for_task(task_kind: str, *, topk: Iterable[int] = (1, 5), evaluate: Callable
         return Classification(topk)
     if name == "multilabel":
         return MultiLabel()
+    if name == "anticipation":
+        if outputs is None:
+            raise ValueError("an anticipation task needs its heads' sizes (verb, noun, action)")
+        from probes.anticipation import Anticipation
+
+        return Anticipation(outputs)
     if evaluate is None or class_ids is None:
         raise ValueError("a detection task needs its evaluator and class ids (tasks.ava)")
     return Detection(evaluate, class_ids)
-
-
-class Kind(ABC):
-    name = ""
-    primary = ""            # the metric that selects a grid head and the progress bar shows
-    train_metric: str | None = None  # a per-step training score ('train_top1'), if any
-
-    @abstractmethod
-    def target(self, batch: dict, device) -> torch.Tensor:
-        """What the loss compares with, on `device`."""
-
-    def probe_inputs(self, batch: dict, device) -> dict:
-        return {}
-
-    def forward(self, probe, tokens: torch.Tensor, inputs: dict, autocast) -> torch.Tensor:
-        """tokens (B, V, L, D) -> logits (B, V, C), or (B, V, H, C) for a `ProbeGrid`."""
-        b, v = tokens.shape[:2]
-        with autocast():
-            logits = probe(tokens.flatten(0, 1), **inputs)
-        return logits.float().reshape(b, v, *logits.shape[1:])
-
-    @abstractmethod
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(loss summed over units and heads, units) for one view's logits (n, [H,] C)."""
-
-    def hits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-        """Correct training predictions summed over a grid's heads, a 0-d float tensor left on
-        the device (only with `train_metric`; the trainer reads a step's counts at once and
-        divides by the heads): no host sync per micro-batch."""
-        return None
-
-    @abstractmethod
-    def merge(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores with the views merged: (B, V, [H,] C) -> (B, [H,] C)."""
-
-    @abstractmethod
-    def scorer(self, device) -> "Scorer":
-        """A fresh scorer of one evaluation pass."""
-
-
-def _per_head(logits: torch.Tensor, target: torch.Tensor):
-    """Logits (n, H, C) with the target repeated per head, flattened to (n*H, C)."""
-    heads = logits.shape[1]
-    return logits.reshape(-1, logits.shape[-1]), target.repeat_interleave(heads, dim=0), heads
 
 
 class Classification(Kind):
@@ -111,7 +75,7 @@ class Classification(Kind):
 
     def loss(self, logits, target):
         if logits.ndim == 3:  # a grid (n, H, C): the sum of the heads' own losses
-            flat, repeated, _ = _per_head(logits, target)
+            flat, repeated, _ = per_head(logits, target)
             return F.cross_entropy(flat, repeated, reduction="sum"), target.shape[0]
         return F.cross_entropy(logits, target, reduction="sum"), target.shape[0]
 
@@ -135,7 +99,7 @@ class MultiLabel(Kind):
 
     def loss(self, logits, target):
         if logits.ndim == 3:
-            flat, repeated, _ = _per_head(logits, target)
+            flat, repeated, _ = per_head(logits, target)
         else:
             flat, repeated = logits, target
         # Mean over classes, summed over samples: a step's loss is PyTorch's default BCE mean.
@@ -180,40 +144,6 @@ class Detection(MultiLabel):
 
 # --------------------------------------------------------------------------------------------
 # scoring an evaluation pass
-
-
-class Scorer(ABC):
-    """Metrics over a pass: `update` per micro-batch, `merge_ranks` once under DDP (collective),
-    `compute` -> {name: percent}; `predictions(parts)` the per-sample arrays saved beside the
-    record. `kept(scores, target, batch)` is what a micro-batch contributes to the predictions."""
-
-    @abstractmethod
-    def update(self, scores: torch.Tensor, target: torch.Tensor, batch: dict) -> None:
-        """Add one micro-batch's merged scores."""
-
-    def progress(self) -> str:
-        return ""
-
-    @abstractmethod
-    def merge_ranks(self, total_micro: int) -> None:
-        """Combine every rank's share (collective; DDP only)."""
-
-    @abstractmethod
-    def empty(self) -> bool:
-        """True when no readable sample was scored."""
-
-    @abstractmethod
-    def compute(self) -> dict[str, float]:
-        """The metrics of the pass."""
-
-    @abstractmethod
-    def kept(self, scores, target, batch) -> tuple:
-        """What one micro-batch contributes to the per-sample predictions."""
-
-    @staticmethod
-    @abstractmethod
-    def predictions(parts: list[tuple]) -> dict:
-        """The per-sample arrays saved beside the record, from the kept parts."""
 
 
 class ClassificationScorer(Scorer):

@@ -29,7 +29,13 @@ def config(kind: str) -> dict[str, Any]:
 
 
 def build(kind: str, embed_dim: int, num_classes: int, **kw):
-    """Build a probe: `attentive` needs `num_heads` (the encoder's); other keys are the class's."""
+    """Build a probe: `attentive` needs `num_heads` (the encoder's); other keys are the class's.
+    `num_classes` is a tuple of sizes for a task with several outputs (anticipation), which only a
+    probe type with `outputs` serves."""
+    if not isinstance(num_classes, int) and not (kind in TYPES and TYPES[kind].outputs):
+        raise ValueError(f"probe {kind!r} has one output; a task with several outputs (verb, "
+                         f"noun, action: {tuple(num_classes)}) needs "
+                         f"{' or '.join(k for k, t in TYPES.items() if t.outputs)}")
     if kind == "attentive":
         from probes.attentive import AttentiveProbe
 
@@ -93,6 +99,9 @@ class ProbeType:
     unused_keys: tuple[str, ...] = ()  # keys of the shared probe schema it ignores
     memory_keys: tuple[str, ...] = ()  # bound memory, never change a number: not protocol
     loads_release: str = "vjepa"       # format of `--probe-checkpoint` files
+    # Serves tasks with several outputs (anticipation: verb, noun, action heads; the task's
+    # num_classes is then a tuple of their sizes).
+    outputs: bool = False
 
     def build_kwargs(self, cfg: dict, *, num_heads: int, token_grid=None) -> dict:
         """The builder's keyword arguments from the (overridden) probe config."""
@@ -134,7 +143,8 @@ class ProbeType:
 _SINGLE_HEAD_KEYS = ("num_heads", "num_queries", "depth", "mlp_ratio", "xattn_proj")
 TYPES = {
     "attentive": ProbeType("attentive"),
-    "attentive_v2": ProbeType("attentive_v2", encoder_heads=False, loads_release="vjepa2"),
+    "attentive_v2": ProbeType("attentive_v2", encoder_heads=False, loads_release="vjepa2",
+                              outputs=True),
     "linear": ProbeType("linear", unused_keys=_SINGLE_HEAD_KEYS),
     "roi_linear": ProbeType("roi_linear", reads_boxes=True, needs_token_grid=True,
                             unused_keys=_SINGLE_HEAD_KEYS),

@@ -30,7 +30,9 @@ def write_predictions(path: str | os.PathLike, predictions: dict, manifest_paths
     from common.atomic import atomic_write
 
     if "topk_index" not in predictions:  # multi-label or detection: the kind's own arrays
-        arrays = {"kind": np.array("detection" if "boxes" in predictions else "multilabel")}
+        kind = ("detection" if "boxes" in predictions
+                else "anticipation" if "action_top5" in predictions else "multilabel")
+        arrays = {"kind": np.array(kind)}
         for key, value in predictions.items():
             arrays[key] = np.array([str(v) for v in value], dtype=np.str_) \
                 if isinstance(value, list) else np.asarray(value)

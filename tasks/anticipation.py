@@ -60,6 +60,10 @@ class AnticipationSampling:
     anticipation_point: str = "action_start"
     train_anticipation_time_s: tuple[float, float] = (0.25, 1.75)
     train_anticipation_point: tuple[float, float] = (0.0, 0.25)
+    # The head's input, protocol beside the clips: True, the encoder's tokens followed by the
+    # frozen predictor's tokens of the frames ahead (the release's `vit_encoder_predictor_concat_ar`,
+    # `probes.predicted_future`); False, the encoder's tokens alone.
+    predictor: bool = False
 
     @classmethod
     def from_dict(cls, cfg: dict, where: str = "anticipation") -> AnticipationSampling:
@@ -81,6 +85,9 @@ class AnticipationSampling:
                 raise DataError(f"{where}: {name} must be a number above {low:g}, got {v!r}")
         if at < 0:
             raise DataError(f"{where}: anticipation_time_s must be >= 0, got {at!r}")
+        predictor = cfg.get("predictor", cls.predictor)
+        if not isinstance(predictor, bool):
+            raise DataError(f"{where}: predictor must be true or false, got {predictor!r}")
         return cls(frames_per_clip=fpc, fps=float(fps), anticipation_time_s=float(at),
                    anticipation_point=point,
                    train_anticipation_time_s=_pair(where, "train_anticipation_time_s",
@@ -88,7 +95,8 @@ class AnticipationSampling:
                                                            cls.train_anticipation_time_s)),
                    train_anticipation_point=_pair(where, "train_anticipation_point",
                                                   cfg.get("train_anticipation_point",
-                                                          cls.train_anticipation_point)))
+                                                          cls.train_anticipation_point)),
+                   predictor=predictor)
 
     def protocol(self) -> dict:
         d = dataclasses.asdict(self)
@@ -140,10 +148,25 @@ class Segment:
     noun: int
     action: int
 
+    def __iter__(self):
+        """(path, action): a segment reads as the (video, label) entry that every manifest
+        consumer takes (preflight's file check, hold-outs, the predictions file's index)."""
+        return iter((self.path, self.action))
+
     def indices(self, sampling: AnticipationSampling, at: float, ap: float) -> list[int]:
         return clip_indices(self.start_frame, self.stop_frame, self.video_fps,
                             frames_per_clip=sampling.frames_per_clip, fps=sampling.fps,
                             anticipation_time=at, anticipation_point=ap)
+
+
+def read_vocabulary(path: str | os.PathLike) -> list[dict]:
+    """A prepared `verbs.csv` / `nouns.csv` / `actions.csv` (`harness data prepare ek100`), rows
+    in index order."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if [r.get("index") for r in rows] != [str(i) for i in range(len(rows))]:
+        raise DataError(f"{path}: the index column must run 0, 1, 2, ...")
+    return rows
 
 
 def write_manifest_rows(segments: list[Segment], out: Path) -> list[str]:
@@ -192,12 +215,22 @@ class AnticipationClips:
     """Map-style dataset over a manifest's segments: item i is `{"frames": uint8 (T, H, W, 3) or
     None, "verb", "noun", "action", "anticipation_time", "path", "error"}`. Evaluation clips use
     the protocol's fixed (at, ap); training clips draw them from torch's generator (seeded per
-    item by the caller, as `tasks.loading.SeededItems` does). Spatial transforms are the caller's.
-    An unreadable clip returns frames None and the error (the release skips it)."""
+    item by the caller, as `tasks.loading.SeededItems` does). An unreadable clip returns frames
+    None and the error (the release skips it).
+
+    With a `transform` (what `Task.dataset` gives) items are those of `tasks.items.VideoDataset`
+    for one segment: `device_finish=True` gives uint8 `frames` (1, T, H, W, 3) and the drawn
+    `params` (None in evaluation) for `tasks.loading.ClipFinisher`; else finished float `video`
+    (1, V, 3, T, H, W). `label` is the action (the class the manifests' digests and the
+    predictions file index by); `verb`, `noun`, `action` and `anticipation_time` ride along."""
 
     def __init__(self, segments: list[Segment], sampling: AnticipationSampling, *, train: bool,
-                 backend: str = "auto"):
+                 backend: str = "auto", transform=None, device_finish: bool = False,
+                 split: str = ""):
         self.segments, self.sampling, self.train, self.backend = segments, sampling, train, backend
+        self.transform, self.device_finish, self.split = transform, bool(device_finish), split
+        # (path, action) per item: what the trainer's feature store and the checks read.
+        self.entries = [(s.path, s.action) for s in segments]
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -219,7 +252,44 @@ class AnticipationClips:
         item = {"frames": None, "verb": s.verb, "noun": s.noun, "action": s.action,
                 "anticipation_time": at, "path": s.path, "error": None}
         try:
-            item["frames"] = read_frames(s.path, lambda n: idx, backend=self.backend).frames
+            decoded = read_frames(s.path, lambda n: idx, backend=self.backend)
+            item["frames"] = decoded.frames
+            if self.transform is not None:
+                item.update(self._finish(decoded.frames, generator), backend=decoded.backend)
         except Exception as e:  # noqa: BLE001 - a bad file costs its sample, reported, never replaced
+            item["frames"] = None
             item["error"] = f"{type(e).__name__}: {e}"[:300]
+        if self.transform is not None:
+            item["label"] = s.action
+            if item["error"] is not None or "video" in item:  # collate reads `frames` if present
+                item.pop("frames")
         return item
+
+    def _finish(self, frames, generator) -> dict:
+        """One segment, as `tasks.items.VideoDataset._finish` makes it (after the clip's draw, so
+        the augmentation's seed follows the (at, ap) draw in torch's stream)."""
+        import torch
+
+        draw = getattr(self.transform, "draw", None)
+        if self.device_finish:
+            if draw is None:
+                return {"frames": frames[None], "params": None}
+            clip, params = draw(frames, int(torch.randint(0, 2**62, (), generator=generator).item()))
+            return {"frames": clip[None], "params": [params]}
+        return {"video": torch.stack(self.transform(frames))[None]}
+
+
+def collate_anticipation(items: list[dict]) -> dict:
+    """`tasks.items.collate_clips` plus, per readable item, `verb`, `noun`, `action` (long) and
+    `anticipation_time` (float64, seconds: the predictor's target frames depend on it)."""
+    import torch
+
+    from .items import collate_clips
+
+    out = collate_clips(items)
+    good = [it for it in items if it.get("error") is None]
+    for key in ("verb", "noun", "action"):
+        out[key] = torch.tensor([it[key] for it in good], dtype=torch.long)
+    out["anticipation_time"] = torch.tensor([it["anticipation_time"] for it in good],
+                                            dtype=torch.float64)
+    return out

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
-from . import ava
+from . import anticipation_task, ava
 from .backends import require
 from .classes import ClassSubset, warn_dropped
 from .errors import DataError
@@ -64,11 +64,18 @@ class Task:
         return self.spec.name
 
     @property
-    def num_classes(self) -> int:
-        """The probe's classes: the label map's, or with `classes: present` those kept."""
+    def num_classes(self) -> int | tuple[int, int, int]:
+        """The probe's classes: the label map's, or with `classes: present` those kept; for an
+        anticipation task the sizes of its verb, noun and action heads."""
+        if self.spec.kind == "anticipation":  # (verbs, nouns, actions): the heads' sizes
+            return self._head_sizes
         if self.class_subset is not None:
             return len(self.class_subset.kept)
         return self.spec.num_classes
+
+    @cached_property
+    def _head_sizes(self) -> tuple[int, int, int]:
+        return anticipation_task.head_sizes(self)
 
     @property
     def eval_split(self) -> str:
@@ -104,7 +111,9 @@ class Task:
     def _manifest(self, split: str) -> list[tuple[str, int]]:
         """The split's manifest as written (validated against the label map's `num_classes`)."""
         if split not in self._manifests:
-            if self.spec.kind == "detection":  # one (video, 0) per keyframe item (tasks.ava)
+            if self.spec.kind == "anticipation":  # segments, read as (video, action) pairs
+                self._manifests[split] = anticipation_task.segments(self, split)
+            elif self.spec.kind == "detection":  # one (video, 0) per keyframe item (tasks.ava)
                 self.manifest_path(split)  # a clear error when the split's file is absent
                 self._manifests[split] = ava.entries(self, split)
             elif self.spec.temporal_probe is not None:  # any video manifest; its labels unused
@@ -253,6 +262,10 @@ class Task:
         train = (split == "train") if train is None else bool(train)
         if self.spec.kind != "image":  # images are read with PIL, whatever the decoder
             require(self.backend, context=f"task {self.spec.name!r}: ")
+        if self.spec.kind == "anticipation":  # `entries`: segments (a hold-out's)
+            return anticipation_task.dataset(self, split, train=train, fixed=fixed, mean=mean,
+                                             std=std, resolution=resolution,
+                                             device_finish=device_finish, entries=entries)
         if self.spec.kind == "detection":  # `entries`: keyframes (tasks.ava.holdout)
             return ava.build_dataset(self, split, train=train, resolution=self.resolve_resolution(resolution),
                                  mean=mean, std=std, backend=self.backend, items=entries)
@@ -318,6 +331,8 @@ class Task:
         res = self.spec.resolution if self.spec.resolution is not None else resolution
         if self.spec.kind == "detection":
             return self._detection_protocol(split, res)
+        if self.spec.kind == "anticipation":
+            return anticipation_task.protocol(self, split, res)
         train_entries = self.entries("train")
         eval_entries = self.entries(split)
         labels = self.class_names if self.spec.temporal_probe is not None else self.label_map

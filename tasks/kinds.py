@@ -24,11 +24,19 @@ class TaskKind:
     # Items arrive as uint8 frames that `tasks.loading.ClipFinisher` finishes on the device;
     # False: finished float clips (AVA's keyframe clips, which carry their boxes).
     device_finish: bool = True
+    # Items are annotated segments of videos (action anticipation): verb, noun and action
+    # targets and the anticipation time ride along (`tasks.anticipation.collate_anticipation`),
+    # and the probe has one head per output (sizes: `task.num_classes`, a tuple).
+    segments: bool = False
 
     # ----- loading ----------------------------------------------------------------------------
     def collate(self, dataset):
         if self.boxes:
             return dataset.collate
+        if self.segments:
+            from .anticipation import collate_anticipation
+
+            return collate_anticipation
         from .dataset import collate_clips
 
         return collate_clips
@@ -67,14 +75,30 @@ class TaskKind:
         else:
             kept, held = stratified_holdout(task.entries("train"), fraction, seed)
             info = {"source": "held out from train", "fraction": fraction, "seed": seed}
-        info.update(videos=len(held), sha256=task.entries_sha256(held, "train"))
+        if self.segments:  # every field of the held-out segments, not only (video, action)
+            from .anticipation_task import segments_sha256
+
+            info.update(segments=len(held),
+                        sha256=segments_sha256(held, task.content_root("train")))
+        else:
+            info.update(videos=len(held), sha256=task.entries_sha256(held, "train"))
         return kept, held, info
+
+    def predicted_future(self, task) -> dict | None:
+        """Keyword arguments of `probes.predicted_future.PredictedFuture` (beside the encoder and
+        its predictor) when the head reads the predictor's tokens of the frames ahead, else None."""
+        if not self.segments or not (task.spec.anticipation or {}).get("predictor"):
+            return None
+        # The release's EK100 wrapper settings (configs/eval/*/ek100.yaml wrapper_kwargs).
+        return {"fps": float(task.spec.anticipation["fps"]), "num_output_frames": 2, "num_steps": 1}
 
     # ----- scoring ------------------------------------------------------------------------------
     def scoring(self, task, split: str | None = None, items=None) -> dict:
         """Keyword arguments for `probes.kinds.for_task(kind, **these)`: a detection task's
         evaluator (of `split`, or of held-out `items` against their own boxes) and class ids;
         nothing for the kinds the probe trainer scores itself."""
+        if self.segments:  # one head per output: (verbs, nouns, actions)
+            return {"outputs": tuple(task.num_classes)}
         if not self.boxes:
             return {}
         from . import ava
@@ -89,6 +113,7 @@ KINDS = {
     "image": TaskKind("image", images=True),
     "multilabel": TaskKind("multilabel", single_label=False),
     "detection": TaskKind("detection", single_label=False, boxes=True, device_finish=False),
+    "anticipation": TaskKind("anticipation", segments=True),
 }
 
 

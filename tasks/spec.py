@@ -14,12 +14,14 @@ from common.names import did_you_mean
 from .errors import DataError
 
 # Task kinds (`probes.kinds` holds what each changes in the probe trainer): single-label video
-# and image classification, multi-label classification, and person-box detection (AVA).
-KINDS = ("video", "image", "multilabel", "detection")
-METRICS = ("top1", "top5", "mAP")
+# and image classification, multi-label classification, person-box detection (AVA) and action
+# anticipation (EPIC-KITCHENS-100: verb, noun and action of a clip ending before the action).
+KINDS = ("video", "image", "multilabel", "detection", "anticipation")
+METRICS = ("top1", "top5", "mAP", "recall5")
 # The metric each kind reports (a task may pick top5 over top1, never a metric of another kind).
+# recall5: class-mean recall@5 of the action (verb and noun beside it), V-JEPA 2's EK100 score.
 KIND_METRICS = {"video": ("top1", "top5"), "image": ("top1", "top5"), "multilabel": ("mAP",),
-                "detection": ("mAP",)}
+                "detection": ("mAP",), "anticipation": ("recall5",)}
 # Clip placements (tasks.sampling, which holds the same tuples; kept here so specs load without
 # numpy). WHOLE_VIDEO: one clip spread over the whole video (MVEB's), so one segment.
 PLACEMENTS = ("random", "start", "center", "mveb")
@@ -150,7 +152,7 @@ class SamplingSpec:
 class TaskSpec:
     name: str
     kind: str
-    num_classes: int
+    num_classes: int | None  # None for an anticipation task (sizes from its label files)
     metric: str
     data: dict
     sampling: SamplingSpec
@@ -194,6 +196,13 @@ class TaskSpec:
     # copy per video drawn at random. 0: one fixed centred clip per video, no augmentation, on
     # which a probe can memorise a small train split instead of learning the task.
     cached_train_copies: int = 0
+    # An anticipation task's own block: `tasks.anticipation.AnticipationSampling`'s fields (the
+    # clips and whether the head reads the predictor's tokens), checked; None for other kinds.
+    # Such a task has no `num_classes` (the heads' sizes are the row counts of its verbs.csv,
+    # nouns.csv and actions.csv) and no `sampling` (its clips are cut by this block; `sampling`
+    # is derived: one segment, one view of `frames_per_clip` frames, the frame step being per
+    # video, int(video fps / fps)).
+    anticipation: dict | None = None
 
     DATA_KEYS = ("root", "train", "val", "test", "labels", "eval_split")
 
@@ -206,13 +215,20 @@ class TaskSpec:
             raise DataError(f"task name: {problem}")
         where = f"task {name!r}"
         allowed = {f.name for f in dataclasses.fields(cls)}
-        _check_keys(where, cfg, allowed, {"name", "num_classes", "data", "sampling"})
-
         kind = cfg.get("kind", "video")
         if kind not in KINDS:
             raise DataError(f"{where}: kind {kind!r} is not supported here; supported: {', '.join(KINDS)}")
-        num_classes = cfg["num_classes"]
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        anticipating = kind == "anticipation"
+        _check_keys(where, cfg, allowed,
+                    {"name", "data"} | (set() if anticipating else {"num_classes", "sampling"}))
+        anticipation, sampling = _anticipation(where, kind, cfg)
+        num_classes = cfg.get("num_classes")
+        if anticipating:
+            if num_classes is not None:
+                raise DataError(f"{where}: an anticipation task takes its heads' sizes from the "
+                                f"row counts of verbs.csv, nouns.csv and actions.csv; drop "
+                                f"num_classes ({num_classes!r})")
+        elif not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise DataError(f"{where}: num_classes must be a positive integer, got {num_classes!r}")
         metric = cfg.get("metric", KIND_METRICS[kind][0])
         if metric not in METRICS:
@@ -264,10 +280,13 @@ class TaskSpec:
 
         decoder = _choice(where, "decoder", cfg.get("decoder", "auto"), DECODERS)
         classes = _choice(where, "classes", cfg.get("classes", "all"), CLASS_CHOICES)
-        if classes == "present" and (kind == "detection" or temporal is not None):
+        if classes == "present" and (kind in ("detection", "anticipation") or temporal is not None):
+            what = "temporal probe" if temporal else f"{kind} task"
             raise DataError(f"{where}: classes: present picks the classes of a labelled training "
-                            f"manifest; a {'temporal probe' if temporal else 'detection task'} has "
-                            f"its own fixed classes (use classes: all)")
+                            f"manifest; a {what} has its own fixed classes (use classes: all)")
+        if anticipating and temporal is not None:
+            raise DataError(f"{where}: a temporal probe derives its own 2 classes from a video "
+                            f"manifest; it does not go with kind: anticipation")
 
         copies = cfg.get("cached_train_copies", 0)
         if not isinstance(copies, int) or isinstance(copies, bool) or copies < 0:
@@ -279,7 +298,7 @@ class TaskSpec:
             num_classes=num_classes,
             metric=metric,
             data=data,
-            sampling=SamplingSpec.from_dict(cfg["sampling"] or {}, f"{where} sampling"),
+            sampling=sampling or SamplingSpec.from_dict(cfg["sampling"] or {}, f"{where} sampling"),
             resolution=resolution,
             train_aug=_train_aug(cfg.get("train_aug")),
             eval_transform=dict(cfg.get("eval_transform") or {}),
@@ -296,6 +315,7 @@ class TaskSpec:
             detection=detection,
             default_probe=cfg.get("default_probe"),
             train_fold=_train_fold(where, cfg.get("train_fold")),
+            anticipation=anticipation,
         )
 
     @property
@@ -310,6 +330,34 @@ class TaskSpec:
         d = dataclasses.asdict(self)
         d["sampling"] = self.sampling.to_dict()
         return d
+
+
+def _anticipation(where: str, kind: str, cfg: Mapping) -> tuple[dict | None, SamplingSpec | None]:
+    """(the checked `anticipation` block, the SamplingSpec derived from it) of an anticipation
+    task; (None, None) for other kinds, which must not have the block."""
+    block = cfg.get("anticipation")
+    if kind != "anticipation":
+        if block is not None:
+            raise DataError(f"{where}: an anticipation block goes with kind: anticipation")
+        return None, None
+    if not isinstance(block, Mapping):
+        raise DataError(f"{where}: kind: anticipation needs an `anticipation:` block (frames_per_clip, "
+                        f"fps, anticipation_time_s, anticipation_point, ...), got {block!r}")
+    if cfg.get("train_fold") is not None:
+        raise DataError(f"{where}: label-efficiency folds (train_fold, --split) are not made for "
+                        f"anticipation segments")
+    if cfg.get("sampling") is not None:
+        raise DataError(f"{where}: an anticipation task's clips are cut by its `anticipation:` block "
+                        f"(frames_per_clip, fps, anticipation_time_s); drop `sampling`")
+    from .anticipation import AnticipationSampling
+
+    sampling = AnticipationSampling.from_dict(dict(block), f"{where} anticipation")
+    checked = sampling.protocol()
+    # The clip the encoder sees: one segment, one view (the release's evaluation is one centre
+    # view); frame_step 1 stands for the per-video step int(video fps / fps), which no spec holds.
+    derived = SamplingSpec(frames_per_clip=sampling.frames_per_clip, frame_step=1,
+                           train_placement="start", eval_placement="start")
+    return checked, derived
 
 
 def _train_aug(cfg) -> dict:
