@@ -6,7 +6,9 @@
 3. probe each, plus a random-init encoder (the floor) and, when its weights package is installed,
    an ImageNet MobileNetV2 run frame by frame (a real model no one here trained), with the
    attentive probe on digits_motion and digits_appearance under one protocol per task;
-4. print the leaderboard and write a PNG chart and a markdown report.
+4. score the V-JEPA tiny variants' predictors (latent and pixel targets, and random init) by
+   their surprise on synthetic violation-of-expectation pairs (`harness data make physics`);
+5. print the leaderboard and write a PNG chart and a markdown report.
 
 Whatever the numbers say is the result: nothing here is tuned for one model to win.
 """
@@ -52,7 +54,11 @@ def budget_settings(budget: float) -> dict:
     The probes always use the tasks' own protocol (cached features make them cheap), so demo
     records are comparable with any `harness run` on the same task.
     """
-    return {"pretrain_steps": max(10, int(round(450 * budget)))}
+    # The synthetic VoE set: at 1.0 `harness data make physics`'s default, 120 pairs of 32 frames
+    # (made in ~7 s); the tiny predictors' surprise costs 0.1-0.3 s per pair (13 windows x 3
+    # context lengths x 2 videos) on 2 cores, so its three scored entries add about a minute.
+    return {"pretrain_steps": max(10, int(round(450 * budget))),
+            "physics_pairs_per_property": max(2, int(round(40 * budget)))}
 
 
 # Every pretraining and probe run of the demo reads the same ~3,600 digits videos (~1 GiB
@@ -84,7 +90,7 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
     timings: dict[str, float] = {}
     t0 = time.time()
 
-    console.rule("[bold]1/4 data: digits videos")
+    console.rule("[bold]1/5 data: digits videos")
     if not (data_dir / "digits_motion" / "train.csv").exists() or not (
             data_dir / "digits_appearance" / "train.csv").exists():
         from tasks.digits import make_digits
@@ -97,7 +103,7 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
 
     entries = demo_entries()
     frame_cache = FrameCache(int(decoded_cache_mb * 2**20)) if decoded_cache_mb > 0 else None
-    console.rule(f"[bold]2/4 pretraining: {settings['pretrain_steps']} steps each")
+    console.rule(f"[bold]2/5 pretraining: {settings['pretrain_steps']} steps each")
     t1 = time.time()
     # Pretraining loads its clips in this process (num_workers 0), like the probe runs: the
     # same thread rule (harness.runner.intra_op_threads) holds for both.
@@ -115,7 +121,7 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
                     resume=True, progress=progress, frame_cache=frame_cache))
     timings["pretrain_s"] = time.time() - t1
 
-    console.rule("[bold]3/4 attentive probes on frozen features, the tasks' own protocol")
+    console.rule("[bold]3/5 attentive probes on frozen features, the tasks' own protocol")
     t2 = time.time()
     records = []
     settings["seeds"] = list(range(seed, seed + int(seeds)))
@@ -135,9 +141,16 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
         records.append({**outcome.record, "_path": str(outcome.path)})
     timings["probe_s"] = time.time() - t2
 
-    console.rule("[bold]4/4 leaderboard")
+    console.rule("[bold]4/5 intuitive physics: the predictors' surprise on synthetic VoE pairs")
+    t3 = time.time()
+    physics = run_physics(entries, out_dir, data_dir.parent / "physics", seed=seed,
+                          progress=progress, torch_threads=torch_threads,
+                          pairs_per_property=settings["physics_pairs_per_property"])
+    timings["physics_s"] = time.time() - t3
+
+    console.rule("[bold]5/5 leaderboard")
     pretraining = pretraining_summary(entries, out_dir)
-    summary = write_outputs(records, out_dir, settings, timings, console, pretraining)
+    summary = write_outputs(records, out_dir, settings, timings, console, pretraining, physics)
     timings["total_s"] = time.time() - t0
     summary["timings"] = timings
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -195,8 +208,103 @@ def pretraining_summary(entries: list[DemoEntry], out_dir: Path) -> list[dict]:
     return rows
 
 
+def run_physics(entries: list[DemoEntry], out_dir: Path, data_dir: Path, *, seed: int,
+                progress: bool, torch_threads: int | None,
+                pairs_per_property: int = 40) -> list[dict]:
+    """Each V-JEPA tiny entry (its pretraining file's predictor, or a random one) scored by
+    `harness run --task physics_synth` on the synthetic pairs in `data_dir` (made there when
+    missing); their records."""
+    from harness.config import compose_run
+    from harness.voe_run import run_voe
+    from tasks.physics_synth import MANIFEST, make_physics
+
+    if not (data_dir / MANIFEST).is_file():
+        make_physics(data_dir, seed=seed, progress=progress,
+                     pairs_per_property=pairs_per_property)
+    records = []
+    for entry in entries:
+        if entry.encoder != "vjepa_tiny":  # the entries that have a predictor
+            continue
+        overrides = [f"encoder={entry.encoder}", "task=physics_synth", f"out={out_dir}",
+                     f"seed={seed}", f"label='{entry.label}'", f"task.data.root={data_dir}",
+                     f"progress={'true' if progress else 'false'}",
+                     f"torch_threads={torch_threads or 'auto'}"]
+        if entry.random_init:
+            # the floor is the pretrained variants' architecture, untrained: their predictor's
+            # sizes, not the registry default (the release's 384 wide, 12 deep)
+            overrides += ["random_init=true", tiny_predictor()]
+        if entry.checkpoint:
+            overrides.append(f"checkpoint='{entry.checkpoint}'")
+        outcome = run_voe(compose_run(overrides), overrides=overrides)
+        records.append({**outcome.record, "_path": str(outcome.path)})
+    return records
+
+
+def tiny_predictor() -> str:
+    """`+predictor={...}`: the predictor sizes of the `vjepa_tiny` pretraining config."""
+    from encoders.predictors import OVERRIDE_KEYS
+    from harness.pretrain_config import compose_pretrain_config
+
+    sizes = compose_pretrain_config("vjepa_tiny")["predictor"]
+    return "+predictor={" + ",".join(f"{k}:{sizes[k]}" for k in OVERRIDE_KEYS if k in sizes) + "}"
+
+
+def _physics_lines(records: list[dict]) -> list[str]:
+    """The VoE metrics with their intervals, and each predictor against the random one on the
+    same pairs (paired bootstrap and McNemar on per-pair hits, mean surprise)."""
+    from harness.voe_metrics import surprise_rows
+    from results.escape import markdown_escape
+    from results.physics import compare, pairs_from_videos
+    from results.predictions import record_predictions
+
+    if not records:
+        return []
+
+    def label(r):
+        return (r.get("extra") or {}).get("label") or r["encoder"]["name"]
+
+    def cell(m, name, scale=1.0, digits=1):
+        return (f"{scale * m[name]:.{digits}f} [{scale * m[name + '_lo']:.{digits}f}, "
+                f"{scale * m[name + '_hi']:.{digits}f}]")
+
+    n = records[0]["metrics"]["num_pairs"]
+    lines = ["## Intuitive physics (violation of expectation)", "",
+             (f"The predictor's surprise on {n} synthetic pairs (`harness data make physics`: "
+             f"permanence, continuity, constancy), no training. Pairwise accuracy (%): the "
+             f"possible video less surprising than its impossible twin; the paper's number takes "
+             f"the best context length per property; the others use the minimum over context "
+             f"lengths. 95% bootstrap intervals over pairs; chance is 50 (AUROC 0.5), except on "
+             f"max surprise, where a tie counts as a miss (the authors' strict <) and a pair "
+             f"whose largest surprise falls before the violation ties exactly."), "",
+             "| predictor | paper's number | pairwise (mean) | pairwise (max) | AUROC (max) |",
+             "|---|---|---|---|---|"]
+    for r in records:
+        m = r["metrics"]
+        lines.append(f"| {markdown_escape(label(r))} | {cell(m, 'paper_relative_mean')} | "
+                     f"{cell(m, 'relative_mean')} | {cell(m, 'relative_max')} | "
+                     f"{cell(m, 'auroc_max', digits=2)} |")
+    floor = next((r for r in records if "random init" in label(r)), None)
+    for r in records:
+        if floor is None or r is floor:
+            continue
+        try:
+            a = pairs_from_videos(surprise_rows(record_predictions(r, r["_path"])))
+            b = pairs_from_videos(surprise_rows(record_predictions(floor, floor["_path"])))
+        except (OSError, ValueError):
+            continue
+        res = compare(a, b, "mean")
+        lines.append("")
+        lines.append(f"- {markdown_escape(label(r))} minus random init: {100 * res.diff:+.1f} "
+                     f"points of pairwise accuracy on mean surprise (paired 95% CI "
+                     f"{100 * res.ci[0]:+.1f} to {100 * res.ci[1]:+.1f}; McNemar p = "
+                     f"{res.p_mcnemar:.2g}): "
+                     f"{'significant' if res.significant else 'not significant'}")
+    return lines + [""]
+
+
 def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: dict,
-                  console, pretraining: list[dict] | None = None) -> dict:
+                  console, pretraining: list[dict] | None = None,
+                  physics: list[dict] | None = None) -> dict:
     import pandas as pd
 
     import results
@@ -241,6 +349,7 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
         *_paired_lines(records),
         *(_seed_lines(table, spread, settings["seeds"]) if n_seeds > 1 else []),
         *_pretraining_lines(pretraining or []),
+        *_physics_lines(physics or []),
         "## Transfer audit", "", *describe(audit), "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
         *([f"Computed with: {_runtime_text(settings['runtime'])}.", ""]
@@ -251,7 +360,10 @@ def write_outputs(records: list[dict], out_dir: Path, settings: dict, timings: d
     return {"top1": table.round(2).to_dict(), "protocol_ids": protocol_ids,
             "top1_sd": spread.round(2).to_dict() if n_seeds > 1 else None,
             "seeds": settings.get("seeds"), "runtime": settings.get("runtime"),
-            "pretraining": pretraining or [], "audit": audit}
+            "pretraining": pretraining or [], "audit": audit,
+            "physics": {((r.get("extra") or {}).get("label") or r["encoder"]["name"]): {
+                k: v for k, v in r["metrics"].items() if "/" not in k}
+                for r in physics or []}}
 
 
 def demo_runtime(pretrain_threads: int | None) -> dict:

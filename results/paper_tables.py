@@ -28,13 +28,15 @@ from typing import Any
 from results.record import PROTOCOL_VERSION, protocol_id
 
 # Column -> task name in the registry.
-# The number a column reports: top-1 accuracy, and AVA's frame mAP (percent) for AVA.
-METRIC_OF = {"ava": "mAP"}
+# The number a column reports: top-1 accuracy, AVA's frame mAP (percent) for AVA, and for the
+# violation-of-expectation tasks the intuitive-physics paper's headline (harness/voe_metrics.py).
+METRIC_OF = {"ava": "mAP", "intphys": "paper_relative_mean", "grasp": "paper_relative_mean",
+             "inflevel": "paper_relative_mean"}
 # The paper's AVA probe is its own (a linear classifier on RoIAligned layer taps: roi_linear).
 PROBE_OF = {"ava": "roi_linear"}
 TASK_OF = {"K400": "k400", "SSv2": "ssv2", "AVA": "ava", "IN1K": "in1k", "Places205": "places205",
            "iNat21": "inat21", "Diving48": "diving48", "Jester": "jester", "COIN": "coin",
-           "EK100": "ek100"}
+           "EK100": "ek100", "IntPhys": "intphys", "GRASP": "grasp", "InfLevel-lab": "inflevel"}
 # Columns that are no frozen evaluation of one checkpoint (fine-tuning, averages).
 NOT_FROZEN = {"K400_ft": "end-to-end fine-tuning, not a frozen evaluation",
               "SSv2_ft": "end-to-end fine-tuning, not a frozen evaluation",
@@ -66,7 +68,7 @@ class TableSpec:
     table: str
     title: str
     views: dict = field(default_factory=lambda: dict(_MAIN_VIEWS))
-    probe: str = "attentive"
+    probe: str | None = "attentive"  # None: no probe (a violation-of-expectation table)
     low_shot: bool = False
     full_labels: str | None = None  # the table giving each row's full-label number (low-shot)
     note: str | None = None
@@ -98,6 +100,13 @@ TABLES = {s.name: s for s in [
                    "recipe): attentive_v2 with its optimiser (optim_groups: release), its head "
                    "grid and the best head on the evaluation split (selection: eval_max), as "
                    "its published numbers were chosen"),
+    TableSpec("vjepa-intphys", "garrido_2025", "figure1_pairwise",
+              "Garrido et al. (2025) Figure 1A: intuitive physics from the predictor's surprise "
+              "(pairwise accuracy, %)", views={}, probe=None,
+              note="no probe is trained: each record scores the checkpoint's predictor on every "
+                   "pair (`harness run --task intphys|grasp|inflevel`); the number is the "
+                   "paper's headline, the best context length per property on the evaluation "
+                   "pairs, averaged over properties (`paper_relative_mean`)"),
 ]}
 
 
@@ -192,6 +201,12 @@ def matches(protocol: dict, spec: TableSpec, task: str, fraction: float | None =
     a `recipe` (`recipe_for`) the record must have every probe and task field it names."""
     if not isinstance(protocol, dict):
         return False
+    if spec.probe is None or (protocol.get("task") or {}).get("kind") == "voe":
+        # A violation-of-expectation record: no probe and no fold; its sampling is the task's
+        # (a departure keeps it out of the cell, `_candidates`).
+        return (spec.probe is None and fraction is None
+                and (protocol.get("task") or {}).get("kind") == "voe"
+                and int(protocol.get("protocol_version") or 1) == PROTOCOL_VERSION)
     fold = (protocol.get("task") or {}).get("train_fold")
     if (fold is None) != (fraction is None):
         return False

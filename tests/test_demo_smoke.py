@@ -27,6 +27,7 @@ def test_demo_writes_leaderboard_report_and_chart(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "digits_motion" in report and "demo.png" in report
     assert "target rank" in report
+    assert "## Intuitive physics" in report
     ranks = {r["config"]: r for r in summary["pretraining"]}
     assert set(ranks) == {"vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"}
     assert ranks["vjepa_tiny"]["target_rank_end"] > 0 and ranks["vjepa_tiny_pixels"]["target_rank_end"] is None

@@ -13,6 +13,9 @@ def main(args) -> int:
     if getattr(args, "launcher", None):
         from harness.commands import launch
 
+        if _task_kind(args) == "voe":  # refused with the other probe-only flags
+            return _run_voe(args)
+
         return launch.main(args)
     series = checkpoint_series(args.checkpoint)
     if series is None:
@@ -59,6 +62,8 @@ def _run_one(args) -> int:
     log = logging.getLogger("harness.run")
     overrides = overrides_from_args(args)
     cfg = compose_run(overrides)
+    if cfg.task.get("kind") == "voe":  # no probe: the predictor's surprise (harness.voe_run)
+        return _run_voe(args, cfg, overrides)
     if args.show_config:
         from omegaconf import OmegaConf
 
@@ -114,3 +119,73 @@ def _run_one(args) -> int:
     console.print(line)
     console.print(Text(printable(f"protocol_id {record['protocol_id']}; record {outcome.path}")))
     return 0
+
+
+def _task_kind(args) -> str | None:
+    """The kind the task of `args` declares (None when it names no task one can read)."""
+    from harness.config import compose_run
+
+    if not args.task:
+        return None
+    try:
+        return compose_run([f"task={args.task}"]).task.get("kind")
+    except Exception:  # noqa: BLE001 - the run itself reports a bad task
+        return None
+
+
+def _run_voe(args, cfg=None, overrides=None) -> int:
+    """`harness run` on a violation-of-expectation task: surprise on every pair, one record."""
+    from harness import voe_run
+
+    overrides = overrides if overrides is not None else overrides_from_args(args)
+    voe_run.check_flags(args, list(args.overrides))
+    if cfg is None:
+        from harness.config import compose_run
+
+        cfg = compose_run(overrides)
+    if args.show_config:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    if args.dry_run:
+        for line in voe_run.describe(voe_run.plan_voe(cfg)):
+            print(line)
+        return 0
+    outcome = voe_run.run_voe(cfg, overrides=overrides)
+    if getattr(args, "quiet", False):
+        print(outcome.path)
+        return 0
+    _print_voe(outcome)
+    return 0
+
+
+def _print_voe(outcome) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from harness.output import printable
+
+    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+    record, m = outcome.record, outcome.record["metrics"]
+    label = record["encoder"].get("label") or record["encoder"]["name"]
+    line = Text("already done " if outcome.reused else "done ", style="bold green")
+    line.append(printable(f"{label} on {record['task']} ({record['split']}), "
+                          f"{m.get('num_pairs')} pairs"))
+    console.print(line)
+    main = (record.get("extra") or {}).get("main_metric")
+    shown = [main] if main in m else []
+    shown += ["relative_mean", "relative_max", "absolute_max", "auroc_mean", "auroc_max"]
+    for name in shown:
+        if name in m and f"{name}_lo" in m:
+            console.print(Text(printable(f"  {name} {m[name]:.3f} [{m[name + '_lo']:.3f}, "
+                                         f"{m[name + '_hi']:.3f}]")))
+    problems = record.get("data_problems") or {}
+    if problems.get("unreadable_pairs"):
+        console.print(Text(printable(f"  {problems['unreadable_pairs']} pair(s) could not be "
+                                     f"read and were left out: "
+                                     f"{'; '.join(problems.get('examples') or [])}"),
+                           style="yellow"))
+    console.print(Text(printable(f"protocol_id {record['protocol_id']}; record {outcome.path}")))

@@ -39,6 +39,14 @@ the ranks (the record equals a one-process run's):
   torchrun --nproc-per-node 8 -m harness.cli run --encoder vjepa_vitl --checkpoint vitl16.pth.tar --task k400
 
 A cluster: `harness launch` (or --launcher slurm) submits through submitit.
+
+Violation-of-expectation tasks (kind voe: physics_synth, intphys, grasp, inflevel, intphys2)
+train no probe: the checkpoint's predictor (or VideoMAE's decoder) is scored by its surprise on
+every pair, and the record holds the paper's pairwise accuracy (paper_relative_mean) with
+bootstrap intervals; eval_batch_size=N sets the windows per encoder call (not protocol):
+
+  harness data make physics --out data/physics
+  harness run --encoder vjepa_tiny --checkpoint latest.pth.tar --task physics_synth
 """
 
 

@@ -40,7 +40,7 @@ def fill_argv(root: str):
         parts = ["harness", "run", "--encoder", encoder,
                  "--checkpoint", release or f"PATH/TO/{encoder}-weights.pth", "--task", task]
         probe = PROBE_OF.get(task, spec.probe)
-        if probe != "attentive":
+        if probe not in (None, "attentive"):  # None: no probe (violation-of-expectation tasks)
             parts += ["--probe", probe]
         parts += ["--out", str(root)]
         if data_root:
