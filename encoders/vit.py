@@ -44,6 +44,24 @@ class PatchEmbed2D(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+@torch.no_grad()
+def release_init(model: nn.Module, init_std: float) -> None:
+    """The JEPA releases' init (V-JEPA, V-JEPA 2, 2.1): trunc-normal weights of every linear and
+    convolution, zero biases, unit LayerNorms, and each block's residual branches (`attn.proj`,
+    `mlp.fc2`) divided by sqrt(2 * its 1-based depth)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            trunc_normal_(m.weight, std=init_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for layer_id, block in enumerate(model.blocks, start=1):
+        block.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+        block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+
+
 def gather_tokens(x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """Keep the tokens whose indices are in `masks` ((B, K) each); several masks stack along batch.
 
@@ -134,17 +152,7 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """The release's init: sin-cos table, trunc-normal weights, residual branches rescaled by depth."""
         self.pos_embed.copy_(self.sincos_table())
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
-                trunc_normal_(m.weight, std=self.init_std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for layer_id, block in enumerate(self.blocks, start=1):
-            block.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
-            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+        release_init(self, self.init_std)
 
     # ----- forward ----------------------------------------------------------------------------
     def pos_embed_for(self, grid: tuple[int, ...]) -> torch.Tensor:

@@ -51,9 +51,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 
-from .vit import PatchEmbed3D, gather_tokens
+from .vit import PatchEmbed3D, gather_tokens, release_init
 
 LN_EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -222,17 +222,7 @@ class VJEPA2VisionTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """The release's init: trunc-normal weights, zero biases, residual branches rescaled by depth."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv3d)):
-                trunc_normal_(m.weight, std=self.init_std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for layer_id, block in enumerate(self.blocks, start=1):
-            block.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
-            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+        release_init(self, self.init_std)
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 out_layers: Sequence[int] | None = None):

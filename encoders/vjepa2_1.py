@@ -37,15 +37,13 @@ right after the rotation (the same numbers attention would see under autocast).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
 
 from .errors import CheckpointError
-from .vit import PatchEmbed3D, gather_tokens
+from .vit import PatchEmbed3D, gather_tokens, release_init
 from .vjepa2 import LN_EPS, Block, Rotary3D, entries_of, grid_positions, rope_split
 
 # depth -> the blocks that carry a LayerNorm of their own (the release's `hierarchical_layers`)
@@ -135,17 +133,7 @@ class VJEPA21VisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """The release's init: trunc-normal weights, zero biases, residual branches rescaled by
         depth, modality embeddings N(0, 1e-6)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv3d)):
-                trunc_normal_(m.weight, std=self.init_std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for layer_id, block in enumerate(self.blocks, start=1):
-            block.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
-            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+        release_init(self, self.init_std)
         if self.modality_embedding:
             nn.init.normal_(self.img_mod_embed, std=1e-6)
             nn.init.normal_(self.video_mod_embed, std=1e-6)
