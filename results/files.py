@@ -83,35 +83,88 @@ def ignorable(path: Path, error: RecordError, data: bytes) -> bool:
     return '"record_version"' not in text and sum(key in text for key in _RECORD_KEYS) < 2
 
 
-def walk(root: Path):
-    """(path relative to `root` with `/` separators, os.stat_result) of every record file
-    candidate under `root`, unordered: the same files `ResultStore.paths()` lists, each
-    stat-ed once (the link to a file is followed, as `is_file` does; a linked folder is not
-    walked, as rglob does not)."""
-    stack = [("", os.fspath(root))]
-    while stack:
-        prefix, folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:  # unreadable or vanished folder: nothing of it is listed
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            rel = prefix + entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((rel + "/", entry.path))
-                    continue
-                if not entry.name.endswith(".json"):
-                    continue
-                st = entry.stat()
-            except OSError:  # vanished meanwhile, or a link that leads nowhere
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield rel, st
-
-
 def order_key(rel: str) -> tuple[str, ...]:
     """The order `sorted(paths)` gives (pathlib compares part by part) for a relative path."""
     return tuple(rel.split("/"))
+
+
+@dataclass
+class Folder:
+    """A folder of the walk: its (mtime_ns, inode) when looked at, whether its entries were
+    listed (else the index's list of its files still holds), and the `.json` links in it (a
+    link's target can change without its folder changing: these are stat-ed every time)."""
+
+    rel: str                      # "" for the root, else "a/b"
+    mtime_ns: int
+    ino: int
+    listed: bool
+    links: list[str]
+
+
+def parent(rel: str) -> str:
+    """The folder of a relative path ("" for the root's own entries)."""
+    return rel.rpartition("/")[0]
+
+
+def walk_changed(root: Path, known: dict[str, tuple[int, int, list[str]]], stable_before_ns: int):
+    """The folders under `root` and the (rel, os.stat_result) of the record file candidates of
+    the folders listed: the files `ResultStore.paths()` lists (the link to a file is followed,
+    as `is_file` does; a linked folder is not walked, as rglob does not; hidden names are
+    skipped), each stat-ed once. A folder is listed unless `known` (rel -> (mtime_ns, ino,
+    links) as last seen) holds it with the same mtime and inode, from before
+    `stable_before_ns`: adding, removing or renaming an entry (an atomic write's rename too)
+    sets its folder's mtime, so an unchanged folder holds the files it held. A file rewritten
+    in place changes no folder: the caller stats the files it must (see `results.index`).
+    Each folder is stat-ed before it is listed, so an entry added meanwhile is found next time.
+    """
+    folders: list[Folder] = []
+    files: list[tuple[str, os.stat_result]] = []
+    children: dict[str, list[str]] = {}
+    for rel in known:
+        if rel:
+            children.setdefault(parent(rel), []).append(rel)
+    try:
+        st = os.stat(root)
+    except OSError:
+        return folders, files
+    stack = [("", os.fspath(root), st)]
+    while stack:
+        rel, path, st = stack.pop()
+        old = known.get(rel)
+        if old is not None and old[:2] == (st.st_mtime_ns, st.st_ino) \
+                and st.st_mtime_ns < stable_before_ns:
+            folders.append(Folder(rel, st.st_mtime_ns, st.st_ino, False, old[2]))
+            for child in children.get(rel, ()):
+                child_path = os.path.join(os.fspath(root), child)
+                try:
+                    cst = os.stat(child_path, follow_symlinks=False)
+                except OSError:  # vanished since: its parent's mtime says so next time
+                    continue
+                if stat.S_ISDIR(cst.st_mode):
+                    stack.append((child, child_path, cst))
+            continue
+        try:
+            entries = list(os.scandir(path))
+        except OSError:  # unreadable or vanished folder: nothing of it is listed
+            continue
+        prefix = rel + "/" if rel else ""
+        links = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            crel = prefix + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((crel, entry.path, entry.stat(follow_symlinks=False)))
+                    continue
+                if not entry.name.endswith(".json"):
+                    continue
+                if entry.is_symlink():
+                    links.append(crel)
+                fst = entry.stat()
+            except OSError:  # vanished meanwhile, or a link that leads nowhere
+                continue
+            if stat.S_ISREG(fst.st_mode):
+                files.append((crel, fst))
+        folders.append(Folder(rel, st.st_mtime_ns, st.st_ino, True, links))
+    return folders, files

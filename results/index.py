@@ -2,13 +2,22 @@
 
 `<root>/index.sqlite` (WAL mode, the standard library's sqlite3) is derived from the record
 files, which stay the truth. Every read first brings it up to date (`RecordIndex.update`): the
-folder is walked (`results.files.walk`, the file scan's rules) and each file's (size, mtime_ns,
-inode) compared with what the index saw; a file that is new or differs is read and judged again
-unless its bytes' sha256 is the one indexed, a file that is gone loses its row. Files modified
-within RACY_NS of the last update are re-hashed (a rewrite within the file system's time
-granularity keeps its mtime). So a writer that crashed between its record's rename and its
-index row, a file edited by hand, a record deleted, torn or copied in are all found on the next
-read; nothing has to tell the index.
+folders are walked (`results.files.walk_changed`, the file scan's rules) and each file's (size,
+mtime_ns, inode) compared with what the index saw; a file that is new or differs is read and
+judged again unless its bytes' sha256 is the one indexed, a file that is gone loses its row.
+Files modified within RACY_NS of the last update are re-hashed (a rewrite within the file
+system's time granularity keeps its mtime).
+
+The cheap check: a folder whose (mtime, inode) is the one last seen, from before the last
+update's racy window, is not listed again and its files are not stat-ed: creating, deleting or
+renaming a file (a writer's atomic rename too) sets its folder's mtime. What a folder's mtime
+does not show, a file rewritten in place, is found for files modified within RECENT_NS (10
+minutes: a record completed or fixed soon after it was written), for `.json` links (stat-ed
+every time), and for every file by a full walk: when the last one is older than FULL_WALK_NS
+(an hour), and on `harness results reindex`. So an old record edited in place by hand shows
+within the hour, or at once after `reindex`; a writer that crashed between its record's
+rename and its index row, a record deleted, torn, renamed or copied in are all found on the
+next read; nothing has to tell the index.
 
 What a row holds: the frame's columns (`results.frame.record_row`, the same function the file
 scan uses) except the whole record's text (read from the file when asked for), the record's
@@ -30,10 +39,11 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
-from results.files import order_key, read_bytes, unreadable, walk
+from results.files import Folder, order_key, parent, read_bytes, unreadable, walk_changed
 from results.frame import BASE_COLUMNS
 from results.index_rows import SCALARS, Entry, index_entry, judge_all
 from results.runs import conflict_text
@@ -43,6 +53,12 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "index.sqlite"
 INDEX_VERSION = 1
 RACY_NS = 3_000_000_000          # coarsest common mtime granularity (FAT: 2 s), with margin
+# Files modified this recently are stat-ed even in a folder that did not change (a record
+# completed or edited in place soon after it was written); every folder and file is stat-ed
+# again when the last full walk is older than FULL_WALK_NS (an old file edited in place,
+# keeping its folder's mtime, is found then, or at once by `harness results reindex`).
+RECENT_NS = 600 * 1_000_000_000
+FULL_WALK_NS = 3600 * 1_000_000_000
 _HERE = Path(__file__).resolve().parent
 # The rules that decide a row: a change to any of these modules rebuilds every index.
 _RULES = [_HERE / n for n in ("index.py", "index_rows.py", "files.py", "frame.py",
@@ -67,6 +83,9 @@ _SCHEMA = [
     ("CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
      "ino INTEGER, digest TEXT, state TEXT NOT NULL, reason TEXT, retry_at INTEGER)"),
     "CREATE TABLE IF NOT EXISTS texts (ref TEXT PRIMARY KEY, json TEXT NOT NULL)",
+    # the folders walked: (mtime_ns, ino) as last listed, and the `.json` links in them
+    ("CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY, mtime_ns INTEGER, ino INTEGER, "
+     "links TEXT)"),
     ("CREATE TABLE IF NOT EXISTS records (path BLOB PRIMARY KEY, path_key BLOB NOT NULL, "
      "created_us INTEGER NOT NULL, "
      "created_text TEXT, metrics_key TEXT, metrics TEXT, metric_names TEXT, protocol_ref TEXT, "
@@ -131,12 +150,13 @@ class RecordIndex:
                 if not fresh:
                     log.warning("rebuilding the result index %s (made by other code)", self.path)
                 con.execute("BEGIN IMMEDIATE")
-                for table in ("meta", "files", "texts", "records"):
+                for table in ("meta", "files", "texts", "records", "folders"):
                     con.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in _SCHEMA:
                     con.execute(statement)
                 con.executemany("INSERT INTO meta VALUES (?, ?)",
-                                [("stamp", _stamp()), ("last_update_ns", "0")])
+                                [("stamp", _stamp()), ("last_update_ns", "0"),
+                                 ("last_full_ns", "0")])
                 con.execute("COMMIT")
         except BaseException:
             con.close()
@@ -176,31 +196,60 @@ class RecordIndex:
 
     # -- bringing it up to date ----------------------------------------------------------------
 
-    def update(self) -> list[tuple[str, str]]:
-        """Index what changed on disk since the last update. Returns the files that could not
-        be read this time ((path, reason): they are tried again next time)."""
+    def update(self, *, full: bool = False) -> list[tuple[str, str]]:
+        """Index what changed on disk since the last update (`full`: stat every folder and
+        file, as if none were known). Returns the files that could not be read this time
+        ((path, reason): they are tried again next time)."""
         self._texts = None
         try:
-            return self._update()
+            return self._update(full)
         except sqlite3.DatabaseError as exc:  # damaged under us: start again, once
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
             log.warning("rebuilding the result index %s: %s", self.path, exc)
             self._remove()
-            return self._update()
+            return self._update(full)
 
-    def _update(self) -> list[tuple[str, str]]:
+    def _meta(self, con, key: str) -> int:
+        row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _update(self, full: bool) -> list[tuple[str, str]]:
         con = self.connect()
         started = time.time_ns()
         known = {_decode(p): (size, mtime, ino, digest, state, retry)
                  for p, size, mtime, ino, digest, state, retry in con.execute(
                      "SELECT path, size, mtime_ns, ino, digest, state, retry_at FROM files")}
-        last = int(con.execute("SELECT value FROM meta WHERE key = 'last_update_ns'")
-                   .fetchone()[0])
+        last = self._meta(con, "last_update_ns")
+        full = full or last == 0 or started - self._meta(con, "last_full_ns") > FULL_WALK_NS
+        folders_known = {} if full else {
+            _decode(p): (mtime, ino, links.split("\x1f") if links else [])
+            for p, mtime, ino, links in con.execute(
+                "SELECT path, mtime_ns, ino, links FROM folders")}
         now_us = started // 1000
         todo, touched, unread = [], [], []
+        folders, listed_files = walk_changed(self.root, folders_known, last - RACY_NS)
         seen = set()
-        for rel, st in walk(self.root):
+        stat_again = []
+        kept = {f.rel for f in folders if not f.listed}
+        for folder in folders:
+            if not folder.listed:
+                stat_again.extend(folder.links)
+        for rel, old in known.items():
+            if parent(rel) in kept:
+                seen.add(rel)  # its folder lists what it listed: the file is still there
+                if old[1] >= started - RECENT_NS or (old[5] is not None and old[5] <= now_us):
+                    stat_again.append(rel)
+        candidates = list(listed_files)
+        for rel in sorted(set(stat_again)):
+            seen.discard(rel)
+            try:
+                st = os.stat(self.root / rel)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                candidates.append((rel, st))
+        for rel, st in candidates:
             seen.add(rel)
             old = known.get(rel)
             if old is None or old[:3] != (st.st_size, st.st_mtime_ns, st.st_ino) \
@@ -228,13 +277,25 @@ class RecordIndex:
             else:
                 unread.append((str(self.root / rel), result))
                 gone.append(rel)
-        if entries or touched or gone or last == 0 or todo:
-            self._write(con, entries, touched, gone, started)
+        folders = [f for f in folders if f.listed]
+        changed = [f for f in folders if folders_known.get(f.rel) != (f.mtime_ns, f.ino, f.links)]
+        walked = {f.rel for f in folders} | kept
+        dropped = [rel for rel in folders_known if rel not in walked]
+        if entries or touched or gone or todo or changed or dropped or full:
+            self._write(con, entries, touched, gone, started, changed, dropped, full)
         return sorted(unread, key=lambda p: order_key(os.path.relpath(p[0], self.root)))
 
-    def _write(self, con, entries, touched, gone, started: int) -> None:
+    def _write(self, con, entries, touched, gone, started: int, folders: list[Folder],
+               dropped: list[str], full: bool) -> None:
         con.execute("BEGIN IMMEDIATE")
         try:
+            if full:  # every folder was walked: those not seen are gone
+                con.execute("DELETE FROM folders")
+            con.executemany("DELETE FROM folders WHERE path = ?",
+                            [(os.fsencode(rel),) for rel in dropped])
+            con.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?)",
+                            [(os.fsencode(f.rel), f.mtime_ns, f.ino, "\x1f".join(f.links))
+                             for f in folders])
             paths = [(os.fsencode(rel),) for rel in gone] + \
                     [(os.fsencode(e.rel),) for e in entries]
             con.executemany("DELETE FROM records WHERE path = ?", paths)
@@ -255,6 +316,9 @@ class RecordIndex:
             con.execute("UPDATE meta SET value = ? WHERE key = 'last_update_ns' AND "
                         "(CAST(value AS INTEGER) = 0 OR CAST(value AS INTEGER) < ?)",
                         (str(started), started))
+            if full:
+                con.execute("UPDATE meta SET value = ? WHERE key = 'last_full_ns' AND "
+                            "CAST(value AS INTEGER) < ?", (str(started), started))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -325,6 +389,30 @@ class RecordIndex:
                                else "path_key")
         return self.connect().execute(sql, params)
 
+    def select_board(self, columns: list[str], *, low_us=None, high_us=None,
+                     metric: str | None = None):
+        """Cursor over `columns` of one record per run identity written within
+        [low_us, high_us] (the newest by creation, the later path breaking a tie, as
+        `select`), in no order (the caller sorts the few columns it fetched: cheaper than
+        SQLite sorting whole rows). With `metric`, two more columns: the metric's JSON text
+        as written (None when absent), and the whole metrics text where SQLite's JSON cannot
+        read it (NaN), else None. Runs of one record each (nearly all) need no window."""
+        where, params = self._window(low_us, high_us)
+        where = where or " WHERE 1"
+        cols = ", ".join(_q(c) for c in columns)
+        if metric is not None:
+            odd = "instr(metrics, 'NaN') OR instr(metrics, 'Infinity')"
+            cols += f", CASE WHEN {odd} THEN NULL ELSE metrics -> ? END, " \
+                    f"CASE WHEN {odd} THEN metrics END"
+            path = '$."' + metric + '"'
+        dups = f"SELECT run_id FROM records{where} GROUP BY run_id HAVING COUNT(*) > 1"
+        sql = (f"SELECT {cols} FROM records{where} AND run_id NOT IN ({dups}) UNION ALL "
+               f"SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY "
+               f"created_us DESC, path DESC) AS newest FROM records{where} AND run_id IN "
+               f"({dups})) WHERE newest = 1")
+        extra = [path] if metric is not None else []
+        return self.connect().execute(sql, extra + params + params + extra + params + params)
+
     def counts(self, low_us=None, high_us=None) -> tuple[int, int]:
         """(records, runs) in the window."""
         where, params = self._window(low_us, high_us)
@@ -336,9 +424,12 @@ class RecordIndex:
         the file scan words them, in the files' order."""
         where, params = self._window(low_us, high_us)
         con = self.connect()
+        # Only runs of several records can differ: found first from the run index alone.
+        dups = f"SELECT run_id FROM records{where} GROUP BY run_id HAVING COUNT(*) > 1"
+        cond = where + (" AND " if where else " WHERE ") + f"run_id IN ({dups})"
         runs = [r for (r,) in con.execute(
-            f"SELECT run_id FROM records{where} GROUP BY run_id "
-            f"HAVING COUNT(DISTINCT metrics_key) > 1", params)]
+            f"SELECT run_id FROM records{cond} GROUP BY run_id "
+            f"HAVING COUNT(DISTINCT metrics_key) > 1", params + params)]
         found = []
         for run in runs:
             cond = where + (" AND " if where else " WHERE ") + "run_id = ?"
@@ -427,7 +518,12 @@ def describe() -> list[str]:
              "           " + ", ".join(SCALARS[6:13]) + ",",
              "           " + ", ".join(SCALARS[13:]),
              "  texts    ref, json: each distinct protocol and protocol_departures once",
-             "  meta     stamp (index version and the rules' digest), last_update_ns"]
+             "  folders  path, mtime_ns, ino, links: each folder as last listed (a folder whose",
+             "           mtime and inode did not change is not listed again; files modified in",
+             "           the last 10 minutes and .json links are stat-ed anyway; every file on",
+             "           a full walk, hourly and on reindex)",
+             "  meta     stamp (index version and the rules' digest), last_update_ns,",
+             "           last_full_ns"]
     return lines
 
 

@@ -34,12 +34,12 @@ def clip(low: float, high: float, lo: float = 0.0, hi: float = 100.0) -> tuple[f
 
 def t_interval(values: list[float], percent: bool = True) -> tuple[float, float]:
     """The t interval of the mean of `values` (at least 2), inside [0, 100] when `percent`."""
-    from scipy.stats import t
+    from scipy.special import stdtrit  # the t quantile (scipy.stats.t.ppf), without scipy.stats
 
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    half = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
     low, high = mean - half, mean + half
     return clip(low, high) if percent else (low, high)
 

@@ -205,7 +205,9 @@ def filter_frame(frame: pd.DataFrame, *, encoders=None, tasks=None, protocols=No
 def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
                 metric: str = "top1", *, encoders=None, protocols=None, since=None,
                 until=None, significance: bool = True, cost: bool = False) -> Leaderboard:
-    """Build a leaderboard of `metric` from `ResultStore.frame()` (see the module's doc)."""
+    """Build a leaderboard of `metric` from `ResultStore.frame()` (see the module's doc), or
+    from `ResultStore.cell_frame()` (runs folded into groups, already windowed by date: the
+    same board)."""
     import pandas as pd
 
     notes: list[str] = []
@@ -218,14 +220,23 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         return Leaderboard(empty, [f"no record has metric {metric!r}; metrics present: "
                                    f"{', '.join(metrics) or 'none'}"], metric)
 
+    grouped = "_runs" in frame
+    if grouped:  # the store applied the date window before one record per run was kept
+        since = until = None
     df, notes = filter_frame(frame, encoders=encoders, tasks=tasks, protocols=protocols,
                              since=since, until=until)
     df = df.copy()
-    lacking = df[df[metric].isna()]
-    if len(lacking):
-        notes.append(f"{len(lacking)} record(s) without {metric} left out "
-                     f"({', '.join(sorted(set(lacking['task'])))})")
+    if grouped:
+        lacking = df[df["_lacking"] > 0]
+        count = int(lacking["_lacking"].sum())
+        df = df[df["_n"] > 0]
+    else:
+        lacking = df[df[metric].isna()]
+        count = len(lacking)
         df = df[df[metric].notna()]
+    if count:
+        notes.append(f"{count} record(s) without {metric} left out "
+                     f"({', '.join(sorted(set(lacking['task'])))})")
     if df.empty:
         return Leaderboard(empty, notes or ["no records match"], metric)
 
@@ -247,7 +258,8 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         if sub.empty:
             continue
         # Most-used protocol first: it is the reference the others are compared with.
-        pids = (sub.groupby("protocol_id").agg(n=("protocol_id", "size"), first=("created", "min"))
+        size = ("_n", "sum") if grouped else ("protocol_id", "size")
+        pids = (sub.groupby("protocol_id").agg(n=size, first=("created", "min"))
                 .sort_values(["n", "first"], ascending=[False, True]).index.tolist())
         protocols_of = {pid: sub[sub["protocol_id"] == pid]["protocol"].iloc[0] for pid in pids}
         departures = {pid: _departures(sub[sub["protocol_id"] == pid]) for pid in pids}
@@ -266,7 +278,7 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
     cells: dict[tuple, Cell] = {}
     for col in columns:
         for key, runs in groups[col.name].groupby(ROW_KEYS, sort=False):
-            cells[(tuple(key), col.name)] = _cell(runs, metric)
+            cells[(tuple(key), col.name)] = _grouped_cell(runs) if grouped else _cell(runs, metric)
     if any(c.runs > 1 for c in cells.values()):
         notes.append("cells of several runs (seeds, folds) show mean ± std (n=runs)")
     if any(c.short for c in cells.values()):
@@ -317,6 +329,8 @@ def _departures(runs: pd.DataFrame) -> dict:
     them; records of one protocol id share them)."""
     if "protocol_departures" not in runs:
         return {}
+    if "_dep_at" in runs:  # groups of runs: the first run naming them, over the groups
+        runs = runs.sort_values("_dep_at", kind="stable")
     return next((d for d in runs["protocol_departures"] if isinstance(d, dict) and d), {})
 
 
@@ -345,6 +359,19 @@ def _cell(runs: pd.DataFrame, metric: str) -> Cell:
     paths = [p for p in runs["path"] if isinstance(p, str)] if "path" in runs else []
     return Cell(mean=mean, std=std, runs=n, num_samples=samples, split_size=size,
                 decimals=decimals_for(size or samples), paths=paths, values=values)
+
+
+def _grouped_cell(groups: pd.DataFrame) -> Cell:
+    """`_cell` of the runs of one or more groups (`results.run_cells`), in the runs' order."""
+    runs = sorted((r for rs in groups["_runs"] for r in rs), key=lambda r: r[0])
+    values = [r[1] for r in runs]
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    samples, size = _int_or_none(runs[0][3]), _int_or_none(runs[0][4])
+    return Cell(mean=mean, std=std, runs=n, num_samples=samples, split_size=size,
+                decimals=decimals_for(size or samples), paths=[r[2] for r in runs],
+                values=values)
 
 
 COST_COLUMNS = {"params": "params (M)", "gflops_per_clip": "GFLOPs/clip",

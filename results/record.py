@@ -7,14 +7,10 @@ metrics, data problems, timings, versions, git commit, host, device, world size 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import re
-import socket
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,7 +45,12 @@ def record_protocol_version(record: dict) -> int:
 
 
 def package_versions() -> dict[str, str | None]:
-    # importlib.metadata reads installed metadata without importing the packages (no torch here).
+    # importlib.metadata reads installed metadata without importing the packages (no torch here);
+    # imported here, as platform, socket and subprocess below: readers of records never need
+    # them (the leaderboard's start-up).
+    import importlib.metadata
+    import platform
+
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _VERSIONED:
         try:
@@ -61,6 +62,8 @@ def package_versions() -> dict[str, str | None]:
 
 def git_commit(repo: Path = _REPO_ROOT) -> str | None:
     """HEAD of the repository holding this code, or None (not a checkout, no git, no commit)."""
+    import subprocess
+
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=3)
@@ -80,6 +83,8 @@ def make_record(*, encoder: dict, checkpoint: dict, task: str, split: str, proto
         raise ValueError("make_record: encoder must be a dict with at least a 'name'")
     if not task:
         raise ValueError("make_record: task must be a non-empty name")
+    import socket
+
     record = {
         "record_version": RECORD_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
@@ -291,8 +296,10 @@ def _check(rec, need_version: bool, now) -> None:
     when = record_created(rec)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     if when > now + FUTURE_SLACK:
-        raise RecordError(f"created {rec['created']!r} is in the future (now "
-                          f"{now.strftime('%Y-%m-%d %H:%M')} UTC): a wrong clock or a forged "
+        # No "now" in the message: the index remembers a verdict, and it must read the same
+        # at every later read until the record's time comes.
+        raise RecordError(f"created {rec['created']!r} is in the future (past this machine's "
+                          f"clock): a wrong clock or a forged "
                           f"record, which would replace the real record of its run; it is not "
                           f"used (fix its created time or the clock of the machine that wrote it)")
     if when < EARLIEST:
@@ -339,6 +346,47 @@ def _check(rec, need_version: bool, now) -> None:
             raise RecordError(f"extra.{key} must be text, not {_shown(extra[key])}")
     if extra.get("command") is not None and not isinstance(extra["command"], str):
         raise RecordError(f"extra.command must be text, not {_shown(extra['command'])}")
+    _check_unicode(rec)
+
+
+def _check_unicode(rec: dict) -> None:
+    """Every text of the record (keys too) encodes as UTF-8. JSON can spell a lone surrogate
+    (`"\\ud800"`) that no UTF-8 text holds: it would pass every check above and then stop each
+    reader that writes the text out (pandas, pyarrow, a terminal) with UnicodeEncodeError."""
+    try:
+        json.dumps(rec, ensure_ascii=False, allow_nan=True).encode("utf-8")
+        return
+    except UnicodeEncodeError:
+        pass
+    except (TypeError, ValueError):  # an in-memory record holding non-JSON values: not ours here
+        return
+    where = _bad_text(rec, "")
+    raise RecordError(f"{where or 'a key'} holds text that is not valid Unicode (a lone "
+                      f"surrogate such as \\ud800): not text a record writes")
+
+
+def _bad_text(node, where: str) -> str | None:
+    """The dotted place of the first text (key or value) under `node` that is not UTF-8."""
+    items = node.items() if isinstance(node, dict) else \
+        enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        place = f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and not _encodes(key):
+            return f"{where or 'the record'} (a key)"
+        if isinstance(value, str) and not _encodes(value):
+            return place
+        found = _bad_text(value, place) if isinstance(value, (dict, list)) else None
+        if found:
+            return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _check_checkpoint(ckpt: dict) -> None:

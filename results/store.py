@@ -41,7 +41,9 @@ in their metrics the difference is reported (`conflicts`), naming both files. So
 shows the store as it stood then: a run re-run after `until` shows its record from before.
 Task, encoder and protocol filters (the leaderboard's) apply to the rows of step 3. Through the
 index, steps 2 and 3 (and a `tasks` filter) are SQL, and only the files of what is printed are
-read (`frame(text=False)` reads none).
+read (`frame(text=False)` reads none). The leaderboard reads `cell_frame` (`results.run_cells`:
+the runs of each cell, seeds and folds, folded into one row: the same board without a frame of
+every run), `compare` reads `named_paths` (five columns of each run).
 """
 from __future__ import annotations
 
@@ -171,16 +173,21 @@ class ResultStore:
         from results.index import row_columns
 
         lo, hi = (_us(low) if low is not None else None), (_us(high) if high is not None else None)
+        self._index_report(index, lo, hi, latest_only)
+        return row_columns(index, index.select(low_us=lo, high_us=hi, latest_only=latest_only,
+                                               tasks=tasks))
+
+    def _index_report(self, index, lo, hi, latest_only: bool = True) -> None:
+        """problems, conflicts and replaced as the scan sets them, from the index."""
         self.problems = sorted(index.problems() + self._unread,
                                key=lambda p: order_key(os.path.relpath(p[0], self.root)))
+        self.conflicts, self.replaced = [], 0
         if latest_only:
             self.conflicts = index.conflicts(lo, hi)
             records, runs = index.counts(lo, hi)
             self.replaced = records - runs
             for line in self.conflicts:
                 log.warning("%s", line)
-        return row_columns(index, index.select(low_us=lo, high_us=hi, latest_only=latest_only,
-                                               tasks=tasks))
 
     def frame(self, latest_only: bool = True, *, since=None, until=None, tasks=None,
               text: bool = True):
@@ -207,6 +214,51 @@ class ResultStore:
         if text:
             columns = self._with_text(columns)
         return finish_frame(pd.DataFrame(columns))
+
+    def cell_frame(self, metric: str, *, since=None, until=None):
+        """The leaderboard's input with the runs of each cell folded together
+        (`results.run_cells`: one row per group of runs, not per run; the same board as from
+        `frame()`), read from the index alone; None where the board needs the frame of runs
+        (the file scan, a metric named like a base column, no run with `metric`)."""
+        from results.run_cells import cell_frame, usable_metric
+
+        if not self.root.is_dir() or not usable_metric(metric):
+            return None
+        index = self.index()
+        if index is None:
+            return None
+        low, high = date_bound(since), date_bound(until, end_of_day=True)
+        lo, hi = (_us(low) if low is not None else None), (_us(high) if high is not None else None)
+        self._index_report(index, lo, hi)
+        return cell_frame(index, metric, low_us=lo, high_us=hi)
+
+    def named_paths(self, refs: list[str]) -> list[str]:
+        """The record files (one per run, in the frame's order) that any of `refs` could name:
+        a run id (or a prefix of 6 characters or more), a record file's stem, a run label, an
+        encoder label or an encoder name. Through the index only five columns are read."""
+        index = self.index()
+        if index is None:
+            frame = self.frame(text=False)
+            rows = [] if frame.empty else zip(frame["path"], frame["run_id"].astype(str),
+                                              frame["label"], frame["encoder_label"],
+                                              frame["encoder"])
+        else:
+            self._index_report(index, None, None)
+            base = str(self.root)
+            prefix = "" if base == "." else base.rstrip("/") + "/"
+            fetched = index.select_board(["task", "encoder", "created_us", "path_key", "path",
+                                          "run_id", "label", "encoder_label"]).fetchall()
+            fetched.sort(key=lambda r: r[:4])  # the frame's order: task, encoder, creation, file
+            rows = ((prefix + os.fsdecode(p), str(run), label, enc_label, enc)
+                    for _, enc, _, _, p, run, label, enc_label in fetched)
+        wanted, prefixes = set(refs), tuple(r for r in refs if len(r) >= 6)
+        out = []
+        for path, run, label, enc_label, enc in rows:
+            name = path.rpartition("/")[2]  # Path(path).stem, without a Path per row
+            stem = name[:-5] if name.endswith(".json") else Path(name).stem
+            if {run, stem, label, enc_label, enc} & wanted or (prefixes and run.startswith(prefixes)):
+                out.append(path)
+        return out
 
     def chunks(self, size: int = 2000):
         """Every record (re-runs included) as frames of at most `size` rows, in the frame's

@@ -424,6 +424,35 @@ def test_a_forged_future_record_never_replaces_the_real_one(tmp_path, capsys):
     assert "80" in out and "100" not in out
 
 
+LONE_SURROGATES = [("encoder.name", "evil\ud800"), ("extra.label", "\udfff"),
+                   ("protocol.probe.note", "x\udc80y"), ("extra.\ud83d", "a key")]
+
+
+@pytest.mark.parametrize("field,value", LONE_SURROGATES, ids=[f for f, _ in LONE_SURROGATES])
+def test_a_lone_surrogate_is_a_bad_field_not_a_crash(tmp_path, capsys, field, value):
+    # Valid JSON (`"\ud800"`) that no UTF-8 text holds: it passed every field check and then
+    # stopped every leaderboard with UnicodeEncodeError in pandas / pyarrow.
+    root = good_store(tmp_path / "store")
+    rec = base_record(top1=99.0)
+    _set(rec, field, value)
+    bad = put(root, None, name="surrogate.json", text=json.dumps(rec))  # ASCII: `\udXXX` escapes
+    assert "\\ud" in bad.read_text()
+    for fmt in ("csv", "plain", "json", "markdown"):
+        rc, out, err = board(root, capsys, "--format", fmt)
+        assert rc == 0, err
+        assert err.count(str(bad)) == 1 and "not valid Unicode" in err, err
+        assert "evil" not in out and "80" in out and "70" in out
+    where = field if not field.endswith("\ud83d") else "extra (a key)"
+    assert where in err
+    scan, index = ResultStore(root, scan=True), ResultStore(root)
+    assert scan.frame(text=False).drop(columns="record").equals(
+        index.frame(text=False).drop(columns="record"))
+    assert scan.problems == index.problems and len(index.problems) == 1
+    assert main(["results", "export", str(tmp_path / "s.parquet"), "--results", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert "exported 3 record(s)" in out and err.count(str(bad)) == 1
+
+
 def test_compare_on_a_hostile_record_file_is_one_line(tmp_path, capsys):
     root = good_store(tmp_path / "store")
     a = next((root / "records").glob("vjepa_vitl__k400__*"))

@@ -79,6 +79,18 @@ def hostile_store(root: Path) -> Path:
     (outside / "sub" / "x.json").write_text(json.dumps(_record("linked_dir")))
     (recs / "linked.json").symlink_to(outside / "linked.json")
     (root / "linkdir").symlink_to(outside / "sub")
+    # seeds of one cell (mean +- std), one of them in the same microsecond as another run, a
+    # seed without top1, and two checkpoints sharing a file name (labels then carry the step)
+    for seed, top1 in enumerate((61.3, 62.7, 60.1)):
+        write_record(_record("seeds", top1=top1, seed=seed,
+                             created="2026-11-06T00:00:00+00:00" if seed else None), recs)
+    lack = _record("seeds", seed=9)
+    lack["metrics"] = {"top5": 90.0}
+    _put(root, "lacking.json", json.dumps(lack))
+    for sha, step in (("1" * 64, 10), ("2" * 64, 20)):
+        rec = _record("twin", top1=40.0 + step)
+        rec["checkpoint"] = {"path": "/ckpt/latest.pth", "sha256": sha, "step": step}
+        write_record(rec, recs)
     # a sub-store one level down, whose names sort differently as text and as paths
     write_record(_record("nested", task="ssv2", top1=20.0), root / "a-b" / "records")
     write_record(_record("nested2", task="ssv2", top1=21.0), root / "a" / "records")
@@ -105,7 +117,38 @@ def assert_same(root, **kw):
                                   ResultStore(root).frame(text=False, **kw))
     recs_scan = ResultStore(root, scan=True).records(**kw)
     assert recs_scan == ResultStore(root).records(**kw)
+    if kw.get("latest_only", True):
+        assert_same_board(root, f_scan, **kw)
     return f_index, index
+
+
+def assert_same_board(root, f_scan, since=None, until=None):
+    """The board from the index's folded runs (`cell_frame`) is the board of the scan's frame,
+    to the last bit of every cell, under every filter the command passes."""
+    for metric in ("top1", "top5"):
+        store = ResultStore(root)
+        cells = store.cell_frame(metric, since=since, until=until)
+        if cells is None:
+            assert metric not in f_scan
+            continue
+        scan = ResultStore(root, scan=True)
+        scan.frame(since=since, until=until)
+        assert (store.problems, store.conflicts, store.replaced) == \
+            (scan.problems, scan.conflicts, scan.replaced)
+        assert len(cells) <= len(f_scan)  # folded (fewer rows on the whole store: seeds)
+        if since is None and until is None:
+            assert len(cells) < len(f_scan)
+        for filters in ({}, {"tasks": "ssv2,k400"}, {"encoders": "seeds,v*"},
+                        {"protocols": f_scan["protocol_id"].iloc[0][:4]}):
+            for significance in (False, True):
+                want = leaderboard(f_scan, metric=metric, significance=significance,
+                                   since=since, until=until, **filters)
+                got = leaderboard(cells, metric=metric, significance=significance,
+                                  since=since, until=until, **filters)
+                assert render(got, "plain") == render(want, "plain")
+                assert render(got, "json") == render(want, "json")
+                assert got.cells == want.cells and got.notes == want.notes
+                assert got.legend == want.legend
 
 
 def test_index_and_file_scan_agree_on_a_hostile_store(tmp_path):
@@ -124,8 +167,11 @@ def test_index_and_file_scan_agree_on_a_hostile_store(tmp_path):
     assert_same(root, until="2026-11-02T12:00")
     # a task filter pushed into SQL keeps what filtering the scan's frame keeps (the dtypes of
     # a column are those of the rows kept: the huge seed of a k400 row is not among them)
+    # (and its metric columns are those of the rows kept: top5 of a k400 seed is not)
     scan = ResultStore(root, scan=True).frame()
-    pd.testing.assert_frame_equal(scan[scan["task"] == "ssv2"].reset_index(drop=True),
+    scan = scan[scan["task"] == "ssv2"].reset_index(drop=True)
+    assert scan["top5"].isna().all()
+    pd.testing.assert_frame_equal(scan.drop(columns="top5"),
                                   ResultStore(root).frame(tasks=["ssv2"]), check_dtype=False)
 
 
@@ -307,3 +353,73 @@ def test_an_index_sqlite_refuses_to_write_falls_back_to_the_scan(tmp_path, monke
         frame = store.frame()
     assert store.scan and "reading every record file instead" in caplog.text
     pd.testing.assert_frame_equal(frame, ResultStore(root, scan=True).frame())
+
+
+def _age(root: Path, seconds: float) -> None:
+    """Every file and folder under `root` last modified `seconds` ago (links themselves)."""
+    import time
+
+    when = time.time() - seconds
+    for folder, _, names in os.walk(root, topdown=False):
+        for name in names:
+            os.utime(Path(folder) / name, (when, when), follow_symlinks=False)
+        os.utime(folder, (when, when))
+
+
+def test_unchanged_folders_are_not_listed_and_in_place_edits(tmp_path, monkeypatch):
+    """The cheap change check: a folder whose mtime did not change is not listed again and its
+    old files are not stat-ed. A file edited in place changes no folder: one modified recently
+    is stat-ed anyway (found), an old one is found by the next full walk (hourly, or
+    `harness results reindex`)."""
+    import time
+
+    import results.index as index_module
+
+    root = hostile_store(tmp_path / "store")
+    recs = root / "records"
+    _age(root, 2 * 86400)
+    recent = sorted(recs.glob("vjepa_vitl__ssv2__*.json"))[0]
+    os.utime(recent, (time.time() - 60,) * 2)  # written a minute ago
+    os.utime(recs, (time.time() - 2 * 86400,) * 2)
+    folder_mtime = recs.stat().st_mtime_ns
+    old = sorted(recs.glob("videomae_vitl__ssv2__*.json"))[0]
+    assert_same(root)
+    walks = []
+    real = index_module.walk_changed
+    monkeypatch.setattr(index_module, "walk_changed",
+                        lambda *a: walks.append(real(*a)) or walks[-1])
+    ResultStore(root).frame()
+    listed = {f.rel for f in walks[-1][0] if f.listed}
+    # the root holds the index (its files come and go: listed each time), records/ does not
+    assert "records" not in listed and not [r for r, _ in walks[-1][1] if r.startswith("records/")]
+    # edited in place (its folder's mtime kept): the recent file is found at once
+    for path, value in ((recent, "13.0"), (old, "67.0")):
+        rec = json.loads(path.read_text())
+        rec["metrics"]["top1"] = float(value)
+        path.write_text(json.dumps(rec, indent=2, sort_keys=True))
+    assert recs.stat().st_mtime_ns == folder_mtime  # an edit in place changes no folder
+    frame = ResultStore(root).frame()
+    assert 13.0 in frame["top1"].tolist()
+    # the old one is not (documented: its folder and its indexed mtime say nothing changed) ...
+    assert 67.0 not in frame["top1"].tolist()
+    # ... until a full walk: `harness results reindex`, or the hourly one
+    monkeypatch.setattr(index_module, "FULL_WALK_NS", 0)
+    frame, _ = assert_same(root)
+    assert 67.0 in frame["top1"].tolist() and 13.0 in frame["top1"].tolist()
+    assert any(f.listed and f.rel == "records" for f in walks[-1][0])
+
+
+def test_a_folder_changed_by_a_writer_is_listed_again(tmp_path):
+    """New, renamed and deleted files in an old folder (and in a new sub-folder) are found."""
+    root = hostile_store(tmp_path / "store")
+    recs = root / "records"
+    _age(root, 2 * 86400)
+    assert_same(root)
+    write_record(_record("newcomer", top1=98.0), recs)
+    victim = sorted(recs.glob("videomae_vitl__k400__*.json"))[0]
+    victim.rename(recs / "renamed.json")
+    sorted(recs.glob("vjepa_vitl__ssv2__*.json"))[0].unlink()
+    write_record(_record("deeper", task="ssv2", top1=97.0), root / "a" / "new" / "records")
+    frame, _ = assert_same(root)
+    assert {"newcomer", "deeper"} <= set(frame["encoder"])
+    assert str(recs / "renamed.json") in set(frame["path"])

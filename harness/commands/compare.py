@@ -127,20 +127,8 @@ def _store_records(root, refs: list[str]) -> list:
     store = results.ResultStore(root)
     if not store.root.is_dir():
         return []
-    frame = store.frame(text=False)
-    if frame.empty:
-        report_skipped(store)
-        return []
-    stems = frame["path"].map(lambda p: Path(p).stem)
-    run_ids = frame["run_id"].astype(str)
-    keep = False
-    for ref in refs:
-        keep = keep | (run_ids == ref) | (stems == ref) | (frame["label"] == ref) \
-            | (frame["encoder_label"] == ref) | (frame["encoder"] == ref)
-        if len(ref) >= 6:
-            keep = keep | run_ids.str.startswith(ref)
     records = []
-    for path in frame.loc[keep, "path"]:
+    for path in store.named_paths(refs):
         rec = store.read(Path(path))
         if rec is not None:
             rec["_path"] = path

@@ -76,7 +76,13 @@ def main(args) -> int:
         print_line(f"exported {n} record(s) from {root} to {args.export}")
         return 0
     # The date window applies before one record per run is kept (the board as it stood then).
-    frame = store.frame(since=args.since, until=args.until, text=False)
+    # A plain board reads the runs of each cell folded together from the index (the same
+    # board, without a frame of every run); series and cost columns need the frame of runs.
+    frame = None
+    if not (args.series or args.cost):
+        frame = store.cell_frame(args.metric, since=args.since, until=args.until)
+    if frame is None:
+        frame = store.frame(since=args.since, until=args.until, text=False)
     report_skipped(store)
     encoders = args.encoder
     if args.series:
