@@ -15,6 +15,7 @@ Whatever the numbers say is the result: nothing here is tuned for one model to w
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,17 +69,24 @@ DECODED_CACHE_MB = 2048
 
 def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 1.0,
              seed: int = 0, progress: bool = True, fresh: bool = False, seeds: int = 1,
-             decoded_cache_mb: float = DECODED_CACHE_MB, torch_threads: int | None = None) -> dict:
+             decoded_cache_mb: float = DECODED_CACHE_MB, torch_threads: int | None = None,
+             jobs: int | None = None) -> dict:
     """`torch_threads`: torch's intra-op threads for pretraining and probes; None: the runs'
-    `auto` (1 on CPU, where the demo loads its data in process; torch's default on a GPU)."""
+    `auto` (1 on CPU, where the demo loads its data in process; torch's default on a GPU).
+    `jobs`: runs side by side, each in its own process (`harness.demo_jobs`); None: 2 on a CPU
+    with 2 cores or more, else 1. The records are the same for any number."""
     from rich.console import Console
 
-    from harness.config import compose_run
+    from harness.demo_jobs import (
+        Plan,
+        default_jobs,
+        make_physics_data,
+        physics_overrides,
+        probe_overrides,
+        run_jobs,
+    )
     from harness.plan import resolve_device
-    from harness.pretrain import run_pretrain
-    from harness.runner import intra_op_threads, run_evaluation
-    from harness.runner import torch_threads as threads_set_to
-    from tasks.frame_cache import FrameCache
+    from harness.runner import intra_op_threads
 
     console = Console()
     out_dir, data_dir = Path(out), Path(data)
@@ -102,51 +110,68 @@ def run_demo(out: str = "runs/demo", data: str = "data/digits", budget: float = 
     timings["data_s"] = time.time() - t0
 
     entries = demo_entries()
-    frame_cache = FrameCache(int(decoded_cache_mb * 2**20)) if decoded_cache_mb > 0 else None
-    console.rule(f"[bold]2/5 pretraining: {settings['pretrain_steps']} steps each")
-    t1 = time.time()
-    # Pretraining loads its clips in this process (num_workers 0), like the probe runs: the
+    # Pretraining loads its clips in its own process (num_workers 0), like the probe runs: the
     # same thread rule (harness.runner.intra_op_threads) holds for both.
-    pretrain_threads = intra_op_threads(torch_threads or "auto", device=resolve_device("auto"),
+    device = resolve_device("auto")
+    pretrain_threads = intra_op_threads(torch_threads or "auto", device=device,
                                         in_process_loading=True)
-    settings["runtime"] = demo_runtime(pretrain_threads)
-    for entry in entries:
-        if entry.pretrain_config:
-            with threads_set_to(pretrain_threads):
-                entry.checkpoint = str(run_pretrain(
-                    entry.pretrain_config,
-                    [f"optim.total_steps={settings['pretrain_steps']}", f"data.root={data_dir}",
-                     f"seed={seed}"],
-                    out_dir=str(out_dir / "pretrain" / entry.pretrain_config),
-                    resume=True, progress=progress, frame_cache=frame_cache))
-    timings["pretrain_s"] = time.time() - t1
-
-    console.rule("[bold]3/5 attentive probes on frozen features, the tasks' own protocol")
-    t2 = time.time()
-    records = []
+    jobs = int(jobs or default_jobs(device))
+    settings["runtime"] = {**demo_runtime(pretrain_threads), "jobs": jobs}
     settings["seeds"] = list(range(seed, seed + int(seeds)))
-    for entry, task, run_seed in ((e, t, s) for e in entries for t in TASKS
-                                  for s in settings["seeds"]):
-        overrides = [f"encoder={entry.encoder}", f"task={task}", "probe=attentive",
-                     f"out={out_dir}", f"seed={run_seed}", f"label='{entry.label}'",
-                     f"task.data.root={data_dir}",
-                     f"progress={'true' if progress else 'false'}",
-                     f"torch_threads={torch_threads or 'auto'}"]
-        if entry.random_init:
-            overrides.append("random_init=true")
-        if entry.checkpoint:
-            overrides.append(f"checkpoint='{entry.checkpoint}'")
-        console.print(f"[bold]{entry.label}[/] on {task}, seed {run_seed}")
-        outcome = run_evaluation(compose_run(overrides), frame_cache=frame_cache)
-        records.append({**outcome.record, "_path": str(outcome.path)})
-    timings["probe_s"] = time.time() - t2
-
-    console.rule("[bold]4/5 intuitive physics: the predictors' surprise on synthetic VoE pairs")
-    t3 = time.time()
-    physics = run_physics(entries, out_dir, data_dir.parent / "physics", seed=seed,
-                          progress=progress, torch_threads=torch_threads,
+    physics_dir = data_dir.parent / "physics"
+    if any(e.encoder == "vjepa_tiny" for e in entries):
+        make_physics_data(physics_dir, seed=seed, progress=progress,
                           pairs_per_property=settings["physics_pairs_per_property"])
-    timings["physics_s"] = time.time() - t3
+    console.rule(f"[bold]2-4/5 pretraining ({settings['pretrain_steps']} steps each), attentive "
+                 f"probes under the tasks' own protocol, the predictors' surprise on synthetic "
+                 f"VoE pairs: {jobs} job{'s' if jobs > 1 else ''} at a time")
+    t1 = time.time()
+    run_progress = progress and jobs == 1
+
+    def probe_runs(index: int, checkpoint: str | None) -> dict:
+        entry = entries[index]
+        return {(index, task, run_seed): probe_overrides(
+                    entry, checkpoint, task=task, seed=run_seed, out_dir=out_dir,
+                    data_dir=data_dir, progress=run_progress, torch_threads=torch_threads)
+                for task in TASKS for run_seed in settings["seeds"]}
+
+    def physics_run(index: int, checkpoint: str | None) -> list[str] | None:
+        if entries[index].encoder != "vjepa_tiny":  # the entries that have a predictor
+            return None
+        return physics_overrides(entries[index], checkpoint, out_dir=out_dir, data_dir=physics_dir,
+                                 seed=seed, progress=run_progress, torch_threads=torch_threads)
+
+    def announce(kind, key, result, spent):
+        if kind == "pretrain":
+            entries[key].checkpoint = result
+            console.print(f"pretrained {entries[key].label}: {result} ({spent:.0f} s)")
+        elif kind == "probe":
+            console.print(f"{entries[key[0]].label} on {key[1]}, seed {key[2]}: top-1 "
+                          f"{result['metrics'].get('top1', float('nan')):.2f} ({spent:.0f} s)")
+        else:
+            console.print(f"{entries[key].label} on the VoE pairs ({spent:.0f} s)")
+
+    # the entries that need no pretraining, last listed first: the frame-wise ImageNet runs
+    # are about half of the demo's CPU time, so they start first and the short runs fill in
+    order = [i for i in reversed(range(len(entries))) if not entries[i].pretrain_config]
+    plan = Plan(pretrain={i: (e.pretrain_config,
+                              [f"optim.total_steps={settings['pretrain_steps']}",
+                               f"data.root={data_dir}", f"seed={seed}"],
+                              str(out_dir / "pretrain" / e.pretrain_config))
+                          for i, e in enumerate(entries) if e.pretrain_config},
+                probes=probe_runs, physics=physics_run, order=order, torch_threads=torch_threads)
+    from harness import output
+
+    verbosity = {logging.DEBUG: 1, logging.INFO: 0}.get(output.level(), -1)
+    by_key, physics_by_index, job_seconds = run_jobs(
+        plan, jobs=jobs, cache_bytes=int(decoded_cache_mb * 2**20), verbosity=verbosity,
+        progress=progress, announce=announce)
+    # the records in the sequential order (entry, task, seed), whatever order they finished in
+    records = [by_key[k] for k in sorted(
+        by_key, key=lambda k: (k[0], TASKS.index(k[1]), k[2]))]
+    physics = [physics_by_index[i] for i in sorted(physics_by_index)]
+    timings["runs_s"] = time.time() - t1
+    timings.update(job_seconds)
 
     console.rule("[bold]5/5 leaderboard")
     pretraining = pretraining_summary(entries, out_dir)
@@ -206,47 +231,6 @@ def pretraining_summary(entries: list[DemoEntry], out_dir: Path) -> list[dict]:
             "clips_per_s": round(float(m["clips_per_s"].median()), 1),
         })
     return rows
-
-
-def run_physics(entries: list[DemoEntry], out_dir: Path, data_dir: Path, *, seed: int,
-                progress: bool, torch_threads: int | None,
-                pairs_per_property: int = 40) -> list[dict]:
-    """Each V-JEPA tiny entry (its pretraining file's predictor, or a random one) scored by
-    `harness run --task physics_synth` on the synthetic pairs in `data_dir` (made there when
-    missing); their records."""
-    from harness.config import compose_run
-    from harness.voe_run import run_voe
-    from tasks.physics_synth import MANIFEST, make_physics
-
-    if not (data_dir / MANIFEST).is_file():
-        make_physics(data_dir, seed=seed, progress=progress,
-                     pairs_per_property=pairs_per_property)
-    records = []
-    for entry in entries:
-        if entry.encoder != "vjepa_tiny":  # the entries that have a predictor
-            continue
-        overrides = [f"encoder={entry.encoder}", "task=physics_synth", f"out={out_dir}",
-                     f"seed={seed}", f"label='{entry.label}'", f"task.data.root={data_dir}",
-                     f"progress={'true' if progress else 'false'}",
-                     f"torch_threads={torch_threads or 'auto'}"]
-        if entry.random_init:
-            # the floor is the pretrained variants' architecture, untrained: their predictor's
-            # sizes, not the registry default (the release's 384 wide, 12 deep)
-            overrides += ["random_init=true", tiny_predictor()]
-        if entry.checkpoint:
-            overrides.append(f"checkpoint='{entry.checkpoint}'")
-        outcome = run_voe(compose_run(overrides), overrides=overrides)
-        records.append({**outcome.record, "_path": str(outcome.path)})
-    return records
-
-
-def tiny_predictor() -> str:
-    """`+predictor={...}`: the predictor sizes of the `vjepa_tiny` pretraining config."""
-    from encoders.predictors import OVERRIDE_KEYS
-    from harness.pretrain_config import compose_pretrain_config
-
-    sizes = compose_pretrain_config("vjepa_tiny")["predictor"]
-    return "+predictor={" + ",".join(f"{k}:{sizes[k]}" for k in OVERRIDE_KEYS if k in sizes) + "}"
 
 
 def _physics_lines(records: list[dict]) -> list[str]:

@@ -226,7 +226,7 @@ def _train_aug(aug: dict) -> dict:
 
 def run_pretrain(config: str | None, overrides: Sequence[str] = (), out_dir: str | os.PathLike | None = None,
                  resume: bool = True, progress: bool = True, frame_cache=None,
-                 resume_from: str | os.PathLike | None = None) -> Path:
+                 resume_from: str | os.PathLike | None = None, torch_threads="auto") -> Path:
     """Pretrain with a recipe of encoders/jepa/configs/pretrain (or a YAML path; None: vjepa_tiny,
     or the recipe a `pretrain=NAME` override selects) and Hydra `key=value` overrides (see
     `harness.pretrain_config`); returns the final checkpoint.
@@ -247,13 +247,15 @@ def run_pretrain(config: str | None, overrides: Sequence[str] = (), out_dir: str
     out = Path(out_dir) if out_dir is not None else Path("runs") / "pretrain" / str(cfg["name"])
     joined_here = not dist.is_initialized()
     info = init_distributed(cfg["device"])
-    from harness.runner import intra_op_threads, torch_threads
+    from harness.runner import intra_op_threads
+    from harness.runner import torch_threads as threads_set
 
-    # The same thread rule as a probe run: one intra-op thread on a CPU that loads in process.
-    threads = intra_op_threads("auto", device=str(info.device),
+    # The same thread rule as a probe run (`torch_threads`: auto or a number): one intra-op
+    # thread on a CPU that loads in process.
+    threads = intra_op_threads(torch_threads, device=str(info.device),
                                in_process_loading=int(cfg["data"]["num_workers"]) == 0)
     try:
-        with torch_threads(threads):
+        with threads_set(threads):
             return _train(cfg, out, info, resume=resume, progress=progress, frame_cache=frame_cache,
                           resume_from=resume_from)
     finally:

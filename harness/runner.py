@@ -49,6 +49,12 @@ def intra_op_threads(requested, *, device: str, in_process_loading: bool) -> int
     digits_motion probe): 1 thread 40-44 CPU-s and 59-83 s, 2 threads (torch's default there)
     224 CPU-s and 416 s. The thread count also moves the number (92.25 vs 91.62 top-1: other
     reduction orders), so it is part of what reproduces a CPU run, and the record says it.
+    A heavier encoder does not change this on a shared 2-core machine: the encoder's forward
+    on 32 digits clips (8 frames), each side in its own process, alternated (load 3.6-4.0):
+    MobileNetV2 frame by frame (0.37 GFLOPs a clip) 25.2 and 27.3 clips/s with 1 thread, 11.3
+    and 11.8 with 2; ijepa_tiny 421 and 519 vs 80 and 74; vjepa_tiny 666 and 685 vs 149 and
+    119. So no GFLOPs threshold picks 2 threads here; `harness demo` uses the second core by
+    running two one-thread runs side by side instead (`harness.demo_jobs`).
     Elsewhere (loader workers, a GPU) torch's default stands; a number is taken as given.
     """
     if requested != "auto":

@@ -378,14 +378,17 @@ def run_voe(cfg, overrides: list[str] | None = None) -> VoEOutcome:
                         f"task.max_failure_fraction={plan.max_failure_fraction:g} of them); "
                         f"first: {failures[0][0]}: {failures[0][1]}")
     metrics, breakdown = compute_metrics(rows, protocol, seed=plan.seed)
+    ran_threads = threads if threads is not None else torch.get_num_threads()
     record = make_record(plan, models, metrics, breakdown, failures, key, overrides,
                          {"surprise_s": scored_s, "wall_seconds": time.time() - started,
-                          "pairs_per_s": len(rows) / 2 / max(scored_s, 1e-9)})
+                          "pairs_per_s": len(rows) / 2 / max(scored_s, 1e-9)}, ran_threads)
     path = write_record(plan, record, rows, key)
     return VoEOutcome(record=record, path=path)
 
 
-def make_record(plan, models, metrics, breakdown, failures, key, overrides, timings) -> dict:
+def make_record(plan, models, metrics, breakdown, failures, key, overrides, timings,
+                threads: int) -> dict:
+    """The run's record; `threads`: the intra-op threads the scoring ran with (restored since)."""
     import torch
 
     import results
@@ -411,7 +414,7 @@ def make_record(plan, models, metrics, breakdown, failures, key, overrides, timi
                              "spec": _spec_dict(models.predictor)},
                "batch_size": plan.batch_size, "voe": breakdown}),
         "protocol_departures": dict(plan.departures),
-        "runtime": {"torch_threads": torch.get_num_threads(),
+        "runtime": {"torch_threads": threads,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "loader_workers": 0}}
 

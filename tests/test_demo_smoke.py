@@ -76,3 +76,59 @@ def test_demo_report_averages_seeds_and_keeps_one_seed_in_the_leaderboard(tmp_pa
     assert "| vjepa_tiny b | 71.0 +- 1.0 | 71.0 +- 1.0 |" in report
     assert "records, the latest is shown" not in report  # the leaderboard holds seed 0 only
     assert "| **70.0** |" in report and (tmp_path / "demo.png").stat().st_size > 1000  # best: bold
+
+
+def test_demo_runs_side_by_side_give_the_records_of_runs_one_after_another(tmp_path):
+    """--jobs 2 (two worker processes, the default on a CPU with 2 cores) against --jobs 1 (every
+    run in this process, in order): the same pretraining losses, the same probe and VoE numbers
+    and the same table."""
+    from harness.demo_jobs import default_jobs
+    from tasks.digits import make_digits
+
+    assert default_jobs("cuda:0") == 1 and default_jobs("cpu") in (1, 2)
+    data = tmp_path / "digits"
+    make_digits(data, seed=0, per_class_train=2, per_class_val=1, per_class_test=1,
+                num_frames=20, size=32, progress=False)
+    outs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        assert main(["demo", "--out", str(out), "--data", str(data), "--budget", "0.02",
+                     "--no-progress", "--jobs", str(jobs)]) == 0
+        outs[jobs] = out
+    one, two = (json.loads((outs[j] / "demo_summary.json").read_text()) for j in (1, 2))
+    assert one["runtime"]["jobs"] == 1 and two["runtime"]["jobs"] == 2
+    assert one["top1"] == two["top1"] and one["physics"] == two["physics"]
+    assert one["pretraining"] == [{**r, "clips_per_s": one["pretraining"][i]["clips_per_s"]}
+                                  for i, r in enumerate(two["pretraining"])]
+
+    def metrics(out):
+        found = {}
+        for path in (out / "records").glob("*.json"):
+            r = json.loads(path.read_text())
+            found[(r["extra"]["label"], r["task"], r["seed"])] = r["metrics"]
+        return found
+
+    assert metrics(outs[1]) == metrics(outs[2]) and len(metrics(outs[1])) == 13
+
+    def losses(out, variant):
+        import pandas as pd
+
+        return pd.read_csv(out / "pretrain" / variant / "metrics.csv")["loss"].tolist()
+
+    for variant in ("vjepa_tiny", "vjepa_tiny_pixels", "ijepa_tiny"):
+        assert losses(outs[1], variant) == losses(outs[2], variant)
+    # the report up to its timings, line by line; rows with equal numbers may swap places (the
+    # leaderboard keeps the records' order among ties, and the records finish in another order)
+    def report(out):
+        lines = (out / "report.md").read_text().split("Timings (s)")[0].splitlines()
+        # the pretraining table's last column is clips/s, a speed
+        return sorted(line.rsplit("|", 2)[0] if line.startswith("| ") and "->" in line else line
+                      for line in lines)
+
+    assert report(outs[1]) == report(outs[2])
+
+
+def test_demo_refuses_no_jobs(tmp_path, capsys):
+    assert main(["demo", "--jobs", "0", "--out", str(tmp_path / "demo")]) != 0
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

@@ -83,3 +83,25 @@ def test_records_say_the_threads_the_run_used_and_the_caller_keeps_its_own(digit
     _run(digits_root, tmp_path / "two", "torch_threads=2")
     assert _record(tmp_path / "two")["runtime"]["torch_threads"] == 2
     assert torch.get_num_threads() == before
+
+
+def test_the_demo_runs_two_jobs_only_where_two_cores_are_usable():
+    """`harness demo`'s default: two one-thread worker processes on a CPU with 2 cores or more,
+    one job on a single core (here: this test's child pinned to one core) and on a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.demo_jobs import default_jobs
+
+    assert default_jobs("cuda") == 1
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    cores = sorted(os.sched_getaffinity(0))
+    assert default_jobs("cpu") == (2 if len(cores) >= 2 else 1)
+    pinned = subprocess.run(
+        [sys.executable, "-c", (f"import os; os.sched_setaffinity(0, {{{cores[0]}}}); "
+                                "from harness.demo_jobs import default_jobs; "
+                                "print(default_jobs('cpu'))")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    assert pinned.stdout.strip() == "1"

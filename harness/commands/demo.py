@@ -12,8 +12,11 @@ digits_appearance, then prints the leaderboard and writes <out>/report.md and <o
 --seeds 3 repeats every probe run with seeds seed, seed+1, seed+2 (for the random-init floor the
 seed also draws the encoder) and reports mean +- sd. The test splits (800 and 1,000 videos) put
 the standard error of one top-1 at about 1-1.5 points; the probe seed adds about as much.
-Every run of the demo reads the same videos: they are decoded once and kept in RAM (about 1 GiB).
+Every run of the demo reads the same videos: each process decodes them once and keeps them in
+RAM (about 1 GiB a process).
 Re-running resumes finished pretraining and probe runs from their saved state.
+On a CPU the runs go two at a time, each in its own one-thread process (--jobs): a second
+intra-op thread in one run costs time on 2 cores, a second process does not.
 """
 
 
@@ -33,6 +36,10 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads for pretraining and probes (default: 1 on CPU, "
                         "where more threads cost CPU time without saving wall time; torch's "
                         "default on a GPU)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="runs (pretraining, probes, VoE scoring) side by side, each in its own "
+                        "process (default: 2 on a CPU with 2 cores or more, else 1); the numbers "
+                        "are the same for any N")
 
 
 def main(args) -> int:
@@ -42,8 +49,11 @@ def main(args) -> int:
         raise ValueError("--seeds must be at least 1")
     if args.torch_threads is not None and args.torch_threads < 1:
         raise ValueError("--torch-threads must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError("--jobs must be at least 1")
     from harness.demo import run_demo
 
     run_demo(out=args.out, data=args.data, budget=args.budget, seed=args.seed, seeds=args.seeds,
-             progress=not args.no_progress, fresh=args.fresh, torch_threads=args.torch_threads)
+             progress=not args.no_progress, fresh=args.fresh, torch_threads=args.torch_threads,
+             jobs=args.jobs)
     return 0
