@@ -344,3 +344,25 @@ def test_label_files_are_csv_with_names(ek_prepared):
     with open(out / "nouns.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == ["n2", "n7"]  # the training CSV's words, no class file given
+
+
+def test_prepared_coin_runs_end_to_end(coin_root, tmp_path):
+    """The miniature COIN replica, prepared, runs `harness run --task coin` on the CPU (a tiny
+    protocol: the task's own is 16x4 clips, 8 segments x 3 views, 180 classes)."""
+    from harness.cli import main
+    from tasks import native
+
+    data = tmp_path / "coin"
+    native.prepare("coin", coin_root, data, progress=False, workers=1)
+    runs = tmp_path / "runs"
+    assert main(["run", "--encoder", "vjepa_tiny", "--random-init", "--task", "coin", "--out",
+                 str(runs), "--no-progress", f"task.data.root={data}",
+                 "task.sampling.frames_per_clip=4", "task.sampling.frame_step=2",
+                 "task.sampling.train_segments=1", "task.sampling.eval_segments=2",
+                 "task.sampling.eval_views=1", "task.train_aug.randaugment=null",
+                 "task.optim.epochs=1", "task.optim.batch_size=2", "task.optim.micro_batch_size=1",
+                 "task.optim.num_workers=0",
+                 "task.num_classes=3"]) == 0  # the replica's COIN.json has 3 of the 180 tasks
+    record = json.loads(next((runs / "records").glob("*.json")).read_text())
+    assert record["task"] == "coin" and record["protocol"]["task"]["num_classes"] == 3
+    assert record["data_problems"]["seen"]["eval"] == 2
