@@ -5,11 +5,25 @@ from harness.commands.run_flags import add_arguments, overrides_from_args  # noq
 
 
 def main(args) -> int:
-    if getattr(args, "include_path", None):
-        import os
+    import os
 
+    # --include-path reaches the registry (and launched jobs) through $HARNESS_INCLUDE_PATH for
+    # this command only: a later command in the same process (the tests, a notebook) must not
+    # see this one's folders.
+    before = os.environ.get("HARNESS_INCLUDE_PATH")
+    if getattr(args, "include_path", None):
         os.environ["HARNESS_INCLUDE_PATH"] = os.pathsep.join(
-            [*args.include_path, *filter(None, [os.environ.get("HARNESS_INCLUDE_PATH")])])
+            [*map(str, args.include_path), *filter(None, [before])])
+    try:
+        return _main(args)
+    finally:
+        if before is None:
+            os.environ.pop("HARNESS_INCLUDE_PATH", None)
+        else:
+            os.environ["HARNESS_INCLUDE_PATH"] = before
+
+
+def _main(args) -> int:
     if getattr(args, "launcher", None):
         from harness.commands import launch
 
