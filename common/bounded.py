@@ -197,22 +197,25 @@ def _yaml_problem(err) -> str:
 
 # ----- JSON -----------------------------------------------------------------------------------
 
-# Strings (with escapes) are skipped whole, so a bracket inside one is not counted.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+# Strings (with escapes) are cut out whole, so a bracket inside one is not counted.
+_JSON_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # unrolled: fast in `re`
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def json_depth(data: bytes, limit: int) -> int:
-    """The deepest nesting of `[`/`{` in `data` (stops counting past `limit`)."""
+    """The deepest nesting of `[`/`{` in `data` (stops counting past `limit`). The strings are
+    cut out and the rest reduced to its brackets by C code (a record's bytes: some hundred
+    strings), so only the brackets are walked here."""
+    brackets = _JSON_STRINGS.sub(b"", data).translate(None, _NOT_BRACKETS)
     depth = deepest = 0
-    for m in _JSON_TOKENS.finditer(data):
-        c = m.group()
-        if c in (b"[", b"{"):
+    for c in brackets:
+        if c == 91 or c == 123:  # [ {
             depth += 1
             if depth > deepest:
                 deepest = depth
                 if deepest > limit:
                     return deepest
-        elif c in (b"]", b"}"):
+        else:
             depth -= 1
     return deepest
 

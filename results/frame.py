@@ -61,6 +61,10 @@ SCHEMA: dict[str, str] = {
 BASE_COLUMNS = list(SCHEMA)
 # Columns of the frame that hold dicts: exports leave them out (`record` carries them).
 DICT_COLUMNS = ["protocol", "protocol_departures"]
+# What sets a leaderboard cell apart before labels are made (`results.leaderboard`): runs
+# alike in these are seeds and folds of one row and column (`results.run_cells` folds them).
+GROUP_KEYS = ["encoder", "encoder_label", "checkpoint", "checkpoint_sha256", "label", "task",
+              "protocol_id"]
 
 
 def checkpoint_label(checkpoint: dict | None) -> str:

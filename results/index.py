@@ -34,6 +34,7 @@ it. A folder where the index cannot be written is read by the file scan instead 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -81,20 +82,39 @@ _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     # state: 'record', 'bad' (reason says why) or 'ignored' (not ours)
     ("CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
-     "ino INTEGER, digest TEXT, state TEXT NOT NULL, reason TEXT, retry_at INTEGER)"),
+     "ino INTEGER, digest TEXT, state TEXT NOT NULL, reason TEXT, retry_at INTEGER, "
+     "parent BLOB NOT NULL)"),
+    # What an update looks at when most folders did not change: the files of the folders
+    # listed again, those modified recently, those due to be judged again.
+    "CREATE INDEX IF NOT EXISTS files_parent ON files (parent)",
+    "CREATE INDEX IF NOT EXISTS files_mtime ON files (mtime_ns)",
+    "CREATE INDEX IF NOT EXISTS files_retry ON files (retry_at) WHERE retry_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS files_bad ON files (state) WHERE state = 'bad'",
     "CREATE TABLE IF NOT EXISTS texts (ref TEXT PRIMARY KEY, json TEXT NOT NULL)",
+    # Groups of runs a leaderboard can only put in one cell (`results.frame.GROUP_KEYS`:
+    # the values as JSON); a record's `cell_id` lets the board fold runs without their keys.
+    "CREATE TABLE IF NOT EXISTS cells (id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL)",
     # the folders walked: (mtime_ns, ino) as last listed, and the `.json` links in them
     ("CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY, mtime_ns INTEGER, ino INTEGER, "
      "links TEXT)"),
     ("CREATE TABLE IF NOT EXISTS records (path BLOB PRIMARY KEY, path_key BLOB NOT NULL, "
      "created_us INTEGER NOT NULL, "
      "created_text TEXT, metrics_key TEXT, metrics TEXT, metric_names TEXT, protocol_ref TEXT, "
-     "departures_ref TEXT, odd TEXT, " + ", ".join(f"{_q(c)}" for c in SCALARS) + ")"),
+     "departures_ref TEXT, odd TEXT, cell_id INTEGER NOT NULL, " + ", ".join(f"{_q(c)}" for c in SCALARS) + ")"),
     "CREATE INDEX IF NOT EXISTS records_run ON records (run_id, created_us, path)",
     "CREATE INDEX IF NOT EXISTS records_created ON records (created_us)",
     "CREATE INDEX IF NOT EXISTS records_order ON records (path_key)",
 ]
 
+
+
+# A record's row: the entry's first ten values, its cell's id, then the frame's scalars.
+_INSERT_RECORD = (f"INSERT INTO records VALUES ({', '.join('?' * 10)}, "
+                  f"(SELECT id FROM cells WHERE key = ?), {', '.join('?' * len(SCALARS))})")
+
+
+def _record_values(entry: Entry) -> tuple:
+    return entry.row[:10] + (entry.cell,) + entry.row[10:]
 
 
 def _decode(path: bytes) -> str:
@@ -150,7 +170,7 @@ class RecordIndex:
                 if not fresh:
                     log.warning("rebuilding the result index %s (made by other code)", self.path)
                 con.execute("BEGIN IMMEDIATE")
-                for table in ("meta", "files", "texts", "records", "folders"):
+                for table in ("meta", "files", "texts", "records", "folders", "cells"):
                     con.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in _SCHEMA:
                     con.execute(statement)
@@ -214,12 +234,37 @@ class RecordIndex:
         row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
+    def _known(self, con, full: bool, folders: list[Folder], folders_known: dict, started: int,
+               now_us: int) -> dict[str, tuple]:
+        """The index's rows (rel -> size, mtime_ns, ino, digest, state, retry_at) of the files
+        this update looks at: every file on a full walk; else those of the folders listed
+        again or gone, those modified within RECENT_NS, those due to be judged again and the
+        `.json` links of the folders not listed. The others sit in folders that did not
+        change: they are still there as indexed, and reading their rows (a million at lab
+        scale) would cost more than the rest of a warm read."""
+        def rows(where: str = "", params=()) -> dict[str, tuple]:
+            return {_decode(p): tuple(rest) for p, *rest in con.execute(
+                "SELECT path, size, mtime_ns, ino, digest, state, retry_at FROM files" + where,
+                params)}
+
+        if full:
+            return rows()
+        walked = {f.rel for f in folders}
+        look = [f.rel for f in folders if f.listed] + [r for r in folders_known if r not in walked]
+        known: dict[str, tuple] = {}
+        for rel in look:
+            known.update(rows(" WHERE parent = ?", (os.fsencode(rel),)))
+        known.update(rows(" WHERE mtime_ns >= ?", (started - RECENT_NS,)))
+        known.update(rows(" WHERE retry_at IS NOT NULL AND retry_at <= ?", (now_us,)))
+        for folder in folders:
+            if not folder.listed:
+                for link in folder.links:
+                    known.update(rows(" WHERE path = ?", (os.fsencode(link),)))
+        return known
+
     def _update(self, full: bool) -> list[tuple[str, str]]:
         con = self.connect()
         started = time.time_ns()
-        known = {_decode(p): (size, mtime, ino, digest, state, retry)
-                 for p, size, mtime, ino, digest, state, retry in con.execute(
-                     "SELECT path, size, mtime_ns, ino, digest, state, retry_at FROM files")}
         last = self._meta(con, "last_update_ns")
         full = full or last == 0 or started - self._meta(con, "last_full_ns") > FULL_WALK_NS
         folders_known = {} if full else {
@@ -229,6 +274,7 @@ class RecordIndex:
         now_us = started // 1000
         todo, touched, unread = [], [], []
         folders, listed_files = walk_changed(self.root, folders_known, last - RACY_NS)
+        known = self._known(con, full, folders, folders_known, started, now_us)
         seen = set()
         stat_again = []
         kept = {f.rel for f in folders if not f.listed}
@@ -301,16 +347,18 @@ class RecordIndex:
             con.executemany("DELETE FROM records WHERE path = ?", paths)
             con.executemany("DELETE FROM files WHERE path = ?", [(os.fsencode(rel),)
                                                                   for rel in gone])
-            con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(os.fsencode(e.rel), e.size, e.mtime_ns, e.ino, e.digest, e.state,
-                              e.reason, e.retry_at) for e in entries])
+                              e.reason, e.retry_at, os.fsencode(parent(e.rel)))
+                             for e in entries])
             con.executemany("UPDATE files SET size = ?, mtime_ns = ?, ino = ? WHERE path = ?",
                             touched)
             con.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)",
                             [t for e in entries for t in e.texts.items()])
-            marks = ", ".join("?" * (10 + len(SCALARS)))
-            con.executemany(f"INSERT INTO records VALUES ({marks})",
-                            [e.row for e in entries if e.row is not None])
+            con.executemany("INSERT OR IGNORE INTO cells (key) VALUES (?)",
+                            [(e.cell,) for e in entries if e.row is not None])
+            con.executemany(_INSERT_RECORD, [_record_values(e) for e in entries
+                                             if e.row is not None])
             # The latest start of an update that committed: a file changed during a walk (after
             # the walk passed it) is within RACY_NS of it or newer, so re-hashed next time.
             con.execute("UPDATE meta SET value = ? WHERE key = 'last_update_ns' AND "
@@ -335,13 +383,13 @@ class RecordIndex:
         try:
             key = os.fsencode(rel)
             con.execute("DELETE FROM records WHERE path = ?", (key,))
-            con.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            con.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (key, entry.size, entry.mtime_ns, entry.ino, entry.digest, entry.state,
-                         entry.reason, entry.retry_at))
+                         entry.reason, entry.retry_at, os.fsencode(parent(rel))))
             con.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)", entry.texts.items())
             if entry.row is not None:
-                marks = ", ".join("?" * (10 + len(SCALARS)))
-                con.execute(f"INSERT INTO records VALUES ({marks})", entry.row)
+                con.execute("INSERT OR IGNORE INTO cells (key) VALUES (?)", (entry.cell,))
+                con.execute(_INSERT_RECORD, _record_values(entry))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -412,6 +460,49 @@ class RecordIndex:
                f"({dups})) WHERE newest = 1")
         extra = [path] if metric is not None else []
         return self.connect().execute(sql, extra + params + params + extra + params + params)
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """One read transaction: the queries inside it see the index as of its first read
+        (WAL), whatever writers commit meanwhile."""
+        con = self.connect()
+        con.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            con.execute("COMMIT")
+
+    def board_runs(self, metric: str, *, low_us=None, high_us=None):
+        """Cursor over (cell_id, created_us, path_key, rowid, path, departures_ref, metric
+        text, whole metrics text) of one record per run identity written within [low_us,
+        high_us] (as `select_board`), ordered by cell, then creation, then file: each cell's
+        runs together, in the board's order. The metric's JSON text as written is None when
+        absent; the whole metrics text is given (the metric text None) where SQLite's JSON
+        cannot read it (NaN)."""
+        where, params = self._window(low_us, high_us)
+        where = where or " WHERE 1"
+        odd = "instr(metrics, 'NaN') OR instr(metrics, 'Infinity')"
+        cols = (f"cell_id, created_us, path_key, rowid, path, departures_ref, "
+                f"CASE WHEN {odd} THEN NULL ELSE metrics -> ? END, CASE WHEN {odd} THEN metrics END")
+        dups = f"SELECT run_id FROM records{where} GROUP BY run_id HAVING COUNT(*) > 1"
+        newest = (f"SELECT rid FROM (SELECT rowid AS rid, ROW_NUMBER() OVER (PARTITION BY run_id "
+                  f"ORDER BY created_us DESC, path DESC) AS newest FROM records{where} AND "
+                  f"run_id IN ({dups})) WHERE newest = 1")
+        sql = (f"SELECT {cols} FROM records{where} AND run_id NOT IN ({dups}) UNION ALL "
+               f"SELECT {cols} FROM records WHERE rowid IN ({newest}) ORDER BY 1, 2, 3")
+        path = '$."' + metric + '"'
+        return self.connect().execute(sql, [path] + params + params + [path] + params + params)
+
+    def rows_by_id(self, columns: list[str], rowids) -> dict[int, tuple]:
+        """rowid -> `columns` of those records (read in the `snapshot` that found them)."""
+        cols = ", ".join(_q(c) for c in columns)
+        out, rowids = {}, list(rowids)
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start:start + 500]
+            out.update((r[0], r[1:]) for r in self.connect().execute(
+                f"SELECT rowid, {cols} FROM records WHERE rowid IN ({', '.join('?' * len(chunk))})",
+                chunk))
+        return out
 
     def counts(self, low_us=None, high_us=None) -> tuple[int, int]:
         """(records, runs) in the window."""
@@ -510,14 +601,18 @@ def describe() -> list[str]:
              "index is rebuilt (one log line); `harness results reindex` forces it. Tables:",
              "  files    path, size, mtime_ns, ino, digest (sha256), state (record | bad |",
              "           ignored), reason (why a bad file cannot be used), retry_at (a record",
-             "           refused for a future creation time is judged again from then)",
+             "           refused for a future creation time is judged again from then),",
+             "           parent (its folder)",
              "  records  path, created_us, created_text, metrics_key, metrics (as written),",
              "           metric_names, protocol_ref, departures_ref (-> texts), odd (values",
-             "           SQL cannot hold as such, JSON), then the frame's columns:",
+             "           SQL cannot hold as such, JSON), cell_id (-> cells), then the frame's",
+             "           columns:",
              "           " + ", ".join(SCALARS[:6]) + ",",
              "           " + ", ".join(SCALARS[6:13]) + ",",
              "           " + ", ".join(SCALARS[13:]),
              "  texts    ref, json: each distinct protocol and protocol_departures once",
+             "  cells    id, key: each group of runs a leaderboard puts in one cell (encoder,",
+             "           encoder label, checkpoint and its sha256, label, task, protocol id)",
              "  folders  path, mtime_ns, ino, links: each folder as last listed (a folder whose",
              "           mtime and inode did not change is not listed again; files modified in",
              "           the last 10 minutes and .json links are stat-ed anyway; every file on",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from results.files import judge, read_bytes, unreadable
-from results.frame import BASE_COLUMNS, record_row
+from results.frame import BASE_COLUMNS, GROUP_KEYS, record_row
 from results.record import FUTURE_SLACK, record_created
 from results.runs import metrics_key
 
@@ -36,6 +36,7 @@ class Entry:
     reason: str | None = None
     retry_at: int | None = None
     row: tuple | None = None
+    cell: str | None = None       # the record's group of runs (`results.run_cells`), as JSON
     texts: dict = field(default_factory=dict)
 
 
@@ -95,6 +96,7 @@ def index_entry(root: Path, rel: str, st: os.stat_result) -> Entry:
     odd = {c: full[c] for c in SCALARS if not _plain(full[c])}
     metrics = rec.get("metrics") or {}
     entry.state = "record"
+    entry.cell = json.dumps([full[c] for c in GROUP_KEYS])
     entry.row = (
         os.fsencode(rel), path_key(rel), us(record_created(rec)), rec.get("created"),
         metrics_key(rec), json.dumps(metrics), "\x1f".join(k for k in full if k not in BASE_COLUMNS),

@@ -363,15 +363,15 @@ def _cell(runs: pd.DataFrame, metric: str) -> Cell:
 
 def _grouped_cell(groups: pd.DataFrame) -> Cell:
     """`_cell` of the runs of one or more groups (`results.run_cells`), in the runs' order."""
-    runs = sorted((r for rs in groups["_runs"] for r in rs), key=lambda r: r[0])
-    values = [r[1] for r in runs]
+    from results.run_cells import merge_runs
+
+    values, paths, samples, size = merge_runs(list(groups["_runs"]))
     n = len(values)
     mean = sum(values) / n
     std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
-    samples, size = _int_or_none(runs[0][3]), _int_or_none(runs[0][4])
+    samples, size = _int_or_none(samples), _int_or_none(size)
     return Cell(mean=mean, std=std, runs=n, num_samples=samples, split_size=size,
-                decimals=decimals_for(size or samples), paths=[r[2] for r in runs],
-                values=values)
+                decimals=decimals_for(size or samples), paths=list(paths), values=list(values))
 
 
 COST_COLUMNS = {"params": "params (M)", "gflops_per_clip": "GFLOPs/clip",

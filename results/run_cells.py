@@ -1,16 +1,17 @@
 """The leaderboard's input straight from the index: one row per group of runs, not per run.
 
 `results.leaderboard` reads a frame of one row per run (`ResultStore.frame()`): at 100k runs
-building that frame costs more than the board itself. `cell_frame` asks the index (SQL: the
-date window and one record per run identity, ordered as the leaderboard orders runs) for the
-few columns a board reads, and folds runs that the board can only ever put in one cell (same
-encoder, encoder label, checkpoint, checkpoint sha256, display label, task and protocol id:
-seeds and folds of one row and column) into one row. Each such row carries what the board
-reads of its runs:
+building that frame costs more than the board itself. `cell_frame` folds runs that the board
+can only ever put in one cell (same encoder, encoder label, checkpoint, checkpoint sha256,
+display label, task and protocol id: seeds and folds of one row and column; the index keeps
+each record's group as `cell_id`) into one row. The index hands over the runs (one record per
+run identity, the date window applied) ordered by group, creation and file, and only the few
+columns a cell needs of each run; the rest is read for each group's first run alone. Each row
+carries what the board reads of its runs:
 
-  _runs     [(order, value, path, num_samples, split_size)] of the runs that have the metric,
-            in the board's order of runs (creation time, then the frame's order: task, encoder,
-            file): `_cell` takes mean, std, the first run's sample counts and every path;
+  _runs     `Runs`: the value, path and order of each run that has the metric, in the board's
+            order of runs (creation time, then the frame's order: task, encoder, file), and
+            the first run's sample counts: `merge_runs` gives a cell's mean, std and paths;
   _n        how many they are (a protocol's weight when its columns are ordered);
   _lacking  runs without the metric (the board's note counts them);
   _first    the order of the group's first run, `_dep_at` that of its first run naming
@@ -28,20 +29,49 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
+from dataclasses import dataclass, field
 
-from results.frame import BASE_COLUMNS
+from results.frame import BASE_COLUMNS, GROUP_KEYS
 
-__all__ = ["GROUP_KEYS", "cell_frame"]
+__all__ = ["Runs", "cell_frame", "merge_runs"]
 
-# What sets a cell apart before labels are made (see `results.leaderboard`): finer than a cell,
-# never coarser.
-GROUP_KEYS = ["encoder", "encoder_label", "checkpoint", "checkpoint_sha256", "label", "task",
-              "protocol_id"]
 _FIRST = ["created_us", "protocol_ref", "departures_ref", "protocol_version", "precision",
           "num_samples", "split_size"]
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]+$")
+
+
+@dataclass
+class Runs:
+    """The runs of one group that have the metric, in the board's order: `orders` holds each
+    run's (creation in microseconds, file order key); within a group task and encoder are the
+    same, so these order it."""
+
+    task: str
+    encoder: str
+    orders: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+    paths: list = field(default_factory=list)
+    num_samples: object = None    # of the first run
+    split_size: object = None
+
+    def key(self, i: int) -> tuple:
+        """Run i's place in the board's order of runs over groups."""
+        created, file = self.orders[i]
+        return created, self.task, self.encoder, file
+
+
+def merge_runs(groups: list[Runs]) -> tuple[list, list, object, object]:
+    """(values, paths, first run's num_samples, split_size) of the runs of `groups` (the
+    groups of one cell) in the board's order of runs."""
+    groups = [g for g in groups if g.values]
+    if len(groups) == 1:
+        g = groups[0]
+        return g.values, g.paths, g.num_samples, g.split_size
+    merged = sorted((g.key(i), v, p, g) for g in groups
+                    for i, (v, p) in enumerate(zip(g.values, g.paths)))
+    first = merged[0][3]
+    return [m[1] for m in merged], [m[2] for m in merged], first.num_samples, first.split_size
 
 
 def usable_metric(metric: str) -> bool:
@@ -54,52 +84,53 @@ def cell_frame(index, metric: str, *, low_us=None, high_us=None):
     """The grouped frame (see the module's doc) of the runs the index selects in
     [low_us, high_us], one per run identity; None when no run has `metric` (the frame of runs
     then says what the store holds)."""
-    cols = GROUP_KEYS + _FIRST + ["path_key", "path", "odd"]
-    at = {name: i for i, name in enumerate(cols)}
-    nkeys, nfirst = len(GROUP_KEYS), len(_FIRST)
     base = str(index.root)
     prefix = "" if base == "." else base.rstrip("/") + "/"  # as str(root / rel) writes it
-    groups: dict[tuple, dict] = {}
     texts = index.texts()
     named: dict = {}  # departures ref -> the dict when it names departures, else None
-    seen_metric = False
-    ref_at = nkeys + _FIRST.index("departures_ref")
-    # Rows are read one by one and kept as small tuples (order, file, value, path, sample
-    # counts); of the rest a group keeps its first run's, and its first naming departures.
-    for row in index.select_board(cols, low_us=low_us, high_us=high_us, metric=metric):
-        *row, text, raw = row
+    groups = []
+    with index.snapshot():
+        cell, group = None, None
+        for cell_id, created, file, rowid, path, dep_ref, text, raw in \
+                index.board_runs(metric, low_us=low_us, high_us=high_us):
+            if cell_id != cell:
+                cell = cell_id
+                group = {"any": rowid, "first": None, "dep": None, "dep_at": None,
+                         "lacking": 0, "orders": [], "values": [], "paths": []}
+                groups.append(group)
+            value = _metric_value(text, raw, metric)
+            if value is None or math.isnan(value):
+                group["lacking"] += 1
+                continue
+            if group["first"] is None:
+                group["first"] = rowid
+            if group["dep"] is None:
+                if dep_ref not in named:
+                    departures = texts.get(dep_ref) if dep_ref is not None else None
+                    named[dep_ref] = departures if isinstance(departures, dict) and departures \
+                        else None
+                if named[dep_ref] is not None:
+                    group["dep"], group["dep_at"] = named[dep_ref], (created, file)
+            group["orders"].append((created, file))
+            group["values"].append(value)
+            group["paths"].append(prefix + path.decode("utf-8", "surrogateescape"))
+        if not any(g["values"] for g in groups):
+            return None
+        columns = GROUP_KEYS + _FIRST + ["odd"]
+        details = index.rows_by_id(columns, {g["first"] or g["any"] for g in groups})
+    at = {name: i for i, name in enumerate(columns)}
+    for group in groups:
+        row = list(details[group["first"] or group["any"]])
         if row[-1]:  # values SQL could not hold as such (`odd`)
             for name, value in json.loads(row[-1]).items():
                 if name in at:
                     row[at[name]] = value
-        value = _metric_value(text, raw, metric)
-        seen_metric = seen_metric or value is not None
-        key = tuple(row[:nkeys])
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = {"key": key, "runs": [], "lacking": 0, "first": None,
-                                   "first_at": None, "dep": None, "dep_at": None}
-        if value is None or math.isnan(value):
-            group["lacking"] += 1
-            continue
-        at_run = (row[nkeys], row[-3])  # within a group: creation, then file
-        group["runs"].append((at_run, value, prefix + os.fsdecode(row[-2]), row[-5], row[-4]))
-        if group["first_at"] is None or at_run < group["first_at"]:
-            group["first_at"], group["first"] = at_run, dict(zip(_FIRST, row[nkeys:nkeys + nfirst]))
-        ref = row[ref_at]
-        if ref not in named:
-            departures = texts.get(ref) if ref is not None else None
-            named[ref] = departures if isinstance(departures, dict) and departures else None
-        if named[ref] is not None and (group["dep_at"] is None or at_run < group["dep_at"]):
-            group["dep"], group["dep_at"] = named[ref], at_run
-    if not seen_metric:
-        return None
-    for group in groups.values():
-        # The board's order of runs: creation, then the frame's (task, encoder, file); task
-        # and encoder are the group's own, so within it creation and file order it.
+        group["key"] = tuple(row[:len(GROUP_KEYS)])
+        first = dict(zip(_FIRST, row[len(GROUP_KEYS):-1]))
+        group["first"] = first if group["first"] is not None else None
         task, encoder = group["key"][GROUP_KEYS.index("task")], group["key"][0]
-        group["runs"] = [((r[0][0], task, encoder, r[0][1]), *r[1:])
-                         for r in sorted(group["runs"], key=lambda r: r[0])]
+        group["runs"] = Runs(task, encoder, group.pop("orders"), group.pop("values"),
+                             group.pop("paths"), first["num_samples"], first["split_size"])
         if group["dep_at"] is not None:
             group["dep_at"] = (group["dep_at"][0], task, encoder, group["dep_at"][1])
     return _frame(groups, metric, texts)
@@ -119,27 +150,27 @@ def _metric_value(text: str | None, raw: str | None, metric: str) -> float | Non
     return float(value)
 
 
-def _frame(groups: dict, metric: str, texts: dict):
+def _frame(groups: list, metric: str, texts: dict):
     import pandas as pd
 
     # Orders of runs (tuples) as ranks, for the frame's sortable `_first` and `_dep_at`.
-    orders = sorted({o for g in groups.values() for o in
-                     ([g["runs"][0][0]] if g["runs"] else []) + ([g["dep_at"]] if g["dep_at"] else [])})
+    firsts = [g["runs"].key(0) if g["runs"].values else None for g in groups]
+    orders = sorted({o for o in firsts if o is not None} |
+                    {g["dep_at"] for g in groups if g["dep_at"] is not None})
     rank = {o: i for i, o in enumerate(orders)}
     out = []
-    for group in groups.values():
+    for group, first_order in zip(groups, firsts):
+        runs = group["runs"]
         first = group["first"] or dict.fromkeys(_FIRST)
-        order = rank[group["runs"][0][0]] if group["runs"] else math.inf
         row = dict(zip(GROUP_KEYS, group["key"]))
         row.update(created=first["created_us"], protocol=texts.get(first["protocol_ref"]),
                    protocol_departures=group["dep"] or {},
                    protocol_version=first["protocol_version"], precision=first["precision"],
                    num_samples=first["num_samples"], split_size=first["split_size"],
-                   path=group["runs"][0][2] if group["runs"] else None)
-        row[metric] = (sum(r[1] for r in group["runs"]) / len(group["runs"])
-                       if group["runs"] else math.nan)
-        row.update(_runs=group["runs"], _n=len(group["runs"]), _lacking=group["lacking"],
-                   _first=order,
+                   path=runs.paths[0] if runs.paths else None)
+        row[metric] = sum(runs.values) / len(runs.values) if runs.values else math.nan
+        row.update(_runs=runs, _n=len(runs.values), _lacking=group["lacking"],
+                   _first=math.inf if first_order is None else rank[first_order],
                    _dep_at=math.inf if group["dep_at"] is None else rank[group["dep_at"]])
         out.append(row)
     out.sort(key=lambda r: r["_first"])
