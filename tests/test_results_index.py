@@ -91,6 +91,13 @@ def hostile_store(root: Path) -> Path:
         rec = _record("twin", top1=40.0 + step)
         rec["checkpoint"] = {"path": "/ckpt/latest.pth", "sha256": sha, "step": step}
         write_record(rec, recs)
+    # two registry entries shown under one label: one row, whose cells fold the runs of two
+    # groups interleaved in time
+    for seed, (name, day) in enumerate((("lab_a", 7), ("lab_b", 8), ("lab_a", 9))):
+        rec = _record(name, top1=50.0 + 1.1 * seed, seed=seed,
+                      created=f"2026-11-0{day}T00:00:00+00:00")
+        rec["encoder"]["label"] = "one label"
+        write_record(rec, recs)
     # a sub-store one level down, whose names sort differently as text and as paths
     write_record(_record("nested", task="ssv2", top1=20.0), root / "a-b" / "records")
     write_record(_record("nested2", task="ssv2", top1=21.0), root / "a" / "records")
