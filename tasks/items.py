@@ -219,12 +219,14 @@ class CopiesCollate:
         return [collate([sample[k] for sample in samples]) for k in range(len(samples[0]))]
 
 
-def copy_micro_batches(batches, copies: int, seed_of: Callable[[int, int], int]) -> Iterator[list]:
+def copy_micro_batches(batches, copies: int, seed_of: Callable[[int, int], int],
+                       start: int = 0) -> Iterator[list]:
     """One pass over an unshuffled `tasks.loading.EpochBatches`, each of this rank's micro-batches
     arriving as `copies` micro-batches: copy k holds what `batches.micro_batches(k)` would give
     for those samples (item i loaded under `seed_of(k, i)`, the epoch's item seed), all copies of
     a video drawn from one decode. Copies must line up sample by sample, so the order is the
-    manifest's."""
+    manifest's. The pass begins at this rank's `start`-th micro-batch, those before it never
+    loaded (a resumed feature store entry): items are seeded by index, so the rest is unchanged."""
     from torch.utils.data import DataLoader
 
     if batches.shuffle:
@@ -232,7 +234,7 @@ def copy_micro_batches(batches, copies: int, seed_of: Callable[[int, int], int])
                          "must hold the same samples")
     n, m = len(batches.dataset), batches.micro_batch_size
     flat = [list(range(i, min(i + m, n))) for i in range(0, n, m)]
-    flat = flat[batches.rank::batches.world_size]
+    flat = flat[batches.rank::batches.world_size][int(start):]
     if not flat:
         return iter(())
     return iter(DataLoader(CopiedItems(batches.dataset, copies, seed_of), batch_sampler=flat,

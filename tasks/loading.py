@@ -133,15 +133,16 @@ class EpochBatches:
         if flat:
             yield from self._loader(epoch, flat)
 
-    def copy_micro_batches(self, copies: int) -> Iterator[list[dict]]:
+    def copy_micro_batches(self, copies: int, start: int = 0) -> Iterator[list[dict]]:
         """One pass, each micro-batch as `copies` micro-batches: copy k is what
         `micro_batches(k)` gives for it, all drawn from one decode of each video
-        (`tasks.items.copy_micro_batches`); needs shuffle off."""
+        (`tasks.items.copy_micro_batches`); needs shuffle off. From this rank's `start`-th
+        micro-batch on, as `micro_batches` (those before are not loaded)."""
         from functools import partial
 
         from .items import copy_micro_batches
 
-        return copy_micro_batches(self, copies, partial(item_seed, self.seed))
+        return copy_micro_batches(self, copies, partial(item_seed, self.seed), start=start)
 
     def num_micro_batches(self, all_ranks: bool = False) -> int:
         """Micro-batches of one pass on this rank (`all_ranks`: over every rank)."""
