@@ -107,10 +107,11 @@ def parent(rel: str) -> str:
 
 
 def walk_changed(root: Path, known: dict[str, tuple[int, int, list[str]]], stable_before_ns: int):
-    """The folders under `root` and the (rel, os.stat_result) of the record file candidates of
-    the folders listed: the files `ResultStore.paths()` lists (the link to a file is followed,
-    as `is_file` does; a linked folder is not walked, as rglob does not; hidden names are
-    skipped), each stat-ed once. A folder is listed unless `known` (rel -> (mtime_ns, ino,
+    """The folders under `root` and the (rel, os.DirEntry) of the record file candidates of
+    the folders listed: the `.json` entries that `ResultStore.paths()` would list if they are
+    files (the caller stats them as it must: `entry.stat()` follows a link to a file, as
+    `is_file` does; a linked folder is not walked, as rglob does not; hidden names are
+    skipped). A folder is listed unless `known` (rel -> (mtime_ns, ino,
     links) as last seen) holds it with the same mtime and inode, from before
     `stable_before_ns`: adding, removing or renaming an entry (an atomic write's rename too)
     sets its folder's mtime, so an unchanged folder holds the files it held. A file rewritten
@@ -118,7 +119,7 @@ def walk_changed(root: Path, known: dict[str, tuple[int, int, list[str]]], stabl
     Each folder is stat-ed before it is listed, so an entry added meanwhile is found next time.
     """
     folders: list[Folder] = []
-    files: list[tuple[str, os.stat_result]] = []
+    files: list[tuple[str, os.DirEntry]] = []
     children: dict[str, list[str]] = {}
     for rel in known:
         if rel:
@@ -161,10 +162,8 @@ def walk_changed(root: Path, known: dict[str, tuple[int, int, list[str]]], stabl
                     continue
                 if entry.is_symlink():
                     links.append(crel)
-                fst = entry.stat()
-            except OSError:  # vanished meanwhile, or a link that leads nowhere
+            except OSError:  # vanished meanwhile
                 continue
-            if stat.S_ISREG(fst.st_mode):
-                files.append((crel, fst))
+            files.append((crel, entry))
         folders.append(Folder(rel, st.st_mtime_ns, st.st_ino, True, links))
     return folders, files

@@ -10,8 +10,11 @@ system's time granularity keeps its mtime).
 
 The cheap check: a folder whose (mtime, inode) is the one last seen, from before the last
 update's racy window, is not listed again and its files are not stat-ed: creating, deleting or
-renaming a file (a writer's atomic rename too) sets its folder's mtime. What a folder's mtime
-does not show, a file rewritten in place, is found for files modified within RECENT_NS (10
+renaming a file (a writer's atomic rename too) sets its folder's mtime. A folder that changed
+is listed, and of its entries only the new ones and those of another inode than indexed (a
+file replaced by a rename) are stat-ed: a new record in a folder of a million costs one stat.
+What a folder's mtime does not show, a file rewritten in place (or deleted and copied back
+under the inode number it had), is found for files modified within RECENT_NS (10
 minutes: a record completed or fixed soon after it was written), for `.json` links (stat-ed
 every time), and for every file by a full walk: when the last one is older than FULL_WALK_NS
 (an hour), and on `harness results reindex`. So an old record edited in place by hand shows
@@ -286,7 +289,25 @@ class RecordIndex:
                 seen.add(rel)  # its folder lists what it listed: the file is still there
                 if old[1] >= started - RECENT_NS or (old[5] is not None and old[5] <= now_us):
                     stat_again.append(rel)
-        candidates = list(listed_files)
+        candidates = []
+        for rel, entry in listed_files:
+            old = known.get(rel)
+            try:
+                # A folder's change shows names added, removed or replaced: an entry of the
+                # name and inode indexed is that file still (unless a full walk looks at every
+                # file), so only new and replaced entries are stat-ed, and the recent ones as
+                # in a folder that did not change: one new record in a folder of a million
+                # costs one stat, not a million.
+                if not full and old is not None and not entry.is_symlink() \
+                        and entry.inode() == old[2] and old[1] < started - RECENT_NS \
+                        and (old[5] is None or old[5] > now_us):
+                    seen.add(rel)
+                    continue
+                st = entry.stat()
+            except OSError:  # vanished meanwhile, or a link that leads nowhere
+                continue
+            if stat.S_ISREG(st.st_mode):
+                candidates.append((rel, st))
         for rel in sorted(set(stat_again)):
             seen.discard(rel)
             try:
@@ -437,29 +458,36 @@ class RecordIndex:
                                else "path_key")
         return self.connect().execute(sql, params)
 
-    def select_board(self, columns: list[str], *, low_us=None, high_us=None,
-                     metric: str | None = None):
-        """Cursor over `columns` of one record per run identity written within
-        [low_us, high_us] (the newest by creation, the later path breaking a tie, as
-        `select`), in no order (the caller sorts the few columns it fetched: cheaper than
-        SQLite sorting whole rows). With `metric`, two more columns: the metric's JSON text
-        as written (None when absent), and the whole metrics text where SQLite's JSON cannot
-        read it (NaN), else None. Runs of one record each (nearly all) need no window."""
-        where, params = self._window(low_us, high_us)
-        where = where or " WHERE 1"
-        cols = ", ".join(_q(c) for c in columns)
-        if metric is not None:
-            odd = "instr(metrics, 'NaN') OR instr(metrics, 'Infinity')"
-            cols += f", CASE WHEN {odd} THEN NULL ELSE metrics -> ? END, " \
-                    f"CASE WHEN {odd} THEN metrics END"
-            path = '$."' + metric + '"'
-        dups = f"SELECT run_id FROM records{where} GROUP BY run_id HAVING COUNT(*) > 1"
-        sql = (f"SELECT {cols} FROM records{where} AND run_id NOT IN ({dups}) UNION ALL "
-               f"SELECT {cols} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY "
-               f"created_us DESC, path DESC) AS newest FROM records{where} AND run_id IN "
+    def select_named(self, refs: list[str]):
+        """Cursor over (task, encoder, created_us, path_key, path, run_id, label,
+        encoder_label) of the records, one per run identity (the newest by creation, the later
+        path breaking a tie, as `select`), that `refs` may name, in no order: those whose run
+        id, run label, encoder label or encoder name is one of `refs`, whose run id starts
+        with one of them (6 characters or more), whose file's stem is one of them, and those
+        holding values SQL could not hold as such (`odd`). A few rows of a million: the caller
+        decides each."""
+        refs = [str(r) for r in refs]
+        if not refs:
+            return iter(())
+        marks = ", ".join("?" * len(refs))
+        cond = [f"{c} IN ({marks})" for c in ("run_id", "label", "encoder_label", "encoder")]
+        params: list = refs * 4
+        for ref in refs:
+            if len(ref) >= 6:
+                cond.append("substr(run_id, 1, ?) = ?")
+                params += [len(ref), ref]
+            name = os.fsencode(ref + ".json")
+            cond.append("(path = ? OR substr(path, ?) = ?)")
+            params += [name, -len(name) - 1, b"/" + name]
+        cond.append("odd IS NOT NULL")
+        cols = "task, encoder, created_us, path_key, path, run_id, label, encoder_label"
+        dups = "SELECT run_id FROM records GROUP BY run_id HAVING COUNT(*) > 1"
+        one = (f"SELECT {cols}, odd FROM records WHERE run_id NOT IN ({dups}) UNION ALL "
+               f"SELECT {cols}, odd FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id "
+               f"ORDER BY created_us DESC, path DESC) AS newest FROM records WHERE run_id IN "
                f"({dups})) WHERE newest = 1")
-        extra = [path] if metric is not None else []
-        return self.connect().execute(sql, extra + params + params + extra + params + params)
+        return self.connect().execute(f"SELECT {cols} FROM ({one}) WHERE {' OR '.join(cond)}",
+                                      params)
 
     @contextlib.contextmanager
     def snapshot(self):
@@ -475,7 +503,7 @@ class RecordIndex:
     def board_runs(self, metric: str, *, low_us=None, high_us=None):
         """Cursor over (cell_id, created_us, path_key, rowid, path, departures_ref, metric
         text, whole metrics text) of one record per run identity written within [low_us,
-        high_us] (as `select_board`), ordered by cell, then creation, then file: each cell's
+        high_us] (the newest, as `select`), ordered by cell, then creation, then file: each cell's
         runs together, in the board's order. The metric's JSON text as written is None when
         absent; the whole metrics text is given (the metric text None) where SQLite's JSON
         cannot read it (NaN)."""

@@ -235,7 +235,7 @@ class ResultStore:
     def named_paths(self, refs: list[str]) -> list[str]:
         """The record files (one per run, in the frame's order) that any of `refs` could name:
         a run id (or a prefix of 6 characters or more), a record file's stem, a run label, an
-        encoder label or an encoder name. Through the index only five columns are read."""
+        encoder label or an encoder name. Through the index, SQL finds the few candidates."""
         index = self.index()
         if index is None:
             frame = self.frame(text=False)
@@ -246,8 +246,7 @@ class ResultStore:
             self._index_report(index, None, None)
             base = str(self.root)
             prefix = "" if base == "." else base.rstrip("/") + "/"
-            fetched = index.select_board(["task", "encoder", "created_us", "path_key", "path",
-                                          "run_id", "label", "encoder_label"]).fetchall()
+            fetched = list(index.select_named(refs))
             fetched.sort(key=lambda r: r[:4])  # the frame's order: task, encoder, creation, file
             rows = ((prefix + os.fsdecode(p), str(run), label, enc_label, enc)
                     for _, enc, _, _, p, run, label, enc_label in fetched)

@@ -416,8 +416,14 @@ def test_unchanged_folders_are_not_listed_and_in_place_edits(tmp_path, monkeypat
     assert any(f.listed and f.rel == "records" for f in walks[-1][0])
 
 
-def test_a_folder_changed_by_a_writer_is_listed_again(tmp_path):
-    """New, renamed and deleted files in an old folder (and in a new sub-folder) are found."""
+def test_a_folder_changed_by_a_writer_is_listed_again(tmp_path, monkeypatch):
+    """New, renamed, replaced and deleted files in an old folder (and in a new sub-folder) are
+    found; of the old folder's entries only the new and replaced ones are stat-ed."""
+    import time
+
+    import results.index as index_module
+    from common.atomic import atomic_write
+
     root = hostile_store(tmp_path / "store")
     recs = root / "records"
     _age(root, 2 * 86400)
@@ -426,7 +432,54 @@ def test_a_folder_changed_by_a_writer_is_listed_again(tmp_path):
     victim = sorted(recs.glob("videomae_vitl__k400__*.json"))[0]
     victim.rename(recs / "renamed.json")
     sorted(recs.glob("vjepa_vitl__ssv2__*.json"))[0].unlink()
+    # replaced by an atomic rename under its own name, dated as old as the rest
+    replaced = sorted(recs.glob("vjepa_vitl__k400__*.json"))[-1]
+    rec = json.loads(replaced.read_text())
+    rec["metrics"]["top1"] = 12.5
+    atomic_write(replaced, lambda f: f.write(json.dumps(rec, indent=2, sort_keys=True).encode()))
+    os.utime(replaced, (time.time() - 2 * 86400,) * 2)
     write_record(_record("deeper", task="ssv2", top1=97.0), root / "a" / "new" / "records")
+
+    stats = []
+
+    class Counted:  # an os.DirEntry that counts its stat calls
+        def __init__(self, entry):
+            self.entry = entry
+
+        def __getattr__(self, name):
+            return getattr(self.entry, name)
+
+        def stat(self):
+            stats.append(self.entry.name)
+            return self.entry.stat()
+
+    real = index_module.walk_changed
+
+    def walk(*args):
+        folders, files = real(*args)
+        return folders, [(rel, Counted(entry)) for rel, entry in files]
+
+    monkeypatch.setattr(index_module, "walk_changed", walk)
     frame, _ = assert_same(root)
     assert {"newcomer", "deeper"} <= set(frame["encoder"])
     assert str(recs / "renamed.json") in set(frame["path"])
+    assert 12.5 in frame["top1"].tolist()
+    in_records = {n for n in stats if (recs / n).exists()}
+    links = {p.name for p in recs.iterdir() if p.is_symlink()}
+    assert in_records - links == {"renamed.json", replaced.name,
+                                  *[p.name for p in recs.glob("newcomer__*.json")]}
+
+
+def test_named_records_are_the_scans(tmp_path):
+    """`harness compare`'s lookup (`named_paths`): SQL picks the candidates from the index, the
+    same records, in the same order, as the scan finds by every kind of name."""
+    root = hostile_store(tmp_path / "store")
+    frame = ResultStore(root, scan=True).frame()
+    some = frame.iloc[3]
+    stem = Path(frame["path"].iloc[5]).stem
+    for refs in ([str(some["run_id"])], [str(some["run_id"])[:7]], [stem], ["one label"],
+                 ["lab_a", "seeds"], ["vjepa_vitl"], ["odd name"], ["tie"], ["nothing"],
+                 ["None"], [stem, str(some["run_id"]), "twin"]):
+        want = ResultStore(root, scan=True).named_paths(refs)
+        assert ResultStore(root).named_paths(refs) == want, refs
+        assert want or refs in (["nothing"], ["None"])
