@@ -433,7 +433,7 @@ def test_a_folder_changed_by_a_writer_is_listed_again(tmp_path, monkeypatch):
     victim.rename(recs / "renamed.json")
     sorted(recs.glob("vjepa_vitl__ssv2__*.json"))[0].unlink()
     # replaced by an atomic rename under its own name, dated as old as the rest
-    replaced = sorted(recs.glob("vjepa_vitl__k400__*.json"))[-1]
+    replaced = max(recs.glob("vjepa_vitl__k400__*.json"))
     rec = json.loads(replaced.read_text())
     rec["metrics"]["top1"] = 12.5
     atomic_write(replaced, lambda f: f.write(json.dumps(rec, indent=2, sort_keys=True).encode()))
