@@ -2,4 +2,7 @@ import sys
 
 from harness.cli import main
 
-sys.exit(main())
+# Guarded: a process pool started with "spawn" (the result index's first build) imports the
+# parent's main module in each worker, which must not run the command again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -483,3 +483,35 @@ def test_named_records_are_the_scans(tmp_path):
         want = ResultStore(root, scan=True).named_paths(refs)
         assert ResultStore(root).named_paths(refs) == want, refs
         assert want or refs in (["nothing"], ["None"])
+
+
+def test_a_first_build_judges_files_in_worker_processes(tmp_path, monkeypatch, caplog):
+    """Many files are judged by a pool of processes (one per CPU): the same index as judged in
+    process, and where no pool can start, judged in process after one line."""
+    import concurrent.futures
+
+    import results.index_rows as rows
+
+    pools = []
+
+    class Counted(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(rows, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(rows, "_cpus", lambda: 2)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Counted)
+    root = hostile_store(tmp_path / "store")
+    assert_same(root)
+    assert pools and pools[0] == 2
+
+    class Refused(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Refused)
+    with caplog.at_level(logging.WARNING):
+        RecordIndex(root).rebuild()
+    assert "no worker pool" in caplog.text
+    assert_same(root)
