@@ -34,6 +34,9 @@ The index is rebuilt from scratch, with one log line, when it is missing, cannot
 is damaged (truncated, overwritten), or was made by other code (`stamp`: the index version and
 a digest of the modules whose rules decide what a row holds). `harness results reindex` forces
 it. A folder where the index cannot be written is read by the file scan instead (one line).
+Many new files (a first build) are judged by a pool of processes, one per CPU, and committed
+WRITE_CHUNK at a time: memory stays that of one chunk, and a build killed part way is taken up
+by the next read.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ from pathlib import Path
 
 from results.files import Folder, order_key, parent, read_bytes, unreadable, walk_changed
 from results.frame import BASE_COLUMNS
-from results.index_rows import SCALARS, Entry, index_entry, judge_all
+from results.index_rows import SCALARS, Entry, index_entry, judging
 from results.runs import conflict_text
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ RACY_NS = 3_000_000_000          # coarsest common mtime granularity (FAT: 2 s),
 # keeping its folder's mtime, is found then, or at once by `harness results reindex`).
 RECENT_NS = 600 * 1_000_000_000
 FULL_WALK_NS = 3600 * 1_000_000_000
+WRITE_CHUNK = 20_000  # entries judged and written at a time
 _HERE = Path(__file__).resolve().parent
 # The rules that decide a row: a change to any of these modules rebuilds every index.
 _RULES = [_HERE / n for n in ("index.py", "index_rows.py", "files.py", "frame.py",
@@ -337,13 +341,23 @@ class RecordIndex:
                     touched.append((st.st_size, st.st_mtime_ns, st.st_ino, os.fsencode(rel)))
                     continue
             fresh.append((rel, st))
-        entries = []
-        for rel, result in judge_all(self.root, fresh):
-            if isinstance(result, Entry):
-                entries.append(result)
-            else:
-                unread.append((str(self.root / rel), result))
-                gone.append(rel)
+        entries: list[Entry] = []
+        with judging(self.root, len(fresh)) as judge:
+            for at in range(0, len(fresh), WRITE_CHUNK):
+                part = []
+                for rel, result in judge(fresh[at:at + WRITE_CHUNK]):
+                    if isinstance(result, Entry):
+                        part.append(result)
+                    else:
+                        unread.append((str(self.root / rel), result))
+                        gone.append(rel)
+                if at + WRITE_CHUNK < len(fresh):
+                    # A first build is written as it goes, so that it holds one chunk of
+                    # entries (their protocol texts) at a time, not a million; rows committed
+                    # before a crash are found current by the next update, which goes on.
+                    self._write_part(con, part)
+                else:
+                    entries = part
         folders = [f for f in folders if f.listed]
         changed = [f for f in folders if folders_known.get(f.rel) != (f.mtime_ns, f.ino, f.links)]
         walked = {f.rel for f in folders} | kept
@@ -363,23 +377,13 @@ class RecordIndex:
             con.executemany("INSERT OR REPLACE INTO folders VALUES (?, ?, ?, ?)",
                             [(os.fsencode(f.rel), f.mtime_ns, f.ino, "\x1f".join(f.links))
                              for f in folders])
-            paths = [(os.fsencode(rel),) for rel in gone] + \
-                    [(os.fsencode(e.rel),) for e in entries]
-            con.executemany("DELETE FROM records WHERE path = ?", paths)
+            con.executemany("DELETE FROM records WHERE path = ?", [(os.fsencode(rel),)
+                                                                    for rel in gone])
             con.executemany("DELETE FROM files WHERE path = ?", [(os.fsencode(rel),)
                                                                   for rel in gone])
-            con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [(os.fsencode(e.rel), e.size, e.mtime_ns, e.ino, e.digest, e.state,
-                              e.reason, e.retry_at, os.fsencode(parent(e.rel)))
-                             for e in entries])
+            self._put(con, entries)
             con.executemany("UPDATE files SET size = ?, mtime_ns = ?, ino = ? WHERE path = ?",
                             touched)
-            con.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)",
-                            [t for e in entries for t in e.texts.items()])
-            con.executemany("INSERT OR IGNORE INTO cells (key) VALUES (?)",
-                            [(e.cell,) for e in entries if e.row is not None])
-            con.executemany(_INSERT_RECORD, [_record_values(e) for e in entries
-                                             if e.row is not None])
             # The latest start of an update that committed: a file changed during a walk (after
             # the walk passed it) is within RACY_NS of it or newer, so re-hashed next time.
             con.execute("UPDATE meta SET value = ? WHERE key = 'last_update_ns' AND "
@@ -393,28 +397,37 @@ class RecordIndex:
             con.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def _put(con, entries: list[Entry]) -> None:
+        """Inside a write transaction: the rows of `entries` replace what the index held for
+        their files."""
+        con.executemany("DELETE FROM records WHERE path = ?",
+                        [(os.fsencode(e.rel),) for e in entries])
+        con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(os.fsencode(e.rel), e.size, e.mtime_ns, e.ino, e.digest, e.state,
+                          e.reason, e.retry_at, os.fsencode(parent(e.rel))) for e in entries])
+        con.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)",
+                        [t for e in entries for t in e.texts.items()])
+        records = [e for e in entries if e.row is not None]
+        con.executemany("INSERT OR IGNORE INTO cells (key) VALUES (?)", [(e.cell,) for e in records])
+        con.executemany(_INSERT_RECORD, [_record_values(e) for e in records])
+
+    def _write_part(self, con, entries: list[Entry]) -> None:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self._put(con, entries)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
     def add(self, path: str | os.PathLike) -> None:
         """Index one file just written (a writer calls this after its atomic rename)."""
         path = Path(path)
         rel = path.relative_to(self.root).as_posix()
         entry = index_entry(self.root, rel, path.stat())
         # last_update_ns unchanged: the next reader's walk still checks every file.
-        con = self.connect()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            key = os.fsencode(rel)
-            con.execute("DELETE FROM records WHERE path = ?", (key,))
-            con.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (key, entry.size, entry.mtime_ns, entry.ino, entry.digest, entry.state,
-                         entry.reason, entry.retry_at, os.fsencode(parent(rel))))
-            con.executemany("INSERT OR IGNORE INTO texts VALUES (?, ?)", entry.texts.items())
-            if entry.row is not None:
-                con.execute("INSERT OR IGNORE INTO cells (key) VALUES (?)", (entry.cell,))
-                con.execute(_INSERT_RECORD, _record_values(entry))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        self._write_part(self.connect(), [entry])
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ the verdict of the one reader (`results.files.judge`) and, for a record, its fra
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -140,21 +141,41 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def judge_all(root: Path, fresh: list):
-    """(rel, Entry or the reason it could not be read) of each file, in order. Many files (a
-    first build: a million records is minutes of CPU) are judged by a pool of processes, one
-    per CPU this process may use (at most 8); where no pool can start (no semaphores in a
-    sandbox, a worker killed), by this process."""
-    jobs = [(root, rel, st) for rel, st in fresh]
-    workers = min(_cpus(), 8, len(jobs) // PARALLEL_FROM)
+@contextlib.contextmanager
+def judging(root: Path, count: int):
+    """A function judging lists of (rel, os.stat_result) files under `root`: (rel, Entry or
+    the reason it could not be read) of each, in order. For many files (`count`: a first
+    build, a million records is minutes of CPU) a pool of processes does it, one per CPU this
+    process may use (at most 8); where no pool can start or run (no semaphores in a sandbox, a
+    worker killed), this process does, after one line."""
+    workers = min(_cpus(), 8, count // PARALLEL_FROM)
+    pool = None
     if workers >= 2:
         import concurrent.futures
         import multiprocessing
 
         try:
-            with concurrent.futures.ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"))
+        except OSError as exc:
+            log.warning("judging %d files in this process (no worker pool: %s)", count, exc)
+
+    def judge(files: list) -> list:
+        nonlocal pool
+        jobs = [(root, rel, st) for rel, st in files]
+        if pool is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
                 return list(pool.map(_judge_one, jobs, chunksize=256))
-        except (OSError, concurrent.futures.process.BrokenProcessPool) as exc:
-            log.warning("judging %d files in this process (no worker pool: %s)", len(jobs), exc)
-    return [_judge_one(job) for job in jobs]
+            except (OSError, BrokenProcessPool) as exc:
+                log.warning("judging %d files in this process (no worker pool: %s)", count, exc)
+                pool.shutdown(cancel_futures=True)
+                pool = None
+        return [_judge_one(job) for job in jobs]
+
+    try:
+        yield judge
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)

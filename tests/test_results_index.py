@@ -507,11 +507,38 @@ def test_a_first_build_judges_files_in_worker_processes(tmp_path, monkeypatch, c
     assert pools and pools[0] == 2
 
     class Refused(concurrent.futures.ProcessPoolExecutor):
-        def __init__(self, *args, **kwargs):
-            raise OSError(38, "Function not implemented")
+        def map(self, *args, **kwargs):  # a worker killed: the pool is broken
+            raise concurrent.futures.process.BrokenProcessPool("a worker died")
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Refused)
     with caplog.at_level(logging.WARNING):
         RecordIndex(root).rebuild()
     assert "no worker pool" in caplog.text
+    assert_same(root)
+
+
+def test_a_first_build_is_written_as_it_goes_and_a_killed_one_goes_on(tmp_path, monkeypatch):
+    """A first build commits its rows a chunk at a time (memory of one chunk); one killed part
+    way leaves rows the next update finds current, and it finishes the index."""
+    import results.index as index_module
+
+    root = hostile_store(tmp_path / "store")
+    monkeypatch.setattr(index_module, "WRITE_CHUNK", 4)
+    parts = []
+    real = RecordIndex._write_part
+
+    def killed(self, con, entries):
+        parts.append(len(entries))
+        if len(parts) == 3:
+            raise KeyboardInterrupt  # killed while writing the third chunk
+        real(self, con, entries)
+
+    monkeypatch.setattr(RecordIndex, "_write_part", killed)
+    with pytest.raises(KeyboardInterrupt):
+        RecordIndex(root).update()
+    assert parts == [4, 4, 4]
+    con = sqlite3.connect(root / INDEX_NAME)
+    assert con.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 8  # two chunks committed
+    con.close()
+    monkeypatch.setattr(RecordIndex, "_write_part", real)
     assert_same(root)
