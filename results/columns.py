@@ -2,6 +2,8 @@
 protocol departs from the task's published one.
 
 - `k400 (16x8x3, attentive)`: frames x segments x views of evaluation, and the probe;
+- `physics_synth (8 frames, latent surprise)`: a VoE run's window and what its surprise
+  compares;
 - `k400 (16x8x3, attentive; epochs 1, batch_size 8)`: a record's `protocol_departures` (dotted
   protocol keys -> values, set by the runner where the run leaves the task's published
   protocol), named by the key's last part;
@@ -122,17 +124,37 @@ def base_name(task: str, protocol: dict, departures: dict | None = None) -> str:
     sampling = (protocol.get("task") or {}).get("sampling") if isinstance(protocol.get("task"), dict) else None
     parts = []
     if isinstance(sampling, dict) and sampling.get("frames_per_clip"):
-        parts.append("x".join(str(sampling.get(k, "?")) for k in
-                              ("frames_per_clip", "eval_segments", "eval_views")))
+        if "eval_segments" in sampling or "eval_views" in sampling:
+            parts.append("x".join(str(sampling.get(k, "?")) for k in
+                                  ("frames_per_clip", "eval_segments", "eval_views")))
+        else:  # one clip per sample (a VoE window): no segments or views to count
+            parts.append(f"{sampling['frames_per_clip']} frames")
     probe = protocol.get("probe")
     kind = probe.get("kind") if isinstance(probe, dict) else probe
     if kind:
         parts.append(str(kind))
+    surprise = protocol.get("surprise")
+    if isinstance(surprise, dict) and surprise.get("target"):
+        target = str(surprise["target"])
+        parts.append(f"{'pixel' if target == 'pixels' else target} surprise")
     inside = ", ".join(parts)
     departed = departures_text(departures)
     if departed:
         inside = f"{inside}; {departed}" if inside else departed
     return f"{task} ({inside})" if inside else task
+
+
+def headline_metric(protocol: Any) -> str:
+    """The metric a protocol's runs are ranked by when none is asked for: its own `metrics.main`
+    (a VoE run's), else its task's `metric` (top1, top5, mAP, recall5), else top1."""
+    if not isinstance(protocol, dict):
+        return "top1"
+    for section, key in (("metrics", "main"), ("task", "metric")):
+        value = protocol.get(section)
+        value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return "top1"
 
 
 def column_names(task: str, pids: list[str], protocols: dict[str, dict],

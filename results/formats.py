@@ -240,7 +240,8 @@ def to_json(lb: Leaderboard) -> str:
         rows.append(out)
     doc = {"metric": lb.metric,
            "columns": [{"name": c.name, "task": c.task, "protocol_id": c.protocol_id,
-                        "protocol_version": c.version, "precision": c.precision}
+                        "protocol_version": c.version, "precision": c.precision,
+                        "metric": c.metric}
                        for c in lb.columns],
            "rank_over": lb.rank_over, "rows": rows, "legend": lb.legend, "notes": lb.notes}
     return json.dumps(doc, indent=2) + "\n"

@@ -8,6 +8,8 @@
   from the task's published protocol (`results.columns`: `k400 (16x8x3, attentive; epochs 1)`),
   with the protocol id and version in `legend`; a task under several protocols splits into
   columns and a note names the fields that differ (`frames 16 vs 8`);
+- the metric: one for every column, or each column's own (its protocol's headline metric;
+  a board mixing metrics names it in each column not ranked by top1: `ava (roi_linear; mAP)`);
 - cells: one run, or the mean +- std of several (seeds, low-shot folds) with their count; rounded
   to the precision the evaluated split supports; a cell evaluated on fewer samples than its
   split lists shows the count;
@@ -26,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
-from results.columns import column_names, mismatch_note
+from results.columns import column_names, headline_metric, mismatch_note
 from results.significance import ALPHA, mark
 from results.frame import BASE_COLUMNS
 
@@ -85,10 +87,12 @@ class Column:
     protocol: dict
     version: int
     precision: str | None
+    metric: str = "top1"
 
     def legend(self) -> str:
         precision = f", {self.precision}" if self.precision else ""
-        return f"{self.name}: protocol {self.protocol_id} (v{self.version}{precision})"
+        return (f"{self.name}: {self.metric}, protocol {self.protocol_id} "
+                f"(v{self.version}{precision})")
 
 
 @dataclass
@@ -207,38 +211,48 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
                 until=None, significance: bool = True, cost: bool = False) -> Leaderboard:
     """Build a leaderboard of `metric` from `ResultStore.frame()` (see the module's doc), or
     from `ResultStore.cell_frame()` (runs folded into groups, already windowed by date: the
-    same board)."""
+    same board). `metric` None: each column under its protocol's own metric
+    (`results.columns.headline_metric`: top1, mAP, recall5, a VoE run's `paper_relative_mean`);
+    the grouped frame is then `cell_frame(None)`, the frames of those metrics together."""
     import pandas as pd
 
     notes: list[str] = []
     tasks = _parse_list(tasks)
     empty = pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=ROW_KEYS))
+    headline = metric is None
+    shown = metric or "headline"
     if frame is None or frame.empty:
-        return Leaderboard(empty, ["no result records found"], metric)
-    if metric not in frame.columns:
+        return Leaderboard(empty, ["no result records found"], shown)
+    grouped = "_runs" in frame
+    if not headline and metric not in frame.columns:
         metrics = [c for c in frame.columns if c not in BASE_COLUMNS]
         return Leaderboard(empty, [f"no record has metric {metric!r}; metrics present: "
                                    f"{', '.join(metrics) or 'none'}"], metric)
 
-    grouped = "_runs" in frame
     if grouped:  # the store applied the date window before one record per run was kept
         since = until = None
     df, notes = filter_frame(frame, encoders=encoders, tasks=tasks, protocols=protocols,
                              since=since, until=until)
     df = df.copy()
+    if grouped and headline:  # frames of several metrics: each group under its own headline
+        df = df[df["_metric"] == df["_main"]]
+    elif grouped:
+        df["_metric"] = metric
+    else:
+        df["_metric"] = [headline_metric(p) for p in df["protocol"]] if headline else metric
+        df["_value"] = [_number_or_nan(row.get(m)) for row, m in
+                        zip(df.to_dict("records"), df["_metric"])] if len(df) else []
     if grouped:
-        lacking = df[df["_lacking"] > 0]
-        count = int(lacking["_lacking"].sum())
+        lacking = df[df["_lacking"] > 0].assign(_count=lambda d: d["_lacking"])
         df = df[df["_n"] > 0]
     else:
-        lacking = df[df[metric].isna()]
-        count = len(lacking)
-        df = df[df[metric].notna()]
-    if count:
-        notes.append(f"{count} record(s) without {metric} left out "
-                     f"({', '.join(sorted(set(lacking['task'])))})")
+        lacking = df[df["_value"].isna()].assign(_count=1)
+        df = df[df["_value"].notna()]
+    for name, missing in lacking.groupby("_metric", sort=True):
+        notes.append(f"{int(missing['_count'].sum())} record(s) without {name} left out "
+                     f"({', '.join(sorted(set(missing['task'])))})")
     if df.empty:
-        return Leaderboard(empty, notes or ["no records match"], metric)
+        return Leaderboard(empty, notes or ["no records match"], shown)
 
     df["encoder"] = encoder_labels(df)
     df["checkpoint"] = _checkpoint_labels(df)
@@ -251,6 +265,7 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
             notes.append(f"{before - len(df)} re-run record(s) replaced by their newer record")
 
     order = tasks if tasks is not None else sorted(df["task"].unique())
+    mixed = df["_metric"].nunique() > 1
     columns: list[Column] = []
     groups: dict[str, pd.DataFrame] = {}
     for task in order:
@@ -264,21 +279,26 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         protocols_of = {pid: sub[sub["protocol_id"] == pid]["protocol"].iloc[0] for pid in pids}
         departures = {pid: _departures(sub[sub["protocol_id"] == pid]) for pid in pids}
         names = column_names(task, pids, protocols_of, departures)
+        if mixed:  # a board of several metrics: each column not ranked by top1 says its own
+            metric_of = dict(zip(sub["protocol_id"], sub["_metric"]))
+            names = {pid: name if metric_of[pid] == "top1" else _append_metric(name, metric_of[pid])
+                     for pid, name in names.items()}
         for pid in pids:
             first = sub[sub["protocol_id"] == pid].iloc[0]
             version, precision = _present(first.get("protocol_version")), _present(first.get("precision"))
             col = Column(names[pid], task, pid, protocols_of[pid],
                          int(version or _version(protocols_of[pid])),
-                         precision or _precision(protocols_of[pid]))
+                         precision or _precision(protocols_of[pid]), first["_metric"])
             columns.append(col)
             groups[col.name] = sub[sub["protocol_id"] == pid]
         if len(pids) > 1:
             notes.append(mismatch_note(task, pids, protocols_of, names))
 
+    shown = ", ".join(dict.fromkeys(c.metric for c in columns))
     cells: dict[tuple, Cell] = {}
     for col in columns:
         for key, runs in groups[col.name].groupby(ROW_KEYS, sort=False):
-            cells[(tuple(key), col.name)] = _grouped_cell(runs) if grouped else _cell(runs, metric)
+            cells[(tuple(key), col.name)] = _grouped_cell(runs) if grouped else _cell(runs, "_value")
     if any(c.runs > 1 for c in cells.values()):
         notes.append("cells of several runs (seeds, folds) show mean ± std (n=runs)")
     if any(c.short for c in cells.values()):
@@ -298,8 +318,9 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         table = table.sort_values(list(table.columns[:1]), ascending=False, na_position="last")
     if significance:
         for col in columns:
-            mark([cells[(r, col.name)] for r in table.index if (r, col.name) in cells], metric)
-    lb = Leaderboard(table, notes, metric, cells, columns, [c.legend() for c in columns])
+            mark([cells[(r, col.name)] for r in table.index if (r, col.name) in cells],
+                 col.metric)
+    lb = Leaderboard(table, notes, shown, cells, columns, [c.legend() for c in columns])
     if len(columns) > 1:
         lb.mean_rank = ranks.mean(axis=1).reindex(table.index)
         lb.rank_over = [c.name for c in columns]
@@ -315,6 +336,16 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
                          "record's encoder metadata); clips/s of evaluation, mean over the row's "
                          "runs; device-h: wall hours x world size, summed over the row's runs")
     return lb
+
+
+def _append_metric(name: str, metric: str) -> str:
+    return name[:-1] + f"; {metric})" if name.endswith(")") else f"{name} ({metric})"
+
+
+def _number_or_nan(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
 
 
 def _present(value: Any) -> Any:

@@ -14,6 +14,8 @@ carries what the board reads of its runs:
             the first run's sample counts: `merge_runs` gives a cell's mean, std and paths;
   _n        how many they are (a protocol's weight when its columns are ordered);
   _lacking  runs without the metric (the board's note counts them);
+  _metric   the metric read; `_main` the group's headline metric (`headline_metric` of its
+            protocol): a board of each task's headline keeps the rows where the two agree;
   _first    the order of the group's first run, `_dep_at` that of its first run naming
             protocol departures: a column's protocol, version, precision and departures are
             its first run's, as on the frame of runs.
@@ -32,6 +34,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from results.columns import headline_metric
 from results.frame import BASE_COLUMNS, GROUP_KEYS
 
 __all__ = ["Runs", "cell_frame", "merge_runs"]
@@ -127,6 +130,7 @@ def cell_frame(index, metric: str, *, low_us=None, high_us=None):
                     row[at[name]] = value
         group["key"] = tuple(row[:len(GROUP_KEYS)])
         first = dict(zip(_FIRST, row[len(GROUP_KEYS):-1]))
+        group["main"] = headline_metric(texts.get(first["protocol_ref"]))
         group["first"] = first if group["first"] is not None else None
         task, encoder = group["key"][GROUP_KEYS.index("task")], group["key"][0]
         group["runs"] = Runs(task, encoder, group.pop("orders"), group.pop("values"),
@@ -170,6 +174,7 @@ def _frame(groups: list, metric: str, texts: dict):
                    path=runs.paths[0] if runs.paths else None)
         row[metric] = sum(runs.values) / len(runs.values) if runs.values else math.nan
         row.update(_runs=runs, _n=len(runs.values), _lacking=group["lacking"],
+                   _metric=metric, _main=group["main"],
                    _first=math.inf if first_order is None else rank[first_order],
                    _dep_at=math.inf if group["dep_at"] is None else rank[group["dep_at"]])
         out.append(row)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -215,14 +216,19 @@ class ResultStore:
             columns = self._with_text(columns)
         return finish_frame(pd.DataFrame(columns))
 
-    def cell_frame(self, metric: str, *, since=None, until=None):
+    def cell_frame(self, metric: str | None, *, since=None, until=None):
         """The leaderboard's input with the runs of each cell folded together
         (`results.run_cells`: one row per group of runs, not per run; the same board as from
         `frame()`), read from the index alone; None where the board needs the frame of runs
-        (the file scan, a metric named like a base column, no run with `metric`)."""
+        (the file scan, a metric named like a base column, no run with `metric`). `metric`
+        None: the frames of every protocol's headline metric (`headline_metric`) together,
+        for a board of each task under its own."""
+        import pandas as pd
+
+        from results.columns import headline_metric
         from results.run_cells import cell_frame, usable_metric
 
-        if not self.root.is_dir() or not usable_metric(metric):
+        if not self.root.is_dir() or (metric is not None and not usable_metric(metric)):
             return None
         index = self.index()
         if index is None:
@@ -230,7 +236,22 @@ class ResultStore:
         low, high = date_bound(since), date_bound(until, end_of_day=True)
         lo, hi = (_us(low) if low is not None else None), (_us(high) if high is not None else None)
         self._index_report(index, lo, hi)
-        return cell_frame(index, metric, low_us=lo, high_us=hi)
+        if metric is not None:
+            return cell_frame(index, metric, low_us=lo, high_us=hi)
+        # The texts hold departures too: their headline reads as top1, which is asked anyway.
+        metrics = sorted({headline_metric(t) for t in index.texts().values()} | {"top1"})
+        if not all(usable_metric(m) for m in metrics):
+            return None
+        frames = [cell_frame(index, m, low_us=lo, high_us=hi) for m in metrics]
+        frames = [f for f in frames if f is not None]
+        if not frames:
+            return None
+        if len(frames) == 1:
+            return frames[0]
+        frame = pd.concat(frames, ignore_index=True)
+        # One order of groups over the metrics, as one frame of runs would have them.
+        keys = [r.key(0) if r.values else (math.inf,) for r in frame["_runs"]]
+        return frame.iloc[sorted(range(len(frame)), key=keys.__getitem__)].reset_index(drop=True)
 
     def named_paths(self, refs: list[str]) -> list[str]:
         """The record files (one per run, in the frame's order) that any of `refs` could name:

@@ -64,7 +64,7 @@ def column(task: str) -> str:
 
 
 def legend(task: str) -> str:
-    return f"{column(task)}: protocol {results.protocol_id(protocol(task))} (v2, bf16)"
+    return f"{column(task)}: top1, protocol {results.protocol_id(protocol(task))} (v2, bf16)"
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -103,7 +103,7 @@ def test_latex_footer_newline_and_write18_stay_inside_the_comment(tmp_path, caps
     pid = results.protocol_id(protocol(LATEX_TASK))
     lines = out.splitlines()
     assert lines[2] == rf"encoder & checkpoint & {LATEX_TASK_TEX} (16x8x3, attentive) \\"
-    assert f"% legend: {LATEX_TASK_TEX} (16x8x3, attentive): protocol {pid} (v2, bf16)" in lines
+    assert f"% legend: {LATEX_TASK_TEX} (16x8x3, attentive): top1, protocol {pid} (v2, bf16)" in lines
     # every line is the table's own or a comment: data never starts a line of the source
     for line in lines:
         assert line.startswith(("\\begin{tabular}", "\\toprule", "\\midrule", "\\bottomrule",

@@ -155,9 +155,9 @@ def test_columns_rows_and_legend(board):
     assert [c.name for c in lb.columns] == COLUMNS
     assert list(lb.table.index) == ROWS
     pid16, pid8 = protocol_id(K400), protocol_id(K400_8F)
-    assert lb.legend[1] == f"{C16}: protocol {pid16} (v2, bf16)"
-    assert lb.legend[2] == f"{C8}: protocol {pid8} (v2, bf16)"
-    assert lb.legend[0].startswith(f"{CI}: protocol ") and lb.legend[0].endswith("(v1)")
+    assert lb.legend[1] == f"{C16}: top1, protocol {pid16} (v2, bf16)"
+    assert lb.legend[2] == f"{C8}: top1, protocol {pid8} (v2, bf16)"
+    assert lb.legend[0].startswith(f"{CI}: top1, protocol ") and lb.legend[0].endswith("(v1)")
     assert lb.rank_over == COLUMNS
     note = next(n for n in lb.notes if n.startswith("k400"))
     assert note == (f"k400: 2 protocols, not comparable, split into columns: '{C16}' vs '{C8}': "

@@ -98,6 +98,18 @@ def hostile_store(root: Path) -> Path:
                       created=f"2026-11-0{day}T00:00:00+00:00")
         rec["encoder"]["label"] = "one label"
         write_record(rec, recs)
+    # tasks ranked by another metric: a task's own (mAP, two seeds, one seed lacking it) and
+    # a protocol's `metrics.main` (a VoE run): a board of each task's headline shows them
+    for seed, value in enumerate((30.5, 31.5, None)):
+        rec = _record("seeds", task="ava", seed=seed)
+        rec["protocol"]["task"] = {**rec["protocol"].get("task", {}), "metric": "mAP"}
+        rec["metrics"] = {"num_samples": 100} | ({} if value is None else {"mAP": value})
+        write_record(rec, recs)
+    voe = _record("seeds", task="physics")
+    voe["protocol"] = {"metrics": {"main": "paper_relative_mean"}, "surprise": {"target": "latent"},
+                       "task": {"kind": "voe", "sampling": {"frames_per_clip": 8}}}
+    voe["metrics"] = {"paper_relative_mean": 60.0, "num_samples": 120}
+    write_record(voe, recs)
     # a sub-store one level down, whose names sort differently as text and as paths
     write_record(_record("nested", task="ssv2", top1=20.0), root / "a-b" / "records")
     write_record(_record("nested2", task="ssv2", top1=21.0), root / "a" / "records")
@@ -132,20 +144,23 @@ def assert_same(root, **kw):
 def assert_same_board(root, f_scan, since=None, until=None):
     """The board from the index's folded runs (`cell_frame`) is the board of the scan's frame,
     to the last bit of every cell, under every filter the command passes."""
-    for metric in ("top1", "top5"):
+    for metric in (None, "top1", "top5"):  # None: each task's headline metric
         store = ResultStore(root)
         cells = store.cell_frame(metric, since=since, until=until)
         if cells is None:
-            assert metric not in f_scan
+            assert metric is not None and metric not in f_scan
             continue
         scan = ResultStore(root, scan=True)
         scan.frame(since=since, until=until)
         assert (store.problems, store.conflicts, store.replaced) == \
             (scan.problems, scan.conflicts, scan.replaced)
-        assert len(cells) <= len(f_scan)  # folded (fewer rows on the whole store: seeds)
+        # folded (fewer rows on the whole store: seeds); a headline board reads the frames of
+        # several metrics, each group once under its own
+        kept = cells[cells["_metric"] == cells["_main"]] if metric is None else cells
+        assert len(kept) <= len(f_scan)
         if since is None and until is None:
-            assert len(cells) < len(f_scan)
-        for filters in ({}, {"tasks": "ssv2,k400"}, {"encoders": "seeds,v*"},
+            assert len(kept) < len(f_scan)
+        for filters in ({}, {"tasks": "ssv2,k400"}, {"encoders": "seeds,v*"}, {"tasks": "ava"},
                         {"protocols": f_scan["protocol_id"].iloc[0][:4]}):
             for significance in (False, True):
                 want = leaderboard(f_scan, metric=metric, significance=significance,
@@ -174,11 +189,13 @@ def test_index_and_file_scan_agree_on_a_hostile_store(tmp_path):
     assert_same(root, until="2026-11-02T12:00")
     # a task filter pushed into SQL keeps what filtering the scan's frame keeps (the dtypes of
     # a column are those of the rows kept: the huge seed of a k400 row is not among them)
-    # (and its metric columns are those of the rows kept: top5 of a k400 seed is not)
+    # (and its metric columns are those of the rows kept: top5 of a k400 seed is not,
+    # nor the mAP of an ava run)
     scan = ResultStore(root, scan=True).frame()
     scan = scan[scan["task"] == "ssv2"].reset_index(drop=True)
-    assert scan["top5"].isna().all()
-    pd.testing.assert_frame_equal(scan.drop(columns="top5"),
+    others = ["top5", "mAP", "paper_relative_mean"]
+    assert scan[others].isna().all().all()
+    pd.testing.assert_frame_equal(scan.drop(columns=others),
                                   ResultStore(root).frame(tasks=["ssv2"]), check_dtype=False)
 
 

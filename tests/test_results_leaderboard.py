@@ -2,6 +2,7 @@
 import copy
 import csv
 import io
+import json
 import time
 
 import pytest
@@ -36,7 +37,7 @@ def test_same_protocol_one_column_per_task(tmp_path):
     # records without protocol_version are version 1, their precision unknown
     assert lb.notes == []
     pid = ResultStore(tmp_path).frame()["protocol_id"].iloc[0]
-    assert lb.legend[0] == f"k400 (attentive): protocol {pid} (v1)"
+    assert lb.legend[0] == f"k400 (attentive): top1, protocol {pid} (v1)"
     assert lb.table.loc[("vjepa_vitl", "vjepa_vitl.pth"), "ssv2 (attentive)"] == 69.5
     assert lb.table.loc[("videomae_vitl", "videomae_vitl.pth"), "k400 (attentive)"] == 77.8
     assert list(lb.table.index.get_level_values("encoder")) == ["vjepa_vitl", "videomae_vitl"]
@@ -110,6 +111,48 @@ def test_task_filter_metric_choice_and_missing(tmp_path):
     assert any("without top5" in n for n in lb5.notes)
     assert "no record has metric 'map'" in board(tmp_path, metric="map").notes[0]
     assert board(tmp_path / "empty").notes == ["no result records found"]
+
+
+def _add_metrics(root, encoder, task, protocol, metrics):
+    rec = make_record(encoder={"name": encoder}, checkpoint={"path": f"/ckpt/{encoder}.pth",
+                                                             "sha256": "a" * 64},
+                      task=task, split="val", protocol=protocol, metrics=metrics,
+                      data_problems={}, timings={}, seed=0, device="cpu")
+    return write_record(rec, root)
+
+
+def test_each_task_under_its_own_metric_by_default(tmp_path, capsys):
+    from harness.cli import main
+
+    ava = {**ATTENTIVE, "task": {"kind": "detection", "metric": "mAP"}}
+    voe = {"metrics": {"main": "paper_relative_mean"}, "surprise": {"target": "pixels"},
+           "task": {"kind": "voe", "sampling": {"frames_per_clip": 8, "stride": 2}}}
+    add(tmp_path, "vjepa_vitl", "k400", 80.8)
+    add(tmp_path, "videomae_vitl", "k400", 77.0)
+    _add_metrics(tmp_path, "vjepa_vitl", "ava", ava, {"mAP": 25.0})
+    _add_metrics(tmp_path, "videomae_vitl", "ava", ava, {"mAP": 27.5})
+    _add_metrics(tmp_path, "videomae_vitl", "ava", {**ava, "seed_like": 1}, {"top1": 3.0})
+    _add_metrics(tmp_path, "vjepa_vitl", "intphys", voe, {"paper_relative_mean": 61.0})
+    lb = board(tmp_path, metric=None)
+    assert list(lb.table.columns) == ["ava (attentive; mAP)", "intphys (8 frames, pixel surprise; "
+                                      "paper_relative_mean)", "k400 (attentive)"]
+    assert lb.metric == "mAP, paper_relative_mean, top1"
+    assert lb.table.loc[("videomae_vitl", "videomae_vitl.pth"), "ava (attentive; mAP)"] == 27.5
+    assert lb.legend[0].startswith("ava (attentive; mAP): mAP, protocol ")
+    # the run of a protocol that names mAP but holds only top1 is counted, not shown as top1
+    assert "1 record(s) without mAP left out (ava)" in lb.notes
+    # one metric asked for: one metric shown, the other tasks counted as lacking it
+    lb1 = board(tmp_path, metric="top1")
+    assert list(lb1.table.columns) == ["ava (attentive)", "k400 (attentive)"]
+    assert "3 record(s) without top1 left out (ava, intphys)" in lb1.notes
+    # the command: the index's folded runs give the same board as the frame of runs
+    assert main(["leaderboard", "--results", str(tmp_path), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in doc["columns"]] == list(lb.table.columns)
+    assert [c["metric"] for c in doc["columns"]] == ["mAP", "paper_relative_mean", "top1"]
+    folded = leaderboard(ResultStore(tmp_path).cell_frame(None), metric=None)
+    assert "_runs" in ResultStore(tmp_path).cell_frame(None)
+    assert render(folded, "json") == render(lb, "json")
 
 
 def test_render_markdown_csv_rich(tmp_path):

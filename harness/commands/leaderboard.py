@@ -13,7 +13,9 @@ departs from the task's published protocol (`k400 (16x8x3, attentive; epochs 1, 
 8)`), with each column's protocol id in the legend. Several
 runs of one cell (seeds, folds) show as mean ± std (n=runs); `[N/M]` means the run evaluated N
 of the split's M samples. `*` marks the best of a column, `~` a cell not significantly
-different from it (McNemar on the saved predictions where possible).
+different from it (McNemar on the saved predictions where possible). Each task shows the metric
+its protocol names (the column says which where the board mixes them); --metric shows one
+metric for every task.
 
   harness leaderboard --results runs/demo
   harness leaderboard --tasks k400,ssv2 --encoder 'vjepa_*' --since 2026-11-01
@@ -36,7 +38,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", help="comma-separated protocol id prefixes")
     p.add_argument("--since", help="records created on or after this date (ISO, e.g. 2026-12-01)")
     p.add_argument("--until", help="records created on or before this date")
-    p.add_argument("--metric", default="top1", help="metric to show (default top1)")
+    p.add_argument("--metric", default=None,
+                   help="metric to show (default: each task's own: top1, mAP for AVA, recall5 "
+                        "for EK100, paper_relative_mean for intuitive physics)")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="default: rich on a terminal, plain text when piped, else from --output")
     p.add_argument("--output", "-o", help="write to this file (format from its suffix: .html, "
