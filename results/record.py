@@ -174,8 +174,14 @@ MAX_RECORD_BYTES = 32 << 20   # a record with a long probe history is well under
 MAX_DEPTH = 64                # a record nests about 8 deep (extra.history, protocol)
 FUTURE_SLACK = _dt.timedelta(days=1)   # clock skew, and local times written without a zone
 EARLIEST = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-# Metrics that are percentages: accuracies and mAP, in [0, 100].
-PERCENT_METRIC = re.compile(r"^(train_|val_)?(top\d+|mean_class_acc\w*|acc\w*|mAP|map)$")
+# Metrics that are percentages, in [0, 100]: accuracies, mAP, EK100's recall@k (per output,
+# and the best head's), and VoE pairwise and absolute accuracies (per property, and the bounds
+# of their intervals). AUROC (and its bounds) is in [0, 1].
+PERCENT_METRIC = re.compile(
+    r"^(train_|val_)?((verb_|noun_|action_)?(top\d+|recall\d+(_max_over_heads)?)"
+    r"|mean_class_acc\w*|acc\w*|mAP|map"
+    r"|((paper_)?relative_(mean|max)|absolute_max)(/[\w.+-]+?)?(_lo|_hi)?)$")
+UNIT_METRIC = re.compile(r"^auroc_(mean|max)(/[\w.+-]+?)?(_lo|_hi)?$")
 _COUNT_METRICS = ("num_samples", "classes_scored")
 _TEXT_LIMIT = 4096            # names, ids, labels: longer is no name of ours
 
@@ -270,9 +276,10 @@ def check_record(record, where: str = "record", *, need_version: bool = True,
     more than a day in the future), encoder (an object with a name), task, split, protocol_id,
     protocol (an object: its protocol_version, probe, task sampling, manifests and label-
     efficiency fold), checkpoint, seed, world_size, device, precision, metrics (finite numbers;
-    accuracies and mAP are percentages in [0, 100]; NaN is a metric that could not be computed,
-    an empty cell), timings, extra (label, run_id), protocol_departures, imported. Fields the
-    harness does not read may hold anything JSON holds."""
+    accuracies, mAP, recall@k and VoE accuracies are percentages in [0, 100], AUROC in
+    [0, 1]; NaN is a metric that could not be computed, an empty cell), timings, extra
+    (label, run_id), protocol_departures, imported. Fields the harness does not read may hold
+    anything JSON holds."""
     try:
         _check(record, need_version, now)
     except RecordError as exc:
@@ -452,8 +459,10 @@ def _check_metrics(metrics: dict) -> None:
         if not math.isfinite(value):
             raise RecordError(f"metrics.{name} must be a finite number, not {value!r}")
         if PERCENT_METRIC.match(name) and not 0 <= value <= 100:
-            raise RecordError(f"metrics.{name}={value!r} is out of range: accuracies and mAP "
-                              f"are percentages in [0, 100]")
+            raise RecordError(f"metrics.{name}={value!r} is out of range: accuracies, mAP and "
+                              f"recall are percentages in [0, 100]")
+        if UNIT_METRIC.match(name) and not 0 <= value <= 1:
+            raise RecordError(f"metrics.{name}={value!r} is out of range: an AUROC is in [0, 1]")
         if name in _COUNT_METRICS and not (value >= 0 and float(value).is_integer()):
             raise RecordError(f"metrics.{name} must be a whole number >= 0, not {value!r}")
 
