@@ -262,6 +262,17 @@ def finished_record(cfg, hash_cache: dict | None = None) -> Path | None:
     c = to_container(cfg)
     if not c["resume"]:
         return None  # resume=false redoes the run whatever exists
+    if c["task"].get("kind") == "voe":
+        # As `run_voe` decides before it reads the weights; a pixel-target pretraining file is
+        # recognised only once read (its protocol says so), so its job is submitted and finds
+        # its record there.
+        from harness import voe_run
+
+        plan = voe_run.plan_voe(cfg)
+        ident = _cached(hash_cache, ("ckpt", _file_key(c["checkpoint"]), c["random_init"],
+                                     c["encoder"].get("name")),
+                        lambda: identity.checkpoint_identity(plan.c))
+        return identity.find_finished(Path(c["out"]) / "records", voe_run.run_key(plan, ident))
     plan = plan_run(cfg, estimate_only=True)
     ident = _cached(hash_cache, ("ckpt", _file_key(c["checkpoint"]), c["random_init"],
                                  c["encoder"].get("name")),
@@ -316,8 +327,22 @@ def plan_launch(runs: list[list[str]], resources: Resources) -> Launch:
             overrides.append("device=cuda" if resources.gpus_per_node > 0 else "device=cpu")
             cfg = compose_run(overrides)
         log.info("checking run %d/%d: %s", i, len(runs), shell_join(overrides))
+        if cfg.task.get("kind") == "voe":
+            _check_voe(cfg, overrides, resources)
         planned.append(PlannedRun(overrides=overrides, finished=finished_record(cfg, hashes)))
     return Launch(runs=planned)
+
+
+def _check_voe(cfg, overrides: list[str], resources: Resources) -> None:
+    """A VoE run (the predictor's surprise, `harness.voe_run`) trains no probe and scores on one
+    device: probe keys and several GPUs per job are errors that say so."""
+    from harness import voe_run
+
+    voe_run.refuse_probe_only(cfg.task.get("name"), voe_run.probe_only_keys(overrides))
+    if resources.tasks_per_node > 1 or resources.nodes > 1:
+        raise ValueError(f"task {cfg.task.get('name')!r} is a violation-of-expectation task: "
+                         f"it scores on one device, so a job of it takes --gpus-per-node 1 (or "
+                         f"0 for the CPU) and --nodes 1")
 
 
 # ---------------------------------------------------------------- submission
@@ -422,8 +447,13 @@ class EvaluationJob(submitit.helpers.Checkpointable):
 
         def evaluate() -> None:
             try:
-                box["outcome"] = run_evaluation(cfg, overrides=self.overrides,
-                                                stop=stop.is_set)
+                if cfg.task.get("kind") == "voe":  # nothing to save: a requeued job redoes it
+                    from harness.voe_run import run_voe
+
+                    box["outcome"] = run_voe(cfg, overrides=self.overrides)
+                else:
+                    box["outcome"] = run_evaluation(cfg, overrides=self.overrides,
+                                                    stop=stop.is_set)
             except BaseException as err:  # noqa: BLE001 - handed to the main thread as is
                 box["error"] = err
 
@@ -443,6 +473,7 @@ class EvaluationJob(submitit.helpers.Checkpointable):
         return {"record": str(outcome.path) if outcome.path else None,
                 "reused": bool(outcome.reused),
                 "protocol_id": outcome.record.get("protocol_id"),
+                "main_metric": (outcome.record.get("extra") or {}).get("main_metric"),
                 "metrics": dict(outcome.record.get("metrics") or {})}
 
     def checkpoint(self, *args, **kwargs):

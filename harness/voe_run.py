@@ -86,12 +86,19 @@ class VoEOutcome:
 def check_flags(args, overrides: list[str]) -> None:
     """A VoE run trains no probe: the flags and keys of one are an error that says so."""
     given = [flag for key, flag in PROBE_ONLY_FLAGS.items() if getattr(args, key, None)]
-    given += [o.split("=", 1)[0] for o in overrides
-              if o.split("=", 1)[0].lstrip("+~").split(".")[0] in PROBE_ONLY_KEYS]
-    if getattr(args, "launcher", None):
-        given.append("--launcher")
+    refuse_probe_only(args.task, given + probe_only_keys(overrides))
+
+
+def probe_only_keys(overrides: list[str]) -> list[str]:
+    """The keys of `overrides` that only a probe run reads (`+task.train_fold`: `--split`)."""
+    keys = [o.split("=", 1)[0] for o in overrides]
+    return [k for k in keys if k.lstrip("+~").split(".")[0] in PROBE_ONLY_KEYS
+            or k.lstrip("+~") == "task.train_fold"]
+
+
+def refuse_probe_only(task, given: list[str]) -> None:
     if given:
-        raise ValueError(f"task {args.task!r} is a violation-of-expectation task (kind voe): it "
+        raise ValueError(f"task {task!r} is a violation-of-expectation task (kind voe): it "
                          f"scores the predictor's surprise and trains no probe, so "
                          f"{', '.join(sorted(set(given)))} do(es) not apply; drop them (the "
                          f"window batch is eval_batch_size=N)")

@@ -152,13 +152,42 @@ def test_an_unreadable_video_is_counted_not_a_traceback(physics, tmp_path, capsy
     (["--probe-checkpoint", "p.pt"], "--probe-checkpoint"),
     (["+probe.grid={lr:[0.001]}"], "+probe.grid"),
     (["micro_batch_size=4"], "micro_batch_size"),
-    (["--launcher", "local"], "--launcher"),
 ])
 def test_probe_flags_are_a_clear_error(physics, tmp_path, capsys, extra, named):
     assert main(_args(physics, tmp_path / "runs", *extra)) == 2
     err = capsys.readouterr().err
     assert "trains no probe" in err and named in err
     assert not (tmp_path / "runs" / "records").exists()
+
+
+def test_launched_through_submitit_and_found_recorded_by_the_next_launch(physics, tmp_path,
+                                                                        capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "runs"
+    args = ["launch", "--launcher", "local", "--encoder", "vjepa_tiny", "--random-init",
+            "--task", "physics_synth", "--out", str(out), f"task.data.root={physics}",
+            *FAST, SMALL]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 run(s): 1 to submit" in printed
+    (path,) = _records(out)
+    record = json.loads(path.read_text())
+    assert record["protocol"]["task"]["kind"] == "voe" and record["metrics"]["num_pairs"] == 3
+    # the job's line shows the headline and its interval, not the dozens of VoE metrics
+    line = next(ln for ln in printed.splitlines() if " done: " in ln)
+    assert "paper_relative_mean " in line and "relative_max" not in line
+    # the same launch again, and `harness run --launcher`: found recorded, nothing submitted
+    assert main(args) == 0
+    assert "1 run(s): 0 to submit, 1 already recorded" in capsys.readouterr().out
+    assert main(["run", "--launcher", "local", *args[3:]]) == 0
+    assert "0 to submit, 1 already recorded" in capsys.readouterr().out
+    assert len(list((out / "submitit").glob("*_submitted.pkl"))) == 1
+    # probe keys and several GPUs per job are refused before anything is submitted
+    assert main([*args, "--probe", "linear"]) == 2
+    assert "trains no probe" in capsys.readouterr().err
+    assert main([*args, "--gpus-per-node", "2", "--dry-run"]) == 2
+    assert "scores on one device" in capsys.readouterr().err
+    assert len(_records(out)) == 1
 
 
 def test_dry_run_says_what_it_would_do_and_writes_nothing(physics, tmp_path, capsys):

@@ -23,6 +23,8 @@ to the same numbers. With several GPUs per node each GPU is one torch.distribute
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are exported). --launcher local runs the jobs
 on this machine with submitit's local executor and waits for them. Job logs go to --folder
 (default <out>/submitit). SBATCH_* environment variables override the sbatch options as usual.
+Intuitive-physics tasks (kind voe) launch the same way, one device per job (--gpus-per-node 0
+or 1); they save no state, so a requeued one starts over.
 """
 
 LAUNCH_DEFAULTS = {"sweep": False, "partition": None, "gpus_per_node": 0, "nodes": 1,
@@ -150,8 +152,11 @@ def main(args) -> int:
             failed += 1
             print_line(f"  job {job.job_id} failed: {error} (log: {job.paths.stderr})")
             continue
-        metrics = ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()
-                            if isinstance(v, float))
+        shown = result["metrics"]
+        main = result.get("main_metric")
+        if main in shown:  # a VoE run's dozens of metrics: its headline and interval
+            shown = {k: shown[k] for k in (main, f"{main}_lo", f"{main}_hi") if k in shown}
+        metrics = ", ".join(f"{k} {v:.2f}" for k, v in shown.items() if isinstance(v, float))
         word = "already done" if result["reused"] else "done"
         print_line(f"  job {job.job_id} {word}: {metrics}; record {result['record']}")
     return 1 if failed else 0

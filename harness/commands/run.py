@@ -27,9 +27,6 @@ def _main(args) -> int:
     if getattr(args, "launcher", None):
         from harness.commands import launch
 
-        if _task_kind(args) == "voe":  # refused with the other probe-only flags
-            return _run_voe(args)
-
         return launch.main(args)
     series = checkpoint_series(args.checkpoint)
     if series is None:
@@ -133,18 +130,6 @@ def _run_one(args) -> int:
     console.print(line)
     console.print(Text(printable(f"protocol_id {record['protocol_id']}; record {outcome.path}")))
     return 0
-
-
-def _task_kind(args) -> str | None:
-    """The kind the task of `args` declares (None when it names no task one can read)."""
-    from harness.config import compose_run
-
-    if not args.task:
-        return None
-    try:
-        return compose_run([f"task={args.task}"]).task.get("kind")
-    except Exception:  # noqa: BLE001 - the run itself reports a bad task
-        return None
 
 
 def _run_voe(args, cfg=None, overrides=None) -> int:
