@@ -189,6 +189,17 @@ def _low_shot_columns(body: dict) -> list[str]:
     return cols
 
 
+def table_tasks(spec: TableSpec, reference: dict) -> list[str]:
+    """The registry tasks a table's columns are: the only records it reads (its cells, its
+    notes, its fill-in commands' data roots)."""
+    body = (reference.get(spec.paper) or {}).get(spec.table)
+    if not isinstance(body, dict):
+        return []
+    columns = _low_shot_columns(body) if spec.low_shot else _columns(body)
+    names = [c.split(" ", 1)[0] if spec.low_shot else c for c in columns]
+    return sorted({TASK_OF[n] for n in names if n in TASK_OF})
+
+
 def fraction_of(column_fraction: str) -> float:
     """A low-shot column's label fraction: "10%" -> 0.1."""
     return float(column_fraction.rstrip("%")) / 100.0

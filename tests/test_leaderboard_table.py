@@ -167,3 +167,28 @@ def test_frozen_table_fills_ava_from_its_own_probe_and_metric(tmp_path, capsys):
     rows = {r["method"]: r["cells"] for r in json.loads(capsys.readouterr().out)["rows"]}
     cell = rows["V-JEPA ViT-L/16"]["AVA"]
     assert cell["ours"] == 25.5 and cell["runs"] == 1
+
+
+def test_the_table_reads_only_its_own_tasks_and_gives_the_whole_frames_answer(tmp_path):
+    from results import paper_tables
+
+    root = _frozen_store(tmp_path / "runs")
+    # records the table has no column for: never part of its frame, nothing they change
+    add(root, "vjepa_vitl", "digits_motion", 90.0, protocol("digits_motion", 8, 2, 1, 400),
+        ckpt="vitl16.pth.tar", samples=400)
+    add(root, "vjepa_vitl", "frame_order", 50.0, protocol("frame_order", 8, 1, 1, 400),
+        ckpt="vitl16.pth.tar", samples=400)
+    reference = results.load_reference_tables()
+    import tasks
+
+    for name in ("vjepa-frozen", "vjepa-low-shot"):
+        spec = paper_tables.spec_for(name, reference)
+        wanted = paper_tables.table_tasks(spec, reference)
+        assert "k400" in wanted and "digits_motion" not in wanted
+        store = results.ResultStore(root)
+        whole, own = store.frame(text=False), store.frame(text=False, tasks=wanted)
+        assert set(own["task"]) < set(whole["task"])
+        built = [paper_tables.build(spec, reference, f, known_tasks=set(tasks.names()),
+                                    command=lambda *a, **k: "cmd")
+                 for f in (whole, own)]
+        assert built[0] == built[1]

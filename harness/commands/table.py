@@ -137,7 +137,9 @@ def main(args) -> int:
 
     root = results.default_root(args.results)
     store = results.ResultStore(root)
-    frame = store.frame(text=False) if root.exists() else None
+    # Only the table's tasks: at a million records the frame of every run costs seconds and GBs.
+    frame = store.frame(text=False, tasks=paper_tables.table_tasks(spec, reference)) \
+        if root.exists() else None
     from harness.output import report_skipped
 
     report_skipped(store)
