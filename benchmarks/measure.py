@@ -4,6 +4,7 @@
     python benchmarks/measure.py pretrain   # JEPA pretraining clips/s: end to end vs model only
     python benchmarks/measure.py demo       # `harness demo` from scratch (fresh output folder)
     python benchmarks/measure.py tests      # the test suite (`pytest`)
+    python benchmarks/measure.py memory     # one run with malloc's freed memory kept vs given back
     python benchmarks/measure.py all
 
 Each job runs in a child process; peak memory is that child's max RSS (getrusage). Needs the
@@ -116,6 +117,61 @@ def bench_demo(budget: float) -> None:
             print(f"pretraining {name:<22} {rate:6.1f} clips/s (median per step)")
 
 
+def _child_usage(cmd: list[str], env: dict) -> dict:
+    """Run `cmd`; its own wall, user and system CPU seconds, minor page faults and peak RSS
+    (wait4: this child's, not the largest child's so far)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.stderr.write(out[-3000:])
+        raise SystemExit(f"{' '.join(cmd[:6])} ... failed with exit code {proc.returncode}")
+    return {"wall": time.perf_counter() - start, "user": usage.ru_utime, "sys": usage.ru_stime,
+            "minflt": usage.ru_minflt, "rss_mib": usage.ru_maxrss / 1024}
+
+
+def bench_memory(data: str, reps: int, encoder: str) -> None:
+    """`harness run` with glibc's freed memory kept for reuse (`harness.host_memory`, the
+    default) and given back to the kernel (HARNESS_KEEP_FREED_MEMORY=0), alternated, each run
+    from scratch (no resume); the records' metrics must be equal."""
+    import json
+
+    print(f"== one run, {encoder} on digits_motion: freed memory kept vs given back, "
+          f"{reps} rep(s) each, alternated ==")
+    sides = {"kept": "1", "given back": "0"}
+    rows: dict[str, list[dict]] = {k: [] for k in sides}
+    metrics = {}
+    with tempfile.TemporaryDirectory() as out:
+        for rep in range(reps):
+            for label, flag in (sides.items() if rep % 2 == 0 else reversed(sides.items())):
+                folder = Path(out) / f"{label.replace(' ', '_')}{rep}"
+                cmd = harness("run", "--encoder", encoder, "--task", "digits_motion",
+                              "--no-progress", "--out", str(folder), f"task.data.root={data}",
+                              *(["--random-init"] if encoder.startswith("vjepa") else []))
+                env = {**os.environ, "HARNESS_KEEP_FREED_MEMORY": flag}
+                r = _child_usage(cmd, env)
+                rows[label].append(r)
+                (record,) = (folder / "records").glob("*.json")
+                metrics.setdefault(label, json.loads(record.read_text())["metrics"])
+                print(f"  {label:<10} rep {rep}: wall {r['wall']:6.1f} s  user {r['user']:6.1f}"
+                      f"  sys {r['sys']:5.1f}  CPU {r['user'] + r['sys']:6.1f} s  minor faults "
+                      f"{r['minflt']:>10,}  peak RSS {r['rss_mib']:6.0f} MiB", flush=True)
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall", "user", "sys", "minflt",
+                                                                "rss_mib")}
+           for k, v in rows.items()}
+    for k, m in med.items():
+        print(f"median {k:<10}: wall {m['wall']:6.1f} s, CPU {m['user'] + m['sys']:6.1f} s "
+              f"(sys {m['sys']:.1f}), minor faults {m['minflt']:,.0f}, peak RSS "
+              f"{m['rss_mib']:.0f} MiB")
+    kept, back = med["kept"], med["given back"]
+    print(f"given back / kept: wall {back['wall'] / kept['wall']:.2f}x, CPU "
+          f"{(back['user'] + back['sys']) / (kept['user'] + kept['sys']):.2f}x; metrics equal: "
+          f"{metrics['kept'] == metrics['given back']}")
+
+
 def bench_tests() -> None:
     print("== test suite ==")
     r = measure([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], "pytest")
@@ -124,9 +180,12 @@ def bench_tests() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("job", choices=["run", "pretrain", "demo", "tests", "all"])
+    p.add_argument("job", choices=["run", "pretrain", "demo", "tests", "memory", "all"])
     p.add_argument("--data", default="data/digits")
     p.add_argument("--budget", type=float, default=1.0)
+    p.add_argument("--reps", type=int, default=2, help="memory: runs of each side")
+    p.add_argument("--encoder", default="mobilenet_v2_imagenet",
+                   help="memory: the encoder of the run (vjepa_* at random init)")
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     if args.job in ("run", "all"):
@@ -137,6 +196,8 @@ def main() -> None:
         bench_demo(args.budget)
     if args.job in ("tests", "all"):
         bench_tests()
+    if args.job == "memory":
+        bench_memory(args.data, args.reps, args.encoder)
 
 
 if __name__ == "__main__":

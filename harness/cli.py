@@ -27,6 +27,10 @@ COMMANDS = {
     "demo": ("demo", "the whole loop on CPU in minutes, on data it makes"),
 }
 
+# Commands that compute on the host: freed memory is kept for the next batch
+# (`harness.host_memory`).
+COMPUTING = ("run", "pretrain", "demo", "watch", "audit")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module, _ = COMMANDS[args.command]
     mod = importlib.import_module(f"harness.commands.{module}")
+    if args.command in COMPUTING:
+        from harness.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return int(mod.main(args) or 0)
     except BrokenPipeError:

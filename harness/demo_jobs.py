@@ -32,8 +32,10 @@ def _start_worker(cache_bytes: int, verbosity: int | None) -> None:
     """A worker's (or jobs=1's) decoded-video cache; a worker also installs the CLI's log
     handler (spawned processes start without one) at `verbosity`."""
     global _frame_cache
+    from harness.host_memory import keep_freed_memory
     from tasks.frame_cache import FrameCache
 
+    keep_freed_memory()  # a spawned worker starts with malloc as it is
     if verbosity is not None:
         from harness import output
 

@@ -441,6 +441,9 @@ class EvaluationJob(submitit.helpers.Checkpointable):
 
         rank, _ = export_distributed()
         output.install(0, rank=rank)  # the job's log file shows what `harness run` would
+        from harness.host_memory import keep_freed_memory
+
+        keep_freed_memory()  # as `harness run` does: submitit starts the job's own process
         cfg = compose_run(self.overrides)
         stop = threading.Event()
         box: dict = {}
