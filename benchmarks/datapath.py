@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/datapath.py --release /tmp/jepa      # K400 and SSv2, a few minutes
     .venv/bin/python benchmarks/datapath.py --release /tmp/jepa --videos 6 --reps 4
     .venv/bin/python benchmarks/datapath.py --k400-dir DIR --ssv2-dir DIR   # videos given
+    .venv/bin/python benchmarks/datapath.py --release /tmp/jepa --keep-freed-memory  # as a run
 
 `--release DIR`: the release's code, unpacked (facebookresearch/jepa, e.g. `git --git-dir <bare
 repo> archive HEAD | tar -x -C /tmp/jepa`); its own `src/datasets/video_dataset.py`
@@ -231,7 +232,16 @@ def main(argv=None) -> int:
     ap.add_argument("--protocols", default="k400,ssv2")
     ap.add_argument("--k400-dir", type=Path, default=None, help="use these videos for K400")
     ap.add_argument("--ssv2-dir", type=Path, default=None, help="use these videos for SSv2")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc keeps freed blocks for reuse, as a run's loader workers do "
+                         "(harness.host_memory); every side of this process, the release's too")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory:
+        from harness.host_memory import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--keep-freed-memory: not set (not glibc, or "
+                             "HARNESS_KEEP_FREED_MEMORY=0)")
     if args.release is not None:
         args.release = args.release.resolve()
         if not (args.release / "src/datasets/video_dataset.py").is_file():
