@@ -240,8 +240,11 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
         df["_metric"] = metric
     else:
         df["_metric"] = [headline_metric(p) for p in df["protocol"]] if headline else metric
-        df["_value"] = [_number_or_nan(row.get(m)) for row, m in
-                        zip(df.to_dict("records"), df["_metric"])] if len(df) else []
+        df["_value"] = math.nan
+        for name in df["_metric"].unique():  # each row's value of its own metric
+            if name in df:
+                rows = df["_metric"] == name
+                df.loc[rows, "_value"] = df.loc[rows, name]
     if grouped:
         lacking = df[df["_lacking"] > 0].assign(_count=lambda d: d["_lacking"])
         df = df[df["_n"] > 0]
@@ -340,12 +343,6 @@ def leaderboard(frame: pd.DataFrame, tasks: Iterable[str] | str | None = None,
 
 def _append_metric(name: str, metric: str) -> str:
     return name[:-1] + f"; {metric})" if name.endswith(")") else f"{name} ({metric})"
-
-
-def _number_or_nan(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan
-    return float(value)
 
 
 def _present(value: Any) -> Any:
