@@ -106,8 +106,8 @@ class SeededClips:
         import torch
 
         index = self.indices[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only (tasks.loading)
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
             return self.dataset[index]
 
 

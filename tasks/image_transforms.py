@@ -89,8 +89,8 @@ class ImageTrainTransform(_Normalise):
         state = random.getstate()
         try:
             random.seed(seed)  # timm's crop, flip and AutoAugment draw from `random` and torch
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed % 2**63)
+            with torch.random.fork_rng(devices=[]):  # the CPU generator only (tasks.loading)
+                torch.default_generator.manual_seed(seed % 2**63)
                 pil = self.auto(self.primary(_to_pil(image)))
         finally:
             random.setstate(state)

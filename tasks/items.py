@@ -48,8 +48,8 @@ class ManifestItems(torch.utils.data.Dataset):
         each copy reads the file again; `VideoDataset` decodes the video once for all of them."""
         items = []
         for seed in seeds:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
+            with torch.random.fork_rng(devices=[]):  # the CPU generator only (tasks.loading)
+                torch.default_generator.manual_seed(int(seed))
                 items.append(self[index])
         return items
 
@@ -132,8 +132,8 @@ class VideoDataset(ManifestItems):
             return super().load_copies(index, seeds)
         items, plans, states = [], [], []
         for seed in seeds:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
+            with torch.random.fork_rng(devices=[]):  # the CPU generator only (tasks.loading)
+                torch.default_generator.manual_seed(int(seed))
                 item = self._header(index)
                 plans.append(self._clip_indices(item["label"]))
                 states.append(torch.random.get_rng_state())  # where this copy's draws resume
