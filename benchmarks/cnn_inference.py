@@ -1,20 +1,21 @@
-"""Frozen inference of the frame-wise CNN encoder (MobileNetV2), three ways, side by side.
+"""Frozen inference of the frame-wise CNN encoder (MobileNetV2), as loaded and folded, side by side.
 
     .venv/bin/python benchmarks/cnn_inference.py                    # 64, 128 and 224 px
     .venv/bin/python benchmarks/cnn_inference.py --resolutions 64 --frames 256 --rounds 5
 
-Sides, on the same frames, one torch thread, in rotated order each round:
+Sides, on the same frames, one call each, one torch thread, in rotated order each round:
 
 * `as loaded`: torchvision's stages as the checkpoint loads them (BatchNorm separate,
-  contiguous NCHW), all frames in one call: what `encoders.torchvision_cnn` ran before.
-* `folded`: the inference copy (BatchNorm folded into the convolutions, channels-last), all
-  frames in one call.
-* `folded + chunks`: what `CNNTokens` runs on a CPU: the copy, in chunks of
-  `CPU_CHUNK_PIXELS` input pixels.
+  contiguous NCHW): what `encoders.torchvision_cnn` ran before.
+* `folded`: what `CNNTokens` runs for frozen inference: its copy with each BatchNorm folded
+  into the convolution before it, activations channels-last.
 
-Printed: CPU-ms per frame (getrusage, summed over rounds), the speed-up against `as loaded`, and
-the largest difference of each side's tokens from `as loaded`'s. The weights are the packaged
-ImageNet ones where installed, else random with non-trivial BatchNorm statistics.
+The process keeps freed memory for reuse, as the harness's computing commands do
+(`harness.host_memory`); without it both sides pay the kernel's page faults on every call and
+large calls look slower than they are. Printed: CPU-ms per frame (getrusage, summed over
+rounds), the speed-up against `as loaded`, and the largest difference of each side's tokens from
+`as loaded`'s. The weights are the packaged ImageNet ones where installed, else random with
+non-trivial BatchNorm statistics.
 """
 from __future__ import annotations
 
@@ -64,30 +65,24 @@ def main(argv=None) -> None:
     import torch
 
     import encoders.torchvision_cnn as cnn_module
+    from harness.host_memory import keep_freed_memory
 
+    keep_freed_memory()
     torch.set_num_threads(1)
     cnn, source = _model()
     print(f"MobileNetV2 stages 0-17, {source}, one thread, {args.rounds} rounds")
-    print(f"{'px':>4} {'frames':>6}  {'side':<16} {'CPU-ms/frame':>12} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'px':>4} {'frames':>6}  {'side':<10} {'CPU-ms/frame':>12} {'speed-up':>9} {'max |diff|':>11}")
     for res in args.resolutions:
         frames = max(16, args.frames * 64 * 64 // (res * res))
         x = torch.randn(frames, 3, res, res)
-        whole = 2**62
 
         def as_loaded():
             return cnn_module._run(cnn.features[:cnn.stages], x, None)
 
         def folded():
-            kept, cnn_module.CPU_CHUNK_PIXELS = cnn_module.CPU_CHUNK_PIXELS, whole
-            try:
-                return cnn(x)
-            finally:
-                cnn_module.CPU_CHUNK_PIXELS = kept
-
-        def chunked():
             return cnn(x)
 
-        sides = {"as loaded": as_loaded, "folded": folded, "folded + chunks": chunked}
+        sides = {"as loaded": as_loaded, "folded": folded}
         seconds = dict.fromkeys(sides, 0.0)
         with torch.no_grad():
             reference = as_loaded()
@@ -100,7 +95,7 @@ def main(argv=None) -> None:
                     seconds[name] += _cpu() - start
         for name in sides:
             ms = 1000 * seconds[name] / (args.rounds * frames)
-            print(f"{res:>4} {frames:>6}  {name:<16} {ms:>12.3f} {seconds['as loaded'] / seconds[name]:>8.2f}x "
+            print(f"{res:>4} {frames:>6}  {name:<10} {ms:>12.3f} {seconds['as loaded'] / seconds[name]:>8.2f}x "
                   f"{diffs[name]:>11.2e}")
 
 

@@ -5,11 +5,11 @@ load offline) as a real pretrained baseline no one here trained. The ImageNet cl
 part of a frozen encoder, so `drop_classifier` removes it from the checkpoint before the strict load.
 
 Frozen inference (eval mode, no gradients) runs an inference copy of the stages: every BatchNorm
-folded into the convolution before it and the activations in channels-last layout (on a CPU, in
-chunks of frames that fit its caches). On one CPU thread that is 2.6x faster for MobileNetV2 at
-64 px than the module as loaded (4.0x with the chunks), and equal to it within float rounding
-(tested). The copy is not a submodule, so the state dict, the weights' digest and the checkpoint
-load are those of the torchvision module.
+folded into the convolution before it and the activations in channels-last layout. On one CPU
+thread that is 2.1x faster for MobileNetV2 at 64 px (1.9x at 224) than the module as loaded
+(`benchmarks/cnn_inference.py`), and equal to it within float rounding (3e-6; tested to 1e-5).
+The copy is not a submodule, so the state dict, the weights' digest and the checkpoint load are
+those of the torchvision module.
 """
 from __future__ import annotations
 
@@ -19,13 +19,6 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 from torch.nn.utils import fuse_conv_bn_eval
-
-# On a CPU, frozen inference takes the frames in chunks of about this many input pixels (64
-# frames at 64 px, 16 at 128, 5 at 224), so that each stage's activations stay in the caches.
-# MobileNetV2 on one thread (benchmarks/cnn_inference.py): at 64 px, 256 frames in one call
-# cost 0.98 CPU-ms a frame, in chunks 0.67 (the same outputs bit for bit); at 224 px 13.0
-# against 10.3 (within 1e-6).
-CPU_CHUNK_PIXELS = 2**18
 
 
 class CNNTokens(nn.Module):
@@ -48,13 +41,7 @@ class CNNTokens(nn.Module):
         wanted = None if out_layers is None else {i % self.stages for i in out_layers}
         if self.training or torch.is_grad_enabled():
             return _run(self.features[:self.stages], x, wanted)
-        stages = self._inference_stages()
-        x = x.contiguous(memory_format=torch.channels_last)
-        size = CPU_CHUNK_PIXELS // (x.shape[-2] * x.shape[-1]) if x.device.type == "cpu" else len(x)
-        parts = [_run(stages, chunk, wanted) for chunk in x.split(max(1, size))]
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat(parts) if wanted is None else [torch.cat(layer) for layer in zip(*parts)]
+        return _run(self._inference_stages(), x.contiguous(memory_format=torch.channels_last), wanted)
 
     def _inference_stages(self) -> nn.Module:
         """The folded, channels-last copy of the used stages, rebuilt when any weight or statistic

@@ -123,22 +123,3 @@ def test_gradient_path_uses_the_module_as_loaded():
     cnn(x).sum().backward()  # grad enabled: the loaded module runs, and gradients reach the input
     assert cnn._inference is None and x.grad is not None
 
-
-def test_cpu_chunks_give_the_tokens_of_one_call(monkeypatch):
-    import encoders.torchvision_cnn as cnn_module
-
-    net = _mobilenet_with_statistics(5)
-    cnn = cnn_module.CNNTokens(net.features, stages=18).eval().requires_grad_(False)
-    x = torch.randn(7, 3, 64, 64)
-    with torch.no_grad():
-        monkeypatch.setattr(cnn_module, "CPU_CHUNK_PIXELS", 2**40)
-        whole, whole_layers = cnn(x), cnn(x, out_layers=[5, 17])
-        monkeypatch.setattr(cnn_module, "CPU_CHUNK_PIXELS", 2 * 64 * 64)  # chunks of 2 frames
-        chunked, chunked_layers = cnn(x), cnn(x, out_layers=[5, 17])
-        monkeypatch.setattr(cnn_module, "CPU_CHUNK_PIXELS", 1)  # smaller than a frame: 1 frame
-        single = cnn(x)
-    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(single, whole, rtol=1e-6, atol=1e-6)
-    assert len(chunked_layers) == 2
-    for a, b in zip(chunked_layers, whole_layers):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
