@@ -50,7 +50,7 @@ def demo_entries() -> list[DemoEntry]:
 
 
 def budget_settings(budget: float) -> dict:
-    """Pretraining steps scale with --budget; 1.0 fits in about 10 minutes on 2 CPU cores.
+    """Pretraining steps scale with --budget; 1.0 fits in about 6 minutes on 2 CPU cores (making the data included).
 
     The probes always use the tasks' own protocol (cached features make them cheap), so demo
     records are comparable with any `harness run` on the same task.

@@ -8,7 +8,7 @@ Makes data/digits if missing, pretrains three tiny encoders (video-latent V-JEPA
 image-latent) for the same number of steps, probes each plus a random-init floor (and an ImageNet
 MobileNetV2 run frame by frame when its weights package is installed) on digits_motion and
 digits_appearance, then prints the leaderboard and writes <out>/report.md and <out>/demo.png.
---budget 1.0 takes about 10 minutes on 2 CPU cores; 0.2 is a quick smoke run; 3 trains longer.
+--budget 1.0 takes about 6 minutes on 2 CPU cores; 0.2 is a quick smoke run; 3 trains longer.
 --seeds 3 repeats every probe run with seeds seed, seed+1, seed+2 (for the random-init floor the
 seed also draws the encoder) and reports mean +- sd. The test splits (800 and 1,000 videos) put
 the standard error of one top-1 at about 1-1.5 points; the probe seed adds about as much.
@@ -44,7 +44,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     if args.budget <= 0:
-        raise ValueError("--budget must be positive (1.0 is about 10 minutes on 2 CPU cores)")
+        raise ValueError("--budget must be positive (1.0 is about 6 minutes on 2 CPU cores)")
     if args.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     if args.torch_threads is not None and args.torch_threads < 1:
