@@ -50,8 +50,7 @@ class CNNTokens(nn.Module):
         tensors = [*used.parameters(), *used.buffers()]
         key = (tensors[0].device, tensors[0].dtype, tuple((id(t), t._version) for t in tensors))
         if self._inference is None or self._inference[0] != key:
-            stages = fold_batch_norms(self.features[:self.stages])
-            self._inference = (key, stages.to(memory_format=torch.channels_last))
+            self._inference = (key, fold_batch_norms(used).to(memory_format=torch.channels_last))
         return self._inference[1]
 
 
